@@ -1,0 +1,71 @@
+"""The ``decaylab`` command."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _positive_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {value}")
+        return value
+
+    return parse
+
+
+def _non_negative_float(name: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number >= 0, got {text!r}") from None
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a number >= 0, got {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="decaylab", description="Weight decay done right: optimizers, instruments, experiments.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+    quick = sub.add_parser(
+        "quickstart",
+        help="train an MLP on scikit-learn's digits with every decay form and print a table",
+        description="Train an MLP on scikit-learn's digits (shipped offline) with each optimizer of the family.",
+    )
+    quick.add_argument("--seeds", type=_positive_int("--seeds"), default=3, help="seeds per method (default 3)")
+    quick.add_argument("--epochs", type=_positive_int("--epochs"), default=20, help="epochs per run (default 20)")
+    quick.add_argument("--batch-size", type=_positive_int("--batch-size"), default=64, help="minibatch size (default 64)")
+    quick.add_argument(
+        "--weight-decay", type=_non_negative_float("--weight-decay"), default=0.5,
+        help="λ in torch's convention (default 0.5); converted for the other conventions",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(f"decaylab {__version__}")
+        return 0
+    if args.command == "quickstart":
+        from . import quickstart
+
+        quickstart.run(seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size, weight_decay=args.weight_decay)
+        return 0
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

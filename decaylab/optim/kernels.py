@@ -1,0 +1,306 @@
+"""How a step runs: one specification, three executors.
+
+:func:`tensor_moments` and :func:`tensor_update` are the specification of a step for one
+tensor: the direction's state update, then decay and step, composed from
+:mod:`~decaylab.optim.directions` and :mod:`~decaylab.optim.rules`. They are written with
+arithmetic only, so the same code runs
+
+* **reference** — once per tensor, in a Python loop (readable; the spec);
+* **foreach** — once per bucket on :class:`TensorList` objects (multi-tensor kernels);
+* **compiled** — the reference loop over a chunk of tensors, compiled by ``torch.compile`` with
+  dynamic shapes: every hyperparameter enters as a tensor, so a moving lr schedule or a
+  per-model (stacked) lr does not recompile, and one graph serves every chunk of a bucket.
+
+A *bucket* is the tensors of one param group that share device, dtype and layout. The
+:class:`Spec` holds what is fixed for a bucket (names, flags, betas, eps); the ``hp`` dict holds
+what moves (``lr``, ``lam``, ``s``) as tensors of the compute dtype, 0-dim for one model or
+shape ``(K,)`` for ``K`` models stacked along dim 0.
+"""
+from __future__ import annotations
+
+import functools
+import types
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import directions, precision, rules
+from .tensorlist import TensorList
+
+BACKENDS = ("auto", "reference", "foreach", "compiled")
+# Below this many elements in a bucket, `auto` prefers foreach: the step is dominated by
+# per-kernel overhead there and a compile (seconds) would not pay for itself.
+AUTO_COMPILE_MIN_NUMEL = 1 << 20
+# Tensors per compiled call. One graph (dynamic shapes) serves every full chunk; compile time
+# grows with the chunk, per-call overhead shrinks with it.
+COMPILE_CHUNK = 8
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What is fixed for one bucket's step (hashable: it keys the compiled graphs)."""
+
+    direction: str  # "adam" | "sgd"
+    form: str
+    to_init: bool = False
+    amsgrad: bool = False
+    maximize: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: float = 0.0  # SGD; 0 means no buffer
+    nesterov: bool = False
+    low_precision: str = "none"  # "none" | "kahan" | "stochastic", for 16-bit params
+    stacked: bool = False
+
+    @property
+    def state_keys(self) -> tuple[str, ...]:
+        keys: tuple[str, ...] = ()
+        if self.direction == "adam":
+            keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
+        elif self.momentum != 0:
+            keys = ("momentum_buffer",)
+        if self.to_init:
+            keys += ("init_param",)
+        if self.low_precision == "kahan":
+            keys += ("kahan_comp",)
+        return keys
+
+
+# --------------------------------------------------------------------------- the specification
+
+
+def _expand(h, x):
+    """Broadcast a per-model hyperparameter of shape (K,) against ``x`` (stacked along dim 0)."""
+    if not isinstance(h, Tensor) or h.dim() == 0:
+        return h
+    if isinstance(x, TensorList):
+        return TensorList([h.view(-1, *([1] * (t.dim() - 1))) for t in x.items])
+    return h.view(-1, *([1] * (x.dim() - 1)))
+
+
+def _hp(hp: dict, x) -> dict:
+    return {k: _expand(v, x) for k, v in hp.items()}
+
+
+def _compute(x, spec: Spec):
+    """Read a stored tensor in the compute dtype (fp32 for 16-bit storage)."""
+    if x is None:
+        return None
+    dtype = x.items[0].dtype if isinstance(x, TensorList) else x.dtype
+    return x.float() if dtype in precision.LOW_PRECISION else x
+
+
+def _write(dst, src) -> None:
+    if isinstance(dst, TensorList):
+        src.copy_into(dst.items)
+    else:
+        dst.copy_(src)
+
+
+def tensor_moments(spec: Spec, p, g, st: dict, hp: dict, pp: dict) -> dict:
+    """Phase 1: the direction's state after gradient ``g``; writes and returns the new state.
+
+    ``st`` maps state keys to stored tensors, ``pp`` holds per-tensor scalars (Adam's ``step``;
+    SGD's first-step coefficients ``keep``/``gain``). Returns the new state in compute dtype,
+    plus ``"g"``: the gradient after ``maximize`` and the ``l2`` form.
+    """
+    hp = _hp(hp, p)
+    g = _compute(g, spec)
+    if spec.maximize:
+        g = -g
+    if spec.form == "l2":
+        g = rules.l2_gradient(g, precision.read_param(p, st, spec), _compute(st.get("init_param"), spec), hp["lam"])
+    new = {"g": g}
+    if spec.direction == "adam":
+        beta1, beta2 = spec.betas
+        v_max = _compute(st["max_exp_avg_sq"], spec) if spec.amsgrad else None
+        m, v, v_max = directions.adam_moments(
+            g, _compute(st["exp_avg"], spec), _compute(st["exp_avg_sq"], spec), v_max, beta1, beta2
+        )
+        new.update(exp_avg=m, exp_avg_sq=v)
+        if spec.amsgrad:
+            new["max_exp_avg_sq"] = v_max
+    elif spec.momentum != 0:
+        new["momentum_buffer"] = directions.sgd_momentum(g, _compute(st["momentum_buffer"], spec), pp["keep"], pp["gain"])
+    for key, value in new.items():
+        if key != "g":
+            _write(st[key], value)
+    return new
+
+
+def tensor_vhat_sum(spec: Spec, new: dict, pp: dict):
+    """Sum of Adam's ``v̂`` over one tensor: one number per model (for the stable form)."""
+    v_used = new["max_exp_avg_sq"] if spec.amsgrad else new["exp_avg_sq"]
+    vhat = directions.adam_vhat(v_used, spec.betas[1], pp["step"])
+    return vhat.flatten(1).sum(1) if spec.stacked else vhat.sum()
+
+
+def tensor_update(spec: Spec, p, st: dict, new: dict, hp: dict, pp: dict) -> None:
+    """Phase 2: direction × decay rule; writes the parameter (and Kahan compensation).
+
+    ``new`` is what :func:`tensor_moments` returned. ``hp["mean_vhat"]`` is needed by the
+    stable form only.
+    """
+    hp = _hp(hp, p)
+    w = precision.read_param(p, st, spec)
+    w_ref = _compute(st.get("init_param"), spec)
+    if spec.direction == "adam":
+        v_used = new["max_exp_avg_sq"] if spec.amsgrad else new["exp_avg_sq"]
+        u, D = directions.adam_direction(new["exp_avg"], v_used, spec.betas[0], spec.betas[1], spec.eps, pp["step"])
+    else:
+        u = directions.sgd_direction(new["g"], new.get("momentum_buffer"), spec.momentum, spec.nesterov)
+        D = 1.0
+    s, lam = hp["s"], hp["lam"]
+    if spec.form == "decoupled":
+        w = rules.decoupled(w, w_ref, s, lam)
+    elif spec.form == "cautious":
+        w = rules.cautious(w, w_ref, u, s, lam)
+    elif spec.form == "stable":
+        w = rules.stable(w, w_ref, s, lam, hp["mean_vhat"])
+    w = w - u * hp["lr"]
+    if spec.form == "prox":
+        w = rules.prox(w, w_ref, s, lam)
+    elif spec.form == "prox_euclid":
+        w = rules.prox_euclid(w, w_ref, s, lam, D)
+    precision.write_param(p, st, w, spec)
+
+
+# --------------------------------------------------------------------------- executors
+
+
+def _select(items: list[dict], i: int) -> dict:
+    return {k: v[i] for k, v in items.items()}
+
+
+def reference_moments(spec: Spec, params, grads, states, hp, pp):
+    """Phase 1 tensor by tensor; returns the new states (and, for stable, the v̂ sum)."""
+    news, total = [], 0
+    for i, (p, g) in enumerate(zip(params, grads)):
+        new = tensor_moments(spec, p, g, _select(states, i), hp, _select(pp, i))
+        news.append(new)
+        if spec.form == "stable" and spec.direction == "adam":
+            total = total + tensor_vhat_sum(spec, new, _select(pp, i))
+    return news, total
+
+
+def reference_update(spec: Spec, params, states, news, hp, pp) -> None:
+    for i, p in enumerate(params):
+        tensor_update(spec, p, _select(states, i), news[i], hp, _select(pp, i))
+
+
+def reference_step(spec: Spec, params, grads, states, hp, pp) -> None:
+    """Both phases, tensor by tensor (forms without a global statistic)."""
+    news, _ = reference_moments(spec, params, grads, states, hp, pp)
+    reference_update(spec, params, states, news, hp, pp)
+
+
+def _lists(params, states, pp):
+    return TensorList(params), {k: TensorList(v) for k, v in states.items()}, {k: TensorList(v) for k, v in pp.items()}
+
+
+def foreach_moments(spec: Spec, params, grads, states, hp, pp):
+    P, S, PP = _lists(params, states, pp)
+    new = tensor_moments(spec, P, TensorList(grads), S, hp, PP)
+    total = 0
+    if spec.form == "stable" and spec.direction == "adam":
+        v_used = new["max_exp_avg_sq"] if spec.amsgrad else new["exp_avg_sq"]
+        vhat = directions.adam_vhat(v_used, spec.betas[1], PP["step"])
+        for t in vhat.items:
+            total = total + (t.flatten(1).sum(1) if spec.stacked else t.sum())
+    return new, total
+
+
+def foreach_update(spec: Spec, params, states, new, hp, pp) -> None:
+    P, S, PP = _lists(params, states, pp)
+    tensor_update(spec, P, S, new, hp, PP)
+
+
+def foreach_step(spec: Spec, params, grads, states, hp, pp) -> None:
+    new, _ = foreach_moments(spec, params, grads, states, hp, pp)
+    foreach_update(spec, params, states, new, hp, pp)
+
+
+# Compiled path: the reference loop, flattened to 1-D (or (K, -1) when stacked) so that one
+# dynamic-shape graph serves tensors of every shape.
+
+
+def _entry_step(params, grads, states, hp, pp, spec=None):
+    reference_step(spec, params, grads, states, hp, pp)
+
+
+def _entry_moments(params, grads, states, hp, pp, spec=None):
+    return reference_moments(spec, params, grads, states, hp, pp)
+
+
+def _entry_update(params, states, news, hp, pp, spec=None):
+    reference_update(spec, params, states, news, hp, pp)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(kind: str, spec: Spec):
+    """A compiled entry point for ``(kind, spec)``.
+
+    Dynamo keeps its cache, and its recompile limit, per code object. Each spec gets a copy of
+    the entry's code object with the spec bound as a default argument, so many specs in one
+    process (forms, flags, dtypes) never push each other out of the cache.
+    """
+    base = {"step": _entry_step, "moments": _entry_moments, "update": _entry_update}[kind]
+    code = base.__code__.replace(co_name=f"{base.__name__}_{len(_COMPILED_NAMES)}")
+    _COMPILED_NAMES.append(code.co_name)
+    fn = types.FunctionType(code, base.__globals__, code.co_name, (spec,))
+    return torch.compile(fn, fullgraph=True, dynamic=True)
+
+
+_COMPILED_NAMES: list[str] = []
+
+
+def _flat(spec: Spec, tensors):
+    k = -1
+    return [t.view(t.shape[0], k) if spec.stacked else t.view(k) for t in tensors]
+
+
+def can_compile(params, grads, states) -> bool:
+    """Compiled chunks work on flat views: every written tensor must be contiguous."""
+    return all(p.is_contiguous() for p in params) and all(t.is_contiguous() for v in states.values() for t in v)
+
+
+def _chunks(n: int):
+    return [slice(i, min(i + COMPILE_CHUNK, n)) for i in range(0, n, COMPILE_CHUNK)]
+
+
+def compiled_step(spec: Spec, params, grads, states, hp, pp) -> None:
+    fn = _compiled("step", spec)
+    P = _flat(spec, params)
+    G = [g.reshape(p.shape) for g, p in zip(grads, P)]
+    S = {k: _flat(spec, v) for k, v in states.items()}
+    for c in _chunks(len(P)):
+        fn(P[c], G[c], {k: v[c] for k, v in S.items()}, hp, {k: v[c] for k, v in pp.items()})
+
+
+def compiled_moments(spec: Spec, params, grads, states, hp, pp):
+    fn = _compiled("moments", spec)
+    P = _flat(spec, params)
+    G = [g.reshape(p.shape) for g, p in zip(grads, P)]
+    S = {k: _flat(spec, v) for k, v in states.items()}
+    news, total = [], 0
+    for c in _chunks(len(P)):
+        n, t = fn(P[c], G[c], {k: v[c] for k, v in S.items()}, hp, {k: v[c] for k, v in pp.items()})
+        news.extend(n)
+        total = total + t
+    return news, total
+
+
+def compiled_update(spec: Spec, params, states, news, hp, pp) -> None:
+    fn = _compiled("update", spec)
+    P = _flat(spec, params)
+    S = {k: _flat(spec, v) for k, v in states.items()}
+    for c in _chunks(len(P)):
+        fn(P[c], {k: v[c] for k, v in S.items()}, news[c], hp, {k: v[c] for k, v in pp.items()})
+
+
+EXECUTORS = {
+    "reference": (reference_step, reference_moments, reference_update),
+    "foreach": (foreach_step, foreach_moments, foreach_update),
+    "compiled": (compiled_step, compiled_moments, compiled_update),
+}
