@@ -178,9 +178,14 @@ class DecayOptimizer(torch.optim.Optimizer):
                 group.setdefault(key, value)
             if group.get("max_lr") is None:
                 group["max_lr"] = group.get("initial_lr", group["lr"])
-            if "step" not in group:
-                steps = [float(self.state[p]["step"]) for p in group["params"] if "step" in self.state.get(p, {})]
-                group["step"] = int(max(steps)) if steps else 0
+            for p in group["params"]:
+                st = self.state.get(p, {})
+                if "step" in st and not isinstance(st["step"], Tensor):  # checkpoints before torch 1.12
+                    st["step"] = torch.tensor(float(st["step"]), dtype=_step_dtype())
+            # Weight-decay schedules read the group's step. A torch checkpoint has none, and one that
+            # went through torch.optim kept a stale one: the parameters' own counts are the truth.
+            steps = [int(self.state[p]["step"]) for p in group["params"] if "step" in self.state.get(p, {})]
+            group["step"] = max([group.get("step", 0), *steps])
         self._underflow_reported = set()
         self._compile_failed = False
 
