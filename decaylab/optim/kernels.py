@@ -157,7 +157,7 @@ def tensor_update(spec: Spec, p, st: dict, new: dict, hp: dict, pp: dict) -> Non
     elif spec.form == "cautious":
         w = rules.cautious(w, w_ref, u, s, lam)
     elif spec.form == "stable":
-        w = rules.stable(w, w_ref, s, lam, hp["mean_vhat"])
+        w = rules.stable(w, w_ref, s, lam, hp["mean_vhat"], spec.eps if spec.direction == "adam" else 0.0)
     w = w - u * hp["lr"]
     if spec.form == "prox":
         w = rules.prox(w, w_ref, s, lam)

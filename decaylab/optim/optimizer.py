@@ -144,7 +144,9 @@ class DecayOptimizer(torch.optim.Optimizer):
 
     def _resolve_max_lr(self, group: dict[str, Any]) -> None:
         if group.get("max_lr") is None:
-            group["max_lr"] = group.get("initial_lr", group["lr"])
+            peak = group.get("initial_lr", group["lr"])
+            # A copy: torch's schedulers update a tensor lr in place, and the peak must not follow.
+            group["max_lr"] = peak.detach().clone() if isinstance(peak, Tensor) else peak
         else:
             _check_hparam("max_lr", group["max_lr"])
         if group["decay_scale"] in ("schedule", "corrected") and _is_zero(group["max_lr"]):
@@ -279,11 +281,13 @@ class DecayOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # Everything that can reject this step (schedules' values, sparse gradients) runs before
+        # any group is touched, so a failed step changes nothing.
+        plans = [(group, self._group_hparams(group), self._buckets(group)) for group in self.param_groups]
         deferred = []  # the stable form needs mean(v̂) over all its parameters before any update
-        for index, group in enumerate(self.param_groups):
-            hp_group = self._group_hparams(group)
+        for index, (group, hp_group, buckets) in enumerate(plans):
             stacked = any(isinstance(v, Tensor) and v.dim() == 1 for v in hp_group.values())
-            for (device, dtype), params in self._buckets(group).items():
+            for (device, dtype), params in buckets.items():
                 spec = self._spec(group, params[0], stacked)
                 fresh = [self.state[p].get("momentum_buffer") is None for p in params]
                 states_per_param = [self._init_state(p, group, spec) for p in params]
@@ -401,8 +405,8 @@ class Adam(DecayOptimizer):
         for i, b in enumerate(betas):
             if not _is_number(b) or not 0.0 <= b < 1.0:
                 raise ValueError(f"betas[{i}] must be a number in [0, 1); got {b!r}")
-        if not _is_number(group["eps"]) or group["eps"] < 0:
-            raise ValueError(f"eps must be a number >= 0; got {group['eps']!r}")
+        if not _is_number(group["eps"]) or not math.isfinite(group["eps"]) or group["eps"] < 0:
+            raise ValueError(f"eps must be a finite number >= 0; got {group['eps']!r}")
         group["betas"] = (float(betas[0]), float(betas[1]))
 
     def _spec(self, group, p, stacked):

@@ -93,15 +93,17 @@ def cautious(w, w_ref, u, s, lam):
     return w - d * (u * d).ge(0) * (s * lam)
 
 
-def stable(w, w_ref, s, lam, mean_vhat):
-    r"""Stable decay (AdamS): ``w ← w − s_t·λ·(w − w_ref) / sqrt(mean(v̂_t))``.
+def stable(w, w_ref, s, lam, mean_vhat, eps=0.0):
+    r"""Stable decay (AdamS): ``w ← w − s_t·λ·(w − w_ref) / (sqrt(mean(v̂_t)) + ε)``.
 
     ``mean_vhat`` is one number per model: the mean of ``v̂`` over every parameter that the
-    stable form decays (Xie et al.'s code averages over all parameters of the optimizer). For
-    SGD, pass the constant ``((1 − momentum)/(1 − dampening))²`` so that the factor becomes
+    stable form decays (Xie et al.'s code averages over all parameters of the optimizer). Their
+    code has no ``ε``; decaylab adds Adam's ``ε`` so that the decay stays finite before any
+    gradient arrives (``v̂ = 0``), as pytorch-optimizer's AdamS does. For SGD, pass the constant
+    ``((1 − momentum)/(1 − dampening))²`` and ``ε = 0``, so that the factor becomes
     ``(1 − dampening)/(1 − momentum)`` as in SGDS.
     """
-    return w - offset(w, w_ref) * (s * lam / mean_vhat.sqrt())
+    return w - offset(w, w_ref) * (s * lam / (mean_vhat.sqrt() + eps))
 
 
 def prox(z, w_ref, s, lam):
