@@ -12,9 +12,9 @@ arithmetic only, so the same code runs
   per-model (stacked) lr does not recompile, and one graph serves every chunk of a bucket.
 
 A *bucket* is the tensors of one param group that share device, dtype and layout. The
-:class:`Spec` holds what is fixed for a bucket (names, flags, betas, eps); the ``hp`` dict holds
-what moves (``lr``, ``lam``, ``s``) as tensors of the compute dtype, 0-dim for one model or
-shape ``(K,)`` for ``K`` models stacked along dim 0.
+:class:`Spec` holds what is fixed for a bucket (names, flags, eps); the ``hp`` dict holds
+what may move (``lr``, ``lam``, ``s``, Adam's ``beta1``/``beta2``) as tensors of the compute
+dtype, 0-dim for one model or shape ``(K,)`` for ``K`` models stacked along dim 0.
 """
 from __future__ import annotations
 
@@ -46,7 +46,6 @@ class Spec:
     to_init: bool = False
     amsgrad: bool = False
     maximize: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     momentum: float = 0.0  # SGD; 0 means no buffer
     nesterov: bool = False
@@ -113,7 +112,7 @@ def tensor_moments(spec: Spec, p, g, st: dict, hp: dict, pp: dict) -> dict:
         g = rules.l2_gradient(g, precision.read_param(p, st, spec), _compute(st.get("init_param"), spec), hp["lam"])
     new = {"g": g}
     if spec.direction == "adam":
-        beta1, beta2 = spec.betas
+        beta1, beta2 = hp["beta1"], hp["beta2"]
         v_max = _compute(st["max_exp_avg_sq"], spec) if spec.amsgrad else None
         m, v, v_max = directions.adam_moments(
             g, _compute(st["exp_avg"], spec), _compute(st["exp_avg_sq"], spec), v_max, beta1, beta2
@@ -132,8 +131,14 @@ def tensor_moments(spec: Spec, p, g, st: dict, hp: dict, pp: dict) -> dict:
 def tensor_vhat_sum(spec: Spec, new: dict, pp: dict):
     """Sum of Adam's ``v̂`` over one tensor: one number per model (for the stable form)."""
     v_used = new["max_exp_avg_sq"] if spec.amsgrad else new["exp_avg_sq"]
-    vhat = directions.adam_vhat(v_used, spec.betas[1], pp["step"])
+    vhat = v_used * pp["inv_bias_correction2_sqrt"] ** 2
     return vhat.flatten(1).sum(1) if spec.stacked else vhat.sum()
+
+
+def moments_from_state(spec: Spec, st: dict) -> dict:
+    """The moments as :func:`tensor_moments` returned them, read back from the (updated) state."""
+    keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if spec.amsgrad else ())
+    return {k: _compute(st[k], spec) for k in keys}
 
 
 def tensor_update(spec: Spec, p, st: dict, new: dict, hp: dict, pp: dict) -> None:
@@ -147,7 +152,9 @@ def tensor_update(spec: Spec, p, st: dict, new: dict, hp: dict, pp: dict) -> Non
     w_ref = _compute(st.get("init_param"), spec)
     if spec.direction == "adam":
         v_used = new["max_exp_avg_sq"] if spec.amsgrad else new["exp_avg_sq"]
-        u, D = directions.adam_direction(new["exp_avg"], v_used, spec.betas[0], spec.betas[1], spec.eps, pp["step"])
+        u, D = directions.adam_direction_corrected(
+            new["exp_avg"], v_used, spec.eps, pp["inv_bias_correction1"], pp["inv_bias_correction2_sqrt"]
+        )
     else:
         u = directions.sgd_direction(new["g"], new.get("momentum_buffer"), spec.momentum, spec.nesterov)
         D = 1.0
@@ -174,25 +181,27 @@ def _select(items: list[dict], i: int) -> dict:
 
 
 def reference_moments(spec: Spec, params, grads, states, hp, pp):
-    """Phase 1 tensor by tensor; returns the new states (and, for stable, the v̂ sum)."""
-    news, total = [], 0
+    """Phase 1 tensor by tensor (writes the state); returns the v̂ sum the stable form needs."""
+    total = 0
     for i, (p, g) in enumerate(zip(params, grads)):
         new = tensor_moments(spec, p, g, _select(states, i), hp, _select(pp, i))
-        news.append(new)
         if spec.form == "stable" and spec.direction == "adam":
             total = total + tensor_vhat_sum(spec, new, _select(pp, i))
-    return news, total
+    return total
 
 
-def reference_update(spec: Spec, params, states, news, hp, pp) -> None:
+def reference_update(spec: Spec, params, states, hp, pp) -> None:
+    """Phase 2 tensor by tensor, reading the moments that phase 1 stored."""
     for i, p in enumerate(params):
-        tensor_update(spec, p, _select(states, i), news[i], hp, _select(pp, i))
+        st = _select(states, i)
+        tensor_update(spec, p, st, moments_from_state(spec, st), hp, _select(pp, i))
 
 
 def reference_step(spec: Spec, params, grads, states, hp, pp) -> None:
     """Both phases, tensor by tensor (forms without a global statistic)."""
-    news, _ = reference_moments(spec, params, grads, states, hp, pp)
-    reference_update(spec, params, states, news, hp, pp)
+    for i, (p, g) in enumerate(zip(params, grads)):
+        st, pi = _select(states, i), _select(pp, i)
+        tensor_update(spec, p, st, tensor_moments(spec, p, g, st, hp, pi), hp, pi)
 
 
 def _lists(params, states, pp):
@@ -205,20 +214,19 @@ def foreach_moments(spec: Spec, params, grads, states, hp, pp):
     total = 0
     if spec.form == "stable" and spec.direction == "adam":
         v_used = new["max_exp_avg_sq"] if spec.amsgrad else new["exp_avg_sq"]
-        vhat = directions.adam_vhat(v_used, spec.betas[1], PP["step"])
-        for t in vhat.items:
+        for t in (v_used * (PP["inv_bias_correction2_sqrt"] * PP["inv_bias_correction2_sqrt"])).items:
             total = total + (t.flatten(1).sum(1) if spec.stacked else t.sum())
-    return new, total
+    return total
 
 
-def foreach_update(spec: Spec, params, states, new, hp, pp) -> None:
+def foreach_update(spec: Spec, params, states, hp, pp) -> None:
     P, S, PP = _lists(params, states, pp)
-    tensor_update(spec, P, S, new, hp, PP)
+    tensor_update(spec, P, S, moments_from_state(spec, S), hp, PP)
 
 
 def foreach_step(spec: Spec, params, grads, states, hp, pp) -> None:
-    new, _ = foreach_moments(spec, params, grads, states, hp, pp)
-    foreach_update(spec, params, states, new, hp, pp)
+    P, S, PP = _lists(params, states, pp)
+    tensor_update(spec, P, S, tensor_moments(spec, P, TensorList(grads), S, hp, PP), hp, PP)
 
 
 # Compiled path: the reference loop, flattened to 1-D (or (K, -1) when stacked) so that one
@@ -233,8 +241,8 @@ def _entry_moments(params, grads, states, hp, pp, spec=None):
     return reference_moments(spec, params, grads, states, hp, pp)
 
 
-def _entry_update(params, states, news, hp, pp, spec=None):
-    reference_update(spec, params, states, news, hp, pp)
+def _entry_update(params, states, hp, pp, spec=None):
+    reference_update(spec, params, states, hp, pp)
 
 
 @functools.lru_cache(maxsize=None)
@@ -283,20 +291,18 @@ def compiled_moments(spec: Spec, params, grads, states, hp, pp):
     P = _flat(spec, params)
     G = [g.reshape(p.shape) for g, p in zip(grads, P)]
     S = {k: _flat(spec, v) for k, v in states.items()}
-    news, total = [], 0
+    total = 0
     for c in _chunks(len(P)):
-        n, t = fn(P[c], G[c], {k: v[c] for k, v in S.items()}, hp, {k: v[c] for k, v in pp.items()})
-        news.extend(n)
-        total = total + t
-    return news, total
+        total = total + fn(P[c], G[c], {k: v[c] for k, v in S.items()}, hp, {k: v[c] for k, v in pp.items()})
+    return total
 
 
-def compiled_update(spec: Spec, params, states, news, hp, pp) -> None:
+def compiled_update(spec: Spec, params, states, hp, pp) -> None:
     fn = _compiled("update", spec)
     P = _flat(spec, params)
     S = {k: _flat(spec, v) for k, v in states.items()}
     for c in _chunks(len(P)):
-        fn(P[c], {k: v[c] for k, v in S.items()}, news[c], hp, {k: v[c] for k, v in pp.items()})
+        fn(P[c], {k: v[c] for k, v in S.items()}, hp, {k: v[c] for k, v in pp.items()})
 
 
 EXECUTORS = {

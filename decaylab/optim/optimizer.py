@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import kernels, precision, rules
+from . import directions, kernels, precision, rules
 from .kernels import Spec
 
 __all__ = [
@@ -324,17 +324,16 @@ class DecayOptimizer(torch.optim.Optimizer):
             kernels.EXECUTORS["foreach"][0](spec, params, grads, states, hp, pp)
 
     def _run_stable(self, jobs) -> None:
-        total, count, news = 0, 0, []
+        total, count = 0, 0
         for spec, backend, _, params, grads, states, hp, pp in jobs:
-            new, s = kernels.EXECUTORS[backend][1](spec, params, grads, states, hp, pp)
-            news.append(new)
+            s = kernels.EXECUTORS[backend][1](spec, params, grads, states, hp, pp)
             # The sum may live on another device or dtype than its neighbours': gather in fp64 on CPU.
             total = total + torch.as_tensor(s).to("cpu", torch.float64)
             count += sum(p.numel() // (p.shape[0] if spec.stacked else 1) for p in params)
         mean_vhat = total / count
-        for (spec, backend, _, params, grads, states, hp, pp), new in zip(jobs, news):
+        for spec, backend, _, params, grads, states, hp, pp in jobs:
             hp = dict(hp, mean_vhat=mean_vhat.to(hp["lr"].device, hp["lr"].dtype))
-            kernels.EXECUTORS[backend][2](spec, params, states, new, hp, pp)
+            kernels.EXECUTORS[backend][2](spec, params, states, hp, pp)
 
     def _low_precision(self, group: dict[str, Any], p: Tensor) -> str:
         return group["low_precision"] if p.dtype in precision.LOW_PRECISION else "none"
@@ -412,9 +411,13 @@ class Adam(DecayOptimizer):
     def _spec(self, group, p, stacked):
         return Spec(
             direction="adam", form=group["decay"], to_init=group["decay_to"] == "init", amsgrad=bool(group["amsgrad"]),
-            maximize=bool(group["maximize"]), betas=tuple(group["betas"]), eps=float(group["eps"]),
+            maximize=bool(group["maximize"]), eps=float(group["eps"]),
             low_precision=self._low_precision(group, p), stacked=stacked,
         )
+
+    def _group_hparams(self, group):
+        beta1, beta2 = group["betas"]
+        return dict(super()._group_hparams(group), beta1=beta1, beta2=beta2)
 
     def _init_state(self, p, group, spec):
         state = self.state[p]
@@ -430,7 +433,9 @@ class Adam(DecayOptimizer):
     def _per_param(self, group, spec, params, fresh, device, dtype):
         steps = [self.state[p]["step"] for p in params]
         torch._foreach_add_(steps, 1.0)
-        return {"step": [s.to(device=device, dtype=dtype) for s in steps]}
+        beta1, beta2 = group["betas"]
+        corrections = [directions.adam_bias_corrections(beta1, beta2, s.to(device=device, dtype=dtype)) for s in steps]
+        return {"inv_bias_correction1": [c[0] for c in corrections], "inv_bias_correction2_sqrt": [c[1] for c in corrections]}
 
 
 class SGD(DecayOptimizer):

@@ -1,0 +1,122 @@
+"""The two MNIST-1D baselines: an MLP and the small 1-d CNN of Greydanus's MNIST-1D paper.
+
+Both follow ``greydanus/mnist1d`` (``notebooks/models.py``: ``MLPBase``, ``ConvBase``) and keep
+PyTorch's default initialization, as that code does. Inputs are MNIST-1D signals of shape
+``(batch, in_length)`` (``(batch, 1, in_length)`` is accepted too); outputs are logits
+``(batch, num_classes)``.
+
+Both are stateless apart from their parameters (no buffers, no in-place ops on activations, no
+data-dependent control flow), so ``K`` copies stack with :func:`torch.func.stack_module_state` and
+run under ``vmap(functional_call(...))`` in train and eval mode alike.
+
+>>> import torch
+>>> MLP()(torch.randn(8, 40)).shape, CNN1d()(torch.randn(8, 40)).shape
+(torch.Size([8, 10]), torch.Size([8, 10]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from decaylab.models._layers import check_choice
+
+__all__ = ["ACTIVATIONS", "CNN1d", "MLP"]
+
+#: Activation names the MLP accepts, and the (out-of-place) function each one applies.
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "tanh": torch.tanh,
+    "silu": F.silu,
+}
+
+
+class MLP(nn.Module):
+    """A fully connected classifier: ``Linear → act`` for each hidden width, then a linear head.
+
+    With ``residual=True`` a hidden layer whose input and output widths agree adds its input back,
+    ``h ← h + act(W h + b)``; with the default ``hidden=(100, 100)`` this is exactly MNIST-1D's
+    ``MLPBase`` (15,210 parameters either way). Default PyTorch initialization.
+
+    Parameter names: ``hidden.<i>.weight``/``.bias`` and ``head.weight``/``.bias``.
+
+    Args:
+        in_features: length of the (flattened) input; 40 for MNIST-1D.
+        hidden: widths of the hidden layers, in order (may be empty: a linear model).
+        num_classes: number of output logits.
+        activation: one of :data:`ACTIVATIONS` (``"relu"``, ``"gelu"``, ``"tanh"``, ``"silu"``).
+        residual: add skip connections around hidden layers of equal width (MNIST-1D's ``MLPBase``).
+    """
+
+    def __init__(
+        self,
+        in_features: int = 40,
+        hidden: Sequence[int] = (100, 100),
+        num_classes: int = 10,
+        activation: str = "relu",
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        check_choice("activation", activation, tuple(ACTIVATIONS))
+        if isinstance(hidden, int):
+            raise TypeError(f"hidden must be a sequence of widths, e.g. ({hidden},), not an int")
+        widths = [in_features, *hidden]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.head = nn.Linear(widths[-1], num_classes)
+        self.activation = activation
+        # Decided once here from the widths, so forward has no data-dependent branches.
+        self._skip = [residual and a == b for a, b in zip(widths[:-1], widths[1:], strict=True)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        act = ACTIVATIONS[self.activation]
+        h = x.flatten(1)
+        for layer, skip in zip(self.hidden, self._skip, strict=True):
+            h = h + act(layer(h)) if skip else act(layer(h))
+        return self.head(h)
+
+
+def _conv_length(length: int, kernel: int, stride: int, padding: int) -> int:
+    return (length + 2 * padding - kernel) // stride + 1
+
+
+class CNN1d(nn.Module):
+    """MNIST-1D's ``ConvBase``: three strided 1-d convolutions with ReLU, then a linear classifier.
+
+    ``conv1``: 1 → C, kernel 5, stride 2, padding 1; ``conv2``, ``conv3``: C → C, kernel 3,
+    stride 2, padding 1; ReLU after each; the ``C × L₃`` features are flattened into ``linear``.
+    For ``in_length=40`` the lengths go 40 → 19 → 10 → 5, so with the paper's ``channels=25`` the
+    classifier sees 125 features and the model has 5,210 parameters. Default PyTorch init.
+
+    Args:
+        in_length: length of the input signal (40 for MNIST-1D).
+        channels: channels of every conv layer (MNIST-1D uses 25).
+        num_classes: number of output logits.
+    """
+
+    def __init__(self, in_length: int = 40, channels: int = 25, num_classes: int = 10) -> None:
+        super().__init__()
+        length = in_length
+        for kernel in (5, 3, 3):
+            length = _conv_length(length, kernel, stride=2, padding=1)
+        if length < 1:
+            raise ValueError(f"in_length must be at least 3 (the first conv has kernel 5, padding 1), got {in_length}")
+        self.in_length = in_length
+        self.conv1 = nn.Conv1d(1, channels, 5, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.linear = nn.Linear(channels * length, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Shape checks only (no values), so this stays vmap-compatible.
+        if x.shape[-1] != self.in_length:
+            raise ValueError(f"CNN1d was built for in_length={self.in_length}, got input shape {tuple(x.shape)}")
+        if x.ndim == 2:
+            x = x.unsqueeze(1)
+        h = F.relu(self.conv1(x))
+        h = F.relu(self.conv2(h))
+        h = F.relu(self.conv3(h))
+        return self.linear(h.flatten(1))

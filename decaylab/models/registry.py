@@ -1,0 +1,94 @@
+"""Build a model by name: ``build("resnet20-nobn")``; the names a sweep spec may use.
+
+=========================  =========================================  ==============  ==============
+name                       builds                                     parameters      input
+=========================  =========================================  ==============  ==============
+``mlp``                    ``MLP()`` — MNIST-1D MLP                   15,210          ``(B, 40)``
+``cnn1d``                  ``CNN1d()`` — MNIST-1D ConvBase            5,210           ``(B, 40)``
+``resnet20``               ``resnet20(norm="bn")``                    269,722         ``(B, 3, H, W)``
+``resnet20-nobn``          ``resnet20(norm="none")``                  268,346         ``(B, 3, H, W)``
+``preact-resnet18``        ``preact_resnet18(norm="bn")``             11,172,176      ``(B, 3, H, W)``
+``preact-resnet18-nobn``   ``preact_resnet18(norm="none")``           11,164,362      ``(B, 3, H, W)``
+``vgg16``                  ``vgg16()`` — no BatchNorm                 14,719,818      ``(B, 3, 32, 32)``
+``gpt-micro``              ``GPT(GPTConfig.micro(**kwargs))``         1,844,928       ``(B, T ≤ 128)`` ids
+=========================  =========================================  ==============  ==============
+
+(parameters for the defaults: 10 classes, vocab 256.) Keyword arguments go to the builder
+(``num_classes=100``, ``hidden=(256,)``; for ``gpt-micro`` any :class:`GPTConfig` field). A keyword
+that the name already fixes (``norm`` for the ResNets) may not be given a different value.
+The vision and MNIST-1D models return logits; the GPT returns ``(logits, loss)``.
+
+>>> build("resnet20-nobn", num_classes=100).linear.out_features
+100
+>>> build("resnet20-nobn", norm="bn")
+Traceback (most recent call last):
+...
+ValueError: 'resnet20-nobn' fixes norm='none'; for norm='bn' build 'resnet20'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from decaylab.models.gpt import GPT, GPTConfig
+from decaylab.models.mnist1d import MLP, CNN1d
+from decaylab.models.resnet import preact_resnet18, resnet20
+from decaylab.models.vgg import vgg16
+
+__all__ = ["available", "build", "num_parameters"]
+
+
+def _gpt_micro(**kwargs: Any) -> GPT:
+    unknown = sorted(set(kwargs) - set(GPTConfig.field_names()))
+    if unknown:
+        raise ValueError(f"unknown GPTConfig fields {unknown} for 'gpt-micro'; allowed: {GPTConfig.field_names()}")
+    return GPT(GPTConfig.micro(**kwargs))
+
+
+# name -> (builder, keywords the name fixes)
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
+    "mlp": (MLP, {}),
+    "cnn1d": (CNN1d, {}),
+    "resnet20": (resnet20, {"norm": "bn"}),
+    "resnet20-nobn": (resnet20, {"norm": "none"}),
+    "preact-resnet18": (preact_resnet18, {"norm": "bn"}),
+    "preact-resnet18-nobn": (preact_resnet18, {"norm": "none"}),
+    "vgg16": (vgg16, {"norm": "none"}),
+    "gpt-micro": (_gpt_micro, {}),
+}
+
+
+def available() -> list[str]:
+    """The names :func:`build` accepts, in table order."""
+    return list(_REGISTRY)
+
+
+def build(name: str, **kwargs: Any) -> nn.Module:
+    """A freshly initialized model (from torch's global RNG: seed it first for reproducible inits).
+
+    Raises:
+        ValueError: ``name`` is not one of :func:`available` (the message lists them), or a
+            keyword contradicts what the name fixes.
+        TypeError: a keyword the builder does not take.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model name {name!r}; available: {available()}")
+    builder, fixed = _REGISTRY[name]
+    for key, value in fixed.items():
+        if key in kwargs and kwargs[key] != value:
+            other = [n for n, (b, f) in _REGISTRY.items() if b is builder and f.get(key) == kwargs[key]]
+            hint = f"; for {key}={kwargs[key]!r} build {other[0]!r}" if other else ""
+            raise ValueError(f"{name!r} fixes {key}={value!r}{hint}")
+    return builder(**{**kwargs, **fixed})
+
+
+def num_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter entries, each shared (tied) tensor counted once.
+
+    >>> num_parameters(build("resnet20"))
+    269722
+    """
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
