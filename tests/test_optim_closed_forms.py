@@ -313,7 +313,7 @@ def test_decay_to_init_relaxes_by_the_product(direction, form, backend):
         else:  # stable
             if direction == "adam":
                 ratio = beta2 ** (n - RELAX_K) * (1 - beta2**RELAX_K) / (1 - beta2**n)
-                f = [torch.full_like(x, 1 - decay / math.sqrt(ratio * mean_g2)) for x in g]
+                f = [torch.full_like(x, 1 - decay / (math.sqrt(ratio * mean_g2) + eps)) for x in g]
             else:
                 f = [torch.full_like(x, 1 - decay) for x in g]
         factors = [a * b for a, b in zip(factors, f, strict=True)]
