@@ -132,7 +132,7 @@ def tensor_vhat_sum(spec: Spec, new: dict, pp: dict):
     """Sum of Adam's ``v̂`` over one tensor: one number per model (for the stable form)."""
     v_used = new["max_exp_avg_sq"] if spec.amsgrad else new["exp_avg_sq"]
     vhat = v_used * pp["inv_bias_correction2_sqrt"] ** 2
-    return vhat.flatten(1).sum(1) if spec.stacked else vhat.sum()
+    return vhat.reshape(vhat.shape[0], -1).sum(1) if spec.stacked else vhat.sum()
 
 
 def moments_from_state(spec: Spec, st: dict) -> dict:
@@ -215,7 +215,7 @@ def foreach_moments(spec: Spec, params, grads, states, hp, pp):
     if spec.form == "stable" and spec.direction == "adam":
         v_used = new["max_exp_avg_sq"] if spec.amsgrad else new["exp_avg_sq"]
         for t in (v_used * (PP["inv_bias_correction2_sqrt"] * PP["inv_bias_correction2_sqrt"])).items:
-            total = total + (t.flatten(1).sum(1) if spec.stacked else t.sum())
+            total = total + (t.reshape(t.shape[0], -1).sum(1) if spec.stacked else t.sum())
     return total
 
 
@@ -257,7 +257,8 @@ def _compiled(kind: str, spec: Spec):
     code = base.__code__.replace(co_name=f"{base.__name__}_{len(_COMPILED_NAMES)}")
     _COMPILED_NAMES.append(code.co_name)
     fn = types.FunctionType(code, base.__globals__, code.co_name, (spec,))
-    return torch.compile(fn, fullgraph=True, dynamic=True)
+    # Kahan compensation is `w − round(w)`: inductor must not fold the round trip to bf16 away.
+    return torch.compile(fn, fullgraph=True, dynamic=True, options={"emulate_precision_casts": True})
 
 
 _COMPILED_NAMES: list[str] = []
