@@ -242,8 +242,10 @@ class DecayOptimizer(torch.optim.Optimizer):
             warnings.warn(
                 f"weight decay rounds away in param group {index}: the decay per step s_t·λ = {strength:.3g} "
                 f"(decay={group['decay']!r}, decay_scale={group['decay_scale']!r}) is below {dtype}'s resolution "
-                f"{precision.resolution(dtype):.3g}, so w·(1 − s_t·λ) rounds back to w and these weights are not "
-                f"decayed; {cure}. (Reported once per group and dtype.)",
+                f"{precision.resolution(dtype):.3g}, so w·(1 − s_t·λ) rounds back to w: "
+                f"{'no weight' if strength < precision.resolution(dtype) / 2 else 'many weights'} of this group "
+                f"{'is' if strength < precision.resolution(dtype) / 2 else 'are not'} decayed; {cure}. "
+                "(Reported once per group and dtype.)",
                 DecayUnderflowWarning,
                 stacklevel=5,  # _check_underflow < step < no_grad < Optimizer's hook wrapper < the caller
             )
