@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--weight-decay", type=_non_negative_float("--weight-decay"), default=0.5,
         help="λ in torch's convention (default 0.5); converted for the other conventions",
     )
+    from .report.cli import add_cli as add_report_cli
+
+    add_report_cli(sub)
     return parser
 
 
@@ -63,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
         quickstart.run(seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size, weight_decay=args.weight_decay)
         return 0
+    if getattr(args, "handler", None) is not None:
+        return args.handler(args)
     parser.print_help()
     return 2
 

@@ -1,0 +1,67 @@
+"""``decaylab report STORE [--sweep NAME] [--out DIR]``: draw a sweep's report and print its table.
+
+Wire it into the main parser with :func:`add_cli` (it sets ``handler`` on the parsed arguments)::
+
+    report_cli.add_cli(sub)              # in build_parser
+    return args.handler(args)            # in main, when args.command == "report"
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .build import DEFAULT_DELTA
+
+__all__ = ["add_cli", "run"]
+
+
+def _delta(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--delta must be a number >= 0, got {text!r}") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"--delta must be a finite number >= 0, got {value}")
+    return value
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register the ``report`` subcommand; returns its parser."""
+    parser = subparsers.add_parser(
+        "report",
+        help="draw the lr × λ heatmaps, curves and the HTML report of a sweep",
+        description=(
+            "Read a sweep's finished runs from a run store and write report.html (self-contained), "
+            "one PNG per figure and summary.json; print the method table."
+        ),
+    )
+    parser.add_argument("store", metavar="STORE", help="the run store (SQLite file) a sweep wrote")
+    parser.add_argument("--sweep", metavar="NAME", default=None,
+                        help="which sweep of the store (default: the only one)")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="output folder (default: report-<sweep> beside the store)")
+    parser.add_argument("--metric", default=None,
+                        help="what the heatmaps show, lower is better (default: test_error = 1 − test_acc, "
+                             "else val_loss or test_loss)")
+    parser.add_argument("--delta", type=_delta, default=DEFAULT_DELTA,
+                        help="tolerance of the good region in the metric's units "
+                             f"(default {DEFAULT_DELTA}: 1 percentage point of test error)")
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the report; print the table and where the files are. Bad input: message on stderr, exit 2."""
+    from .build import build_report
+
+    try:
+        result = build_report(args.store, args.sweep, args.out, metric=args.metric, delta=args.delta)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"decaylab report: error: {error}", file=sys.stderr)
+        return 2
+    summary = result.summary
+    print(f"sweep {summary['sweep']!r}: metric {summary['metric']}, good region within {summary['delta']:g}")
+    print(result.table_text)
+    print(f"report: {result.html_path}")
+    print(f"figures: {len(result.png_paths)} PNG files in {result.html_path.parent}")
+    return 0
