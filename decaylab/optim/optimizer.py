@@ -220,7 +220,9 @@ class DecayOptimizer(torch.optim.Optimizer):
         return {"lr": lr, "lam": lam, "s": rules.decay_scale(group["decay_scale"], lr, group["max_lr"])}
 
     def _check_underflow(self, index: int, group: dict[str, Any], dtype: torch.dtype, spec: Spec, hp: dict[str, Any]) -> None:
-        if spec.form == "l2" or (index, dtype) in self._underflow_reported:
+        # l2 acts through the gradient; prox_euclid and stable scale s_t·λ by 1/D_t and 1/sqrt(mean v̂),
+        # which only the kernel knows: the check here would misjudge them.
+        if spec.form in ("l2", "prox_euclid", "stable") or (index, dtype) in self._underflow_reported:
             return
         if dtype in precision.LOW_PRECISION and spec.low_precision != "none":
             return

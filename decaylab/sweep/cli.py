@@ -1,0 +1,148 @@
+"""The ``decaylab sweep`` and ``decaylab status`` commands.
+
+``decaylab.cli`` registers them with :func:`add_cli` and runs the chosen one with
+``args.handler(args)`` (an exit status); ``python -m decaylab.sweep.cli`` runs them alone.
+
+::
+
+    decaylab sweep SPEC.toml [--store PATH] [--stack K | --no-stack] [--limit N] [--retry-failed] [--quiet]
+    decaylab status STORE [--sweep NAME]
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+__all__ = ["add_cli", "main", "DEFAULT_STORE"]
+
+DEFAULT_STORE = "decaylab.sqlite"
+
+
+def _positive_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {value}")
+        return value
+
+    return parse
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register the ``sweep`` and ``status`` subcommands on an ``add_subparsers()`` object; each
+    sets ``handler``: ``args.handler(args)`` runs the command and returns its exit status."""
+    from .runner import DEFAULT_STACK
+
+    sweep = subparsers.add_parser(
+        "sweep", help="run a sweep spec (TOML): train every run not yet in the store",
+        description="Train every run of a sweep spec that the store does not have yet, several at once as stacked "
+                    "models, writing each finished run at once. Killed and started again, it skips every "
+                    "finished run; several processes may sweep one store together.")
+    sweep.add_argument("spec", metavar="SPEC",
+                       help="the sweep spec: a .toml file, or the name of a checked-in spec (e.g. demo)")
+    sweep.add_argument("--store", default=DEFAULT_STORE, metavar="PATH",
+                       help=f"the SQLite store the runs go to (default {DEFAULT_STORE}; created if missing)")
+    how = sweep.add_mutually_exclusive_group()
+    how.add_argument("--stack", type=_positive_int("--stack"), default=DEFAULT_STACK, metavar="K",
+                     help=f"train up to K runs at once as one stacked model (default {DEFAULT_STACK})")
+    how.add_argument("--no-stack", action="store_true", help="train one run at a time (same as --stack 1)")
+    sweep.add_argument("--limit", type=_positive_int("--limit"), default=None, metavar="N",
+                       help="train at most N runs, then stop (the rest stay pending)")
+    sweep.add_argument("--retry-failed", action="store_true", help="train the runs that failed before again")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.set_defaults(handler=run_sweep_command)
+
+    status = subparsers.add_parser(
+        "status", help="show a store's progress: runs done/running/pending/failed, best so far, ETA",
+        description="Show the progress of every sweep in a store, per method: runs done, running, pending and "
+                    "failed, the best result so far, elapsed time and an ETA.")
+    status.add_argument("store", metavar="STORE", help="the SQLite store (e.g. decaylab.sqlite)")
+    status.add_argument("--sweep", default=None, metavar="NAME", help="only this sweep")
+    status.set_defaults(handler=status_command)
+
+
+def _error(command: str, message: Any) -> int:
+    print(f"decaylab {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM (a cluster scheduler's or ``kill``'s) stop a sweep like Ctrl-C, so the runs in
+    flight go back to pending at once; returns the previous handler (None if it could not be set)."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        return None
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from .runner import SweepAborted, run_sweep
+    from .spec import find_spec, load_spec
+    from .store import Store
+
+    try:
+        spec = load_spec(find_spec(args.spec))
+    except (FileNotFoundError, ValueError) as error:
+        return _error("sweep", error)
+    try:
+        store = Store(args.store)
+    except (OSError, ValueError) as error:
+        return _error("sweep", f"--store {args.store}: {error}")
+    stack = 1 if args.no_stack else args.stack
+    previous = _stop_on_sigterm()
+    print(f"sweep {spec.name!r}: {len(spec)} runs ({len(spec.methods)} methods), stack {stack}, store {args.store}",
+          file=sys.stderr)
+    try:
+        summary = run_sweep(spec, store, stack=stack, limit=args.limit, retry_failed=args.retry_failed,
+                            progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted: the runs in flight went back to pending; every finished run is kept in {args.store}. "
+              "Run the same command again to go on.", file=sys.stderr)
+        return 130
+    except SweepAborted as error:
+        print(f"decaylab sweep: stopped: {error}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print(summary, file=sys.stderr)
+    print(f"progress: decaylab status {args.store}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from .status import format_status
+    from .store import Store
+
+    try:
+        store = Store(args.store, create=False)
+    except (OSError, ValueError) as error:
+        return _error("status", f"STORE: {error}")
+    try:
+        print(format_status(store, args.sweep))
+    finally:
+        store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m decaylab.sweep.cli {sweep,status} ...``"""
+    parser = argparse.ArgumentParser(prog="decaylab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_cli(sub)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,565 @@
+r"""Sweep specs: a grid of training runs as a TOML data file that a paper's repository can check in.
+
+A spec names a sweep, fixes the :class:`~decaylab.train.TrainConfig` fields that every run
+shares (``[base]``), lists the axes to cross (``[grid]``) and the methods to compare
+(``[[methods]]``); every method is crossed with the whole grid::
+
+    name = "demo"                         # the sweep's name in the store
+    description = "lr × λ for five decay treatments"   # optional, free text
+
+    [base]                                # TrainConfig fields shared by every run
+    dataset = "mnist1d"
+    model = "mlp"
+    epochs = 10
+    schedule = "cosine"
+
+    [grid]                                # axes, crossed in this order (the last varies fastest)
+    lr = { log = [1e-4, 1e-1], num = 6 }  # 6 log-spaced values, both ends included
+    weight_decay = { log = [1e-4, 1], num = 6 }
+    seed = [0, 1]                         # or an explicit list
+
+    [[methods]]                           # a label + TrainConfig overrides
+    label = "Adam+L2"
+    decay = "l2"
+    weight_decay = { log = [1e-6, 1e-1], num = 6 }   # a per-method axis replaces the grid's
+
+    [[methods]]
+    label = "AdamW (torch)"
+    decay = "decoupled"
+
+A value in ``[grid]`` (or a grid-valued entry in a method) is one of
+
+- a list of values: ``seed = [0, 1, 2]``;
+- ``{ log = [lo, hi], num = n }``: ``n`` values spaced evenly in ``log(value)`` from ``lo`` to ``hi``
+  (both > 0, both included), ``lo·(hi/lo)^(i/(n−1))`` for ``i = 0 … n−1``;
+- ``{ linear = [lo, hi], num = n }``: ``n`` values spaced evenly from ``lo`` to ``hi``;
+- ``{ range = n }`` or ``{ range = [start, stop] }``: the integers ``start … stop−1``, as Python's
+  ``range`` (for seeds).
+
+Helper values are rounded to 6 significant digits so that a run's identity
+(:meth:`TrainConfig.key`, a hash of its fields) is the same on every machine.
+
+In a method, a plain value overrides ``[base]`` and removes the grid axis of the same name (so
+``weight_decay = 0`` makes a no-decay baseline with one run per lr and seed, not six copies); a
+list or helper table replaces (or adds) that axis for this method only. ``betas`` is a pair, so
+``betas = [0.9, 0.99]`` is one value and ``betas = [[0.9, 0.99], [0.9, 0.999]]`` an axis.
+
+``steps`` and ``grad_clip`` default to none: leave them out for none (TOML has no null).
+
+Every key and value is checked before anything runs: an unknown key raises a ``ValueError`` that
+names it, its section, the allowed keys and the closest match; a bad value names the field and
+what it may be.
+
+>>> spec = load_spec('''
+... name = "tiny"
+... [base]
+... epochs = 2
+... [grid]
+... lr = { log = [1e-3, 1e-1], num = 3 }
+... [[methods]]
+... label = "AdamW"
+... decay = "decoupled"
+... ''', config_class=_ExampleConfig)
+>>> [(label, c.lr) for label, c in spec.configs()]
+[('AdamW', 0.001), ('AdamW', 0.01), ('AdamW', 0.1)]
+>>> load_spec('name = "x"\n[grid]\nlearning_rate = [0.1]', config_class=_ExampleConfig)
+Traceback (most recent call last):
+...
+ValueError: unknown key 'learning_rate' in [grid]; allowed: TrainConfig fields (dataset, ...) (did you mean 'lr'?)
+"""
+from __future__ import annotations
+
+import difflib
+import itertools
+import math
+import os
+import sys
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError("reading sweep specs on Python 3.10 needs the 'tomli' package: "
+                                  "pip install tomli") from error
+
+__all__ = ["Spec", "load_spec", "find_spec", "available_specs", "log_grid", "linear_grid", "TOP_LEVEL_KEYS",
+           "GRID_HELPERS"]
+
+TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "methods")
+METHOD_KEYS = ("label",)
+GRID_HELPERS = ("log", "linear", "range")
+SIGNIFICANT_DIGITS = 6
+SPECS_DIR = Path(__file__).parent / "specs"
+
+# Allowed values of the TrainConfig fields that have a fixed set (decaylab.train's contract).
+OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "restarts")
+PRECISIONS = ("fp32", "bf16-autocast", "bf16")
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
+def log_grid(low: float, high: float, num: int) -> list[float]:
+    r"""``num`` values from ``low`` to ``high`` (both included), evenly spaced in ``log(value)``.
+
+    ``value_i = low·(high/low)^(i/(num−1))``, rounded to 6 significant digits (the ends are exact).
+
+    >>> log_grid(1e-4, 1e-1, 4)
+    [0.0001, 0.001, 0.01, 0.1]
+    >>> log_grid(1e-4, 1e-1, 6)
+    [0.0001, 0.000398107, 0.00158489, 0.00630957, 0.0251189, 0.1]
+    """
+    _check_helper_args("log", low, high, num, positive=True)
+    if num == 1:
+        return [float(low)]
+    lo, hi = math.log10(low), math.log10(high)
+    inner = [_round(10 ** (lo + (hi - lo) * i / (num - 1))) for i in range(1, num - 1)]
+    return [float(low), *inner, float(high)]
+
+
+def linear_grid(low: float, high: float, num: int) -> list[float]:
+    """``num`` values from ``low`` to ``high`` (both included), evenly spaced, rounded to 6 digits.
+
+    >>> linear_grid(0.0, 0.5, 3)
+    [0.0, 0.25, 0.5]
+    """
+    _check_helper_args("linear", low, high, num, positive=False)
+    if num == 1:
+        return [float(low)]
+    inner = [_round(low + (high - low) * i / (num - 1)) for i in range(1, num - 1)]
+    return [float(low), *inner, float(high)]
+
+
+def _check_helper_args(helper: str, low: Any, high: Any, num: Any, *, positive: bool, where: str = "") -> None:
+    at = f" in {where}" if where else ""
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise ValueError(f"{helper} grid{at}: num must be an integer >= 1, got {num!r}")
+    for name, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{helper} grid{at}: bounds must be finite numbers, got {name}={value!r}")
+        if positive and value <= 0:
+            raise ValueError(f"{helper} grid{at}: bounds must be > 0 (log spacing), got {name}={value!r}")
+    if num > 1 and low == high:
+        raise ValueError(f"{helper} grid{at}: bounds are equal ({low!r}), so num={num} values would repeat; "
+                         "use num = 1 or different bounds")
+
+
+# ----------------------------------------------------------------------------------------------
+# TrainConfig fields: their types and allowed values
+
+
+def _default_config_class() -> type:
+    from decaylab.train import TrainConfig
+
+    return TrainConfig
+
+
+@dataclass(frozen=True)
+class _FieldInfo:
+    name: str
+    kind: str  # "str" | "int" | "float" | "bool" | "tuple" | "other"
+    optional: bool  # may be None (then only by leaving it out of the spec)
+    length: int | None = None  # a tuple's fixed length (None: any length)
+    module: Any = None  # the config class's module, for its lists of allowed values
+
+
+def _field_infos(config_class: type) -> dict[str, _FieldInfo]:
+    if not is_dataclass(config_class):
+        raise TypeError(f"config_class must be a dataclass (decaylab.train.TrainConfig), got {config_class!r}")
+    try:
+        hints = typing.get_type_hints(config_class)
+    except Exception:  # unresolvable annotations: fall back to the defaults' types
+        hints = {}
+    infos = {}
+    for f in fields(config_class):
+        if not f.init:
+            continue
+        hint = hints.get(f.name)
+        default = f.default if f.default is not MISSING else None
+        module = sys.modules.get(config_class.__module__)
+        infos[f.name] = _FieldInfo(f.name, *_kind_of(hint, default), module=module)
+    return infos
+
+
+def _kind_of(hint: Any, default: Any) -> tuple[str, bool, int | None]:
+    optional = False
+    args = typing.get_args(hint)
+    if args and type(None) in args:  # X | None
+        optional = True
+        rest = [a for a in args if a is not type(None)]
+        hint = rest[0] if len(rest) == 1 else None
+    origin = typing.get_origin(hint)
+    for kind, cls in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if hint is cls:
+            return kind, optional, None
+    if origin is tuple or hint is tuple:
+        args = typing.get_args(hint)
+        return "tuple", optional, (None if not args or Ellipsis in args else len(args))
+    if hint is None:  # no usable annotation: go by the default
+        if default is None:
+            return "other", True, None
+        if isinstance(default, tuple):
+            return "tuple", optional, None
+        for kind, cls in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+            if isinstance(default, cls):
+                return kind, optional, None
+    return "other", optional, None
+
+
+# field -> the name of its tuple of allowed values in the config class's module (decaylab.train.config)
+_CHOICE_LISTS = {"optimizer": "OPTIMIZERS", "schedule": "SCHEDULES", "precision": "PRECISIONS",
+                 "decay_schedule": "DECAY_SCHEDULES"}
+
+
+def _choices(name: str, module: Any = None) -> tuple[str, ...] | None:
+    listed = getattr(module, _CHOICE_LISTS.get(name, "-"), None)
+    if isinstance(listed, tuple):
+        return listed
+    if name in ("decay", "decay_scale"):
+        from decaylab.optim.rules import FORMS, SCALES  # imports torch: only when a spec is read
+
+        return FORMS if name == "decay" else SCALES
+    if name == "optimizer":
+        return OPTIMIZERS
+    if name == "schedule":
+        return LR_SCHEDULES
+    if name == "precision":
+        return PRECISIONS
+    if name == "dataset":
+        from decaylab.data import available
+
+        return tuple(info.name for info in available())
+    if name == "model":
+        from decaylab.models import available
+
+        return tuple(available())
+    return None
+
+
+# name -> (test, what is allowed); numbers are checked after their type.
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "lr": (lambda v: v > 0, "a finite number > 0"),
+    "weight_decay": (lambda v: v >= 0, "a finite number >= 0"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "eps": (lambda v: v >= 0, "a finite number >= 0"),
+    "epochs": (lambda v: v > 0, "a finite number > 0"),
+    "steps": (lambda v: v >= 1, "an integer >= 1 (leave it out to use epochs)"),
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "seed": (lambda v: v >= 0, "an integer >= 0"),
+    "eval_every": (lambda v: v >= 0, "an integer >= 0 (0: evaluate only at the end)"),
+    "grad_clip": (lambda v: v > 0, "a finite number > 0 (leave it out for no clipping)"),
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_value(info: _FieldInfo, value: Any, where: str) -> Any:
+    """The value as the config wants it (ints become floats for float fields), or a ValueError."""
+    name = info.name
+    at = f"{name} in {where}"
+    if info.kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{at} must be true or false, got {value!r}")
+        return value
+    if info.kind == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"{at} must be a string, got {value!r}")
+        allowed = _choices(name, info.module)
+        if name == "dataset":  # names are matched case-insensitively (decaylab.data.load)
+            value = value.lower()
+        if allowed is not None and value not in allowed:
+            close = difflib.get_close_matches(value, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{at} must be one of {', '.join(map(repr, allowed))}; got {value!r}{hint}")
+        return value
+    if info.kind in ("int", "float"):
+        rule = _RANGES.get(name, (lambda v: True, "a finite number"))
+        what = rule[1]
+        if info.kind == "int":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{at} must be {what if what.startswith('an integer') else 'an integer'}, "
+                                 f"got {value!r}")
+        else:
+            if not _is_number(value) or not math.isfinite(value):
+                raise ValueError(f"{at} must be {what}, got {value!r}")
+            value = float(value)
+        if not rule[0](value):
+            raise ValueError(f"{at} must be {what}, got {value!r}")
+        return value
+    if info.kind == "tuple":
+        length = info.length
+        what = "a pair of numbers like [0.9, 0.999]" if length == 2 else (
+            f"a list of {length} numbers" if length else "a list of numbers like [0.5, 0.75]")
+        if (not isinstance(value, (list, tuple)) or (length is not None and len(value) != length)
+                or not all(_is_number(v) and math.isfinite(v) for v in value)):
+            raise ValueError(f"{at} must be {what}, got {value!r}")
+        if name == "betas" and not all(0 <= v < 1 for v in value):
+            raise ValueError(f"{at} must be two numbers in [0, 1), got {value!r}")
+        return tuple(float(v) for v in value)
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# The spec
+
+
+@dataclass
+class Spec:
+    """A parsed, validated sweep spec. :meth:`configs` expands it into runs.
+
+    ``name``: the sweep's name in the store; ``text``: the TOML source (stored with the runs);
+    ``methods``: the labels in file order; ``path``: the file it came from, if any.
+    """
+
+    name: str
+    text: str
+    description: str = ""
+    path: Path | None = None
+    methods: list[str] = field(default_factory=list)
+    _runs: list[tuple[str, Any]] = field(default_factory=list, repr=False)
+
+    def configs(self) -> list[tuple[str, Any]]:
+        """Every run as ``(method label, TrainConfig)``: methods in file order, each crossed with
+        its grid in axis order (the last axis varies fastest)."""
+        return list(self._runs)
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+
+def load_spec(source: str | os.PathLike[str], *, config_class: type | None = None) -> Spec:
+    """Read and validate a sweep spec from a ``.toml`` file path or from TOML text.
+
+    A :class:`~pathlib.Path`, or a string without a newline or ``=``, is a path; any other string is
+    the spec's text. ``config_class`` is the run config dataclass (default
+    :class:`decaylab.train.TrainConfig`).
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the TOML does not parse, or a key or value is not allowed (the message names it,
+            where it is, and what is allowed).
+    """
+    path: Path | None = None
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source and "=" not in source):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"sweep spec file {str(path)!r} does not exist")
+        text = path.read_text(encoding="utf-8")
+    elif isinstance(source, str):
+        text = source
+    else:
+        raise TypeError(f"load_spec takes a path or TOML text, got {type(source).__name__}")
+    where = f" in {str(path)!r}" if path else ""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"the sweep spec{where} is not valid TOML: {error}") from None
+    return _build(data, text, path, config_class or _default_config_class())
+
+
+def available_specs() -> list[str]:
+    """The names of the specs shipped in ``decaylab/sweep/specs/`` (``decaylab sweep demo``)."""
+    return sorted(p.stem for p in SPECS_DIR.glob("*.toml"))
+
+
+def find_spec(name_or_path: str | os.PathLike[str]) -> Path:
+    """A spec file: ``name_or_path`` itself if it is a file, else the shipped spec of that name.
+
+    >>> find_spec("demo").name
+    'demo.toml'
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = SPECS_DIR / f"{path.name}.toml"
+    if path.suffix == "" and path.name == os.fspath(name_or_path) and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"sweep spec file {os.fspath(name_or_path)!r} does not exist (the checked-in specs: "
+                            f"{', '.join(available_specs()) or 'none'})")
+
+
+# Names people write for TrainConfig fields, for the did-you-mean of an unknown key.
+_ALIASES = {
+    "learning_rate": "lr", "learningrate": "lr", "eta": "lr", "wd": "weight_decay", "lambda": "weight_decay",
+    "lam": "weight_decay", "decay_rate": "weight_decay", "form": "decay", "decay_form": "decay",
+    "scale": "decay_scale", "convention": "decay_scale", "seeds": "seed", "bs": "batch_size", "batch": "batch_size",
+    "optim": "optimizer", "scheduler": "schedule", "lr_schedule": "schedule", "beta1": "betas", "beta2": "betas",
+    "epoch": "epochs", "num_steps": "steps", "max_steps": "steps", "warmup": "warmup_steps", "data": "dataset",
+    "arch": "model",
+}
+
+
+def _unknown_key(key: str, section: str, allowed: Iterable[str], what: str = "") -> ValueError:
+    allowed = list(allowed)
+    alias = _ALIASES.get(key.lower().replace("-", "_"))
+    close = [alias] if alias in allowed else difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    listed = f"{what} ({', '.join(allowed)})" if what else ", ".join(allowed)
+    return ValueError(f"unknown key {key!r} in {section}; allowed: {listed}{hint}")
+
+
+def _is_axis(info: _FieldInfo, value: Any) -> bool:
+    """Whether a method's value is a grid axis (a list or a helper table) rather than one value."""
+    if isinstance(value, dict):
+        return True
+    if isinstance(value, list):
+        if info.kind == "tuple":  # one tuple, or a list of them
+            return bool(value) and all(isinstance(v, list) for v in value)
+        return True
+    return False
+
+
+def _axis(info: _FieldInfo, value: Any, where: str) -> list[Any]:
+    """The values of one grid axis, each checked."""
+    at = f"{info.name} in {where}"
+    if isinstance(value, dict):
+        helpers = [k for k in value if k in GRID_HELPERS]
+        for key in value:
+            if key not in (*GRID_HELPERS, "num"):
+                raise _unknown_key(key, f"the grid helper for {at}", (*GRID_HELPERS, "num"))
+        if len(helpers) != 1:
+            raise ValueError(f"{at}: a grid helper table needs exactly one of {', '.join(GRID_HELPERS)} "
+                             f"(e.g. {{ log = [1e-4, 1e-1], num = 6 }}), got keys {sorted(value)}")
+        helper = helpers[0]
+        bounds = value[helper]
+        if helper == "range":
+            if "num" in value:
+                raise ValueError(f"{at}: range takes no num; write {{ range = n }} or {{ range = [start, stop] }}")
+            if isinstance(bounds, int) and not isinstance(bounds, bool):
+                start, stop = 0, bounds
+            elif (isinstance(bounds, list) and len(bounds) == 2
+                  and all(isinstance(b, int) and not isinstance(b, bool) for b in bounds)):
+                start, stop = bounds
+            else:
+                raise ValueError(f"{at}: range must be an integer n or a pair of integers [start, stop], "
+                                 f"got {bounds!r}")
+            values: list[Any] = list(range(start, stop))
+            if not values:
+                raise ValueError(f"{at}: range {bounds!r} is empty (stop must be greater than start)")
+        else:
+            if not isinstance(bounds, list) or len(bounds) != 2:
+                raise ValueError(f"{at}: {helper} must be a pair [low, high], got {bounds!r}")
+            if "num" not in value:
+                raise ValueError(f"{at}: the {helper} helper needs num (how many values), e.g. num = 6")
+            _check_helper_args(helper, bounds[0], bounds[1], value["num"], positive=helper == "log", where=at)
+            values = (log_grid if helper == "log" else linear_grid)(bounds[0], bounds[1], value["num"])
+    elif isinstance(value, list):
+        if not value:
+            raise ValueError(f"{at}: a grid axis needs at least one value, got []")
+        values = value
+    else:
+        values = [value]
+    checked = [_check_value(info, v, where) for v in values]
+    seen: list[Any] = []
+    for v in checked:
+        if v in seen:
+            raise ValueError(f"{at}: the value {v!r} appears twice; every grid value must be distinct")
+        seen.append(v)
+    return checked
+
+
+def _build(data: dict[str, Any], text: str, path: Path | None, config_class: type) -> Spec:
+    infos = _field_infos(config_class)
+    field_names = list(infos)
+    config_fields = "TrainConfig fields"
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            raise _unknown_key(key, "the top level of the spec", TOP_LEVEL_KEYS)
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"name (the sweep's name in the store) must be a non-empty string at the top level of "
+                         f"the spec, got {name!r}")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ValueError(f"description must be a string, got {description!r}")
+    for section in ("base", "grid"):
+        if section in data and not isinstance(data[section], dict):
+            raise ValueError(f"[{section}] must be a table of TrainConfig fields, got {data[section]!r}")
+
+    base: dict[str, Any] = {}
+    for key, value in data.get("base", {}).items():
+        if key not in infos:
+            raise _unknown_key(key, "[base]", field_names, config_fields)
+        if _is_axis(infos[key], value):
+            raise ValueError(f"{key} in [base] must be one value, got {value!r}; put several values in [grid]")
+        base[key] = _check_value(infos[key], value, "[base]")
+
+    grid: dict[str, list[Any]] = {}
+    for key, value in data.get("grid", {}).items():
+        if key not in infos:
+            raise _unknown_key(key, "[grid]", field_names, config_fields)
+        if key in base:
+            raise ValueError(f"{key} is set in both [base] and [grid]; keep it in one of them")
+        grid[key] = _axis(infos[key], value, "[grid]")
+
+    methods = data.get("methods", [{"label": name}])
+    if not isinstance(methods, list) or not methods or not all(isinstance(m, dict) for m in methods):
+        raise ValueError("methods must be one or more [[methods]] tables, each with a label")
+    labels: list[str] = []
+    runs: list[tuple[str, Any]] = []
+    owner: dict[str, str] = {}
+    for i, method in enumerate(methods):
+        label = method.get("label")
+        where = f"methods[{i}]"
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError(f"label in {where} must be a non-empty string (the method's name in the report), "
+                             f"got {label!r}")
+        if label in labels:
+            raise ValueError(f"label {label!r} in {where} is used by an earlier method; labels must be unique")
+        labels.append(label)
+        where = f"{where} ({label!r})"
+        fixed = dict(base)
+        axes = dict(grid)
+        for key, value in method.items():
+            if key in METHOD_KEYS:
+                continue
+            if key not in infos:
+                raise _unknown_key(key, where, [*METHOD_KEYS, *field_names], f"label and {config_fields}")
+            if _is_axis(infos[key], value):
+                axes[key] = _axis(infos[key], value, where)
+                fixed.pop(key, None)
+            else:
+                fixed[key] = _check_value(infos[key], value, where)
+                axes.pop(key, None)
+        names = list(axes)
+        for combo in itertools.product(*(axes[n] for n in names)):
+            values = {**fixed, **dict(zip(names, combo, strict=True))}
+            try:
+                config = config_class(**values)
+            except (TypeError, ValueError) as error:
+                point = f", at {dict(zip(names, combo, strict=True))}" if names else ""
+                raise ValueError(f"{error} (in {where}{point})") from error
+            key = config.key()
+            if key in owner:
+                raise ValueError(f"methods {owner[key]!r} and {label!r} both produce the run {values}; "
+                                 "each run must belong to one method (give them different settings)")
+            owner[key] = label
+            runs.append((label, config))
+    return Spec(name=name, text=text, description=description, path=path, methods=labels, _runs=runs)
+
+
+@dataclass(frozen=True)
+class _ExampleConfig:
+    """A stand-in run config for this module's doctests (the real one is decaylab.train.TrainConfig)."""
+
+    dataset: str = "mnist1d"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    decay: str = "decoupled"
+    epochs: float = 10
+    seed: int = 0
+
+    def key(self) -> str:
+        return repr(self)
