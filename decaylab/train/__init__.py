@@ -1,0 +1,22 @@
+"""Training: one loop for one model (:func:`train`) and for K models stacked as one
+(:func:`train_stacked`), configured by a :class:`TrainConfig` and answering a :class:`RunResult`.
+
+>>> from decaylab.train import TrainConfig, train
+>>> result = train(TrainConfig(model="mlp", dataset="mnist1d", lr=3e-3, weight_decay=0.1, steps=20))  # doctest: +SKIP
+>>> sorted(result.final)  # doctest: +SKIP
+['steps', 'test_acc', 'test_loss', 'train_acc', 'train_loss', 'wall_s', 'weight_norm']
+
+Modules: :mod:`~decaylab.train.config` (the config and the result), :mod:`~decaylab.train.schedules`
+(lr multipliers, weight-decay schedules), :mod:`~decaylab.train.data` (data order, evaluation
+sets), :mod:`~decaylab.train.engines` (one model or K stacked), :mod:`~decaylab.train.loop`
+(the loop, checkpoints, progress).
+"""
+from .config import DECAY_SCHEDULES, OPTIMIZERS, PRECISIONS, SCHEDULES, RunResult, TrainConfig
+from .loop import stack_groups, total_steps, train, train_stacked
+from .schedules import DecaySchedule, LRSchedule, decay_schedule, lr_schedule
+
+__all__ = [
+    "TrainConfig", "RunResult", "train", "train_stacked", "total_steps", "stack_groups",
+    "LRSchedule", "DecaySchedule", "lr_schedule", "decay_schedule",
+    "OPTIMIZERS", "SCHEDULES", "PRECISIONS", "DECAY_SCHEDULES",
+]

@@ -1,0 +1,178 @@
+"""The data side of a run: loading (cached per process), the model that fits the data, the
+order of the training examples, and the fixed evaluation sets.
+
+Order: model ``k`` draws its batches from its own ``torch.Generator`` seeded with its config's
+``seed``. For classification each epoch is ``torch.randperm(n_train, generator=g)`` cut into
+``n_train // batch_size`` batches (the remainder is dropped, so K stacked models step through
+their epochs in lockstep); the permutations of all K models are drawn once per epoch and moved
+to the device together, and a step gathers ``x[idx]`` for all K models at once. For text,
+each step draws ``batch_size`` windows per model with :meth:`decaylab.data.TextData.batch`.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from decaylab import data as datasets
+from decaylab.data import TensorData, TextData
+from decaylab.models import build
+
+from .config import TrainConfig
+
+__all__ = [
+    "load_data", "check_fits", "build_model", "steps_per_epoch", "Prepared", "prepare", "Sampler", "LM_EVAL_SEED",
+    "lm_eval_batches",
+]
+
+#: Seed of the generator that picks the fixed language-model evaluation windows (the same for
+#: every run, so every run is evaluated on the same text).
+LM_EVAL_SEED = 20240601
+
+_LOADED: dict[str, TensorData | TextData] = {}
+_PREPARED: OrderedDict[tuple, Prepared] = OrderedDict()
+_PREPARED_MAX = 4
+
+
+def load_data(config: TrainConfig, data: TensorData | TextData | None = None) -> TensorData | TextData:
+    """``data`` if given, else ``decaylab.data.load(config.dataset)`` (loaded once per process)."""
+    if data is not None:
+        if not isinstance(data, (TensorData, TextData)):
+            raise ValueError(f"data must be a decaylab.data.TensorData or TextData; got {type(data).__name__}")
+        return data
+    if config.dataset not in _LOADED:
+        _LOADED[config.dataset] = datasets.load(config.dataset)
+    return _LOADED[config.dataset]
+
+
+def check_fits(config: TrainConfig, data: TensorData | TextData) -> None:
+    """Raise ``ValueError`` if ``config.model`` cannot train on ``data`` (classifier vs text)."""
+    if isinstance(data, TextData) and not config.is_language_model:
+        raise ValueError(
+            f"model {config.model!r} is a classifier but dataset {data.name!r} is text; use a language model "
+            "('gpt-micro') for text"
+        )
+    if not isinstance(data, TextData) and config.is_language_model:
+        raise ValueError(f"model {config.model!r} is a language model but dataset {data.name!r} is classification")
+
+
+def build_model(config: TrainConfig, data: TensorData | TextData) -> nn.Module:
+    """``decaylab.models.build(config.model, ...)`` with the sizes the data dictates (input
+    features or length, classes, vocabulary). Uses torch's global RNG: seed it first."""
+    check_fits(config, data)
+    if isinstance(data, TextData):
+        return build(config.model, vocab_size=data.vocab_size, block_size=config.block_size)
+    shape = data.input_shape
+    if config.model == "mlp":
+        return build("mlp", in_features=math.prod(shape), num_classes=data.num_classes)
+    if config.model == "cnn1d":
+        if len(shape) > 2 or (len(shape) == 2 and shape[0] != 1):
+            raise ValueError(
+                f"model 'cnn1d' takes 1-d signals of shape (L,) or (1, L); dataset {data.name!r} has {shape}"
+            )
+        return build("cnn1d", in_length=shape[-1], num_classes=data.num_classes)
+    return build(config.model, num_classes=data.num_classes)
+
+
+def steps_per_epoch(config: TrainConfig, data: TensorData | TextData) -> int:
+    """Optimizer steps in one pass over the training data."""
+    if isinstance(data, TextData):
+        return max(1, len(data.train) // (config.batch_size * config.block_size))
+    if config.batch_size > data.n_train:
+        raise ValueError(
+            f"batch_size must be at most the number of training examples ({data.n_train}) of {data.name!r}; "
+            f"got {config.batch_size}"
+        )
+    return data.n_train // config.batch_size
+
+
+@dataclass
+class Prepared:
+    """Tensors of one dataset on one device, inputs in the model's dtype."""
+
+    data: TensorData | TextData
+    x_train: Tensor | None = None
+    y_train: Tensor | None = None
+    x_test: Tensor | None = None
+    y_test: Tensor | None = None
+
+    @property
+    def is_text(self) -> bool:
+        return isinstance(self.data, TextData)
+
+
+def prepare(data: TensorData | TextData, device: torch.device, dtype: torch.dtype) -> Prepared:
+    """``data`` on ``device`` with float inputs in ``dtype`` (kept for reuse by the next runs)."""
+    if isinstance(data, TextData):
+        return Prepared(data)
+    key = (id(data), str(device), dtype)
+    hit = _PREPARED.get(key)
+    if hit is not None and hit.data is data:
+        _PREPARED.move_to_end(key)
+        return hit
+    def cast(x: Tensor) -> Tensor:
+        return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
+
+    prepared = Prepared(data, cast(data.x_train), data.y_train.to(device), cast(data.x_test), data.y_test.to(device))
+    _PREPARED[key] = prepared
+    while len(_PREPARED) > _PREPARED_MAX:
+        _PREPARED.popitem(last=False)
+    return prepared
+
+
+class Sampler:
+    """Training batches for K models, each in the order of its own seeded generator."""
+
+    def __init__(self, prepared: Prepared, config: TrainConfig, seeds: list[int], device: torch.device):
+        self.prepared, self.device = prepared, device
+        self.batch_size, self.block_size = config.batch_size, config.block_size
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.per_epoch = steps_per_epoch(config, prepared.data)
+        self.epoch = -1
+        self.perm: Tensor | None = None  # (K, n_train) on the device, the current epoch's order
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        """Inputs and targets ``(K, B, ...)`` for the 0-based ``step``."""
+        if self.prepared.is_text:
+            text: TextData = self.prepared.data
+            pairs = [text.batch("train", self.batch_size, self.block_size, generator=g) for g in self.generators]
+            x = torch.stack([p[0] for p in pairs]).to(self.device, non_blocking=True)
+            y = torch.stack([p[1] for p in pairs]).to(self.device, non_blocking=True)
+            return x, y
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch != self.epoch:
+            if epoch != self.epoch + 1:
+                raise RuntimeError(f"the sampler is at epoch {self.epoch} and was asked for epoch {epoch}")
+            n = self.prepared.data.n_train
+            self.perm = torch.stack([torch.randperm(n, generator=g) for g in self.generators]).to(self.device)
+            self.epoch = epoch
+        idx = self.perm[:, i * self.batch_size:(i + 1) * self.batch_size]
+        return self.prepared.x_train[idx], self.prepared.y_train[idx]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "generators": [g.get_state() for g in self.generators],
+            "epoch": self.epoch,
+            "perm": None if self.perm is None else self.perm.cpu(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["generators"]) != len(self.generators):
+            raise ValueError("checkpoint: its data order is for a different number of models")
+        for g, s in zip(self.generators, state["generators"], strict=True):
+            g.set_state(s)
+        self.epoch = state["epoch"]
+        self.perm = None if state["perm"] is None else state["perm"].to(self.device)
+
+
+def lm_eval_batches(
+    text: TextData, split: str, config: TrainConfig, device: torch.device
+) -> list[tuple[Tensor, Tensor]]:
+    """The fixed evaluation windows of a text split (the same for every run and every evaluation)."""
+    gen = torch.Generator().manual_seed(LM_EVAL_SEED)
+    return [text.batch(split, config.batch_size, config.block_size, generator=gen, device=device)
+            for _ in range(config.lm_eval_batches)]

@@ -1,0 +1,123 @@
+r"""Learning-rate schedules as multipliers of the step, and the weight-decay schedules of a run.
+
+The training loop sets ``group["lr"] = lr · η_t`` before step ``t`` (0-based), where ``η_t`` is
+:class:`LRSchedule`'s value; the same line serves a stacked model, whose ``lr`` is a tensor of
+shape ``(K,)``. With ``W = warmup_steps``, ``T`` the run's steps, ``u = t − W``, ``U = T − W``
+and ``r = final_lr_ratio``:
+
+===================  ==================================================================
+schedule             ``η_t`` (after ``η_t = (t+1)/W`` for ``t < W``)
+===================  ==================================================================
+``constant``         ``1``
+``cosine``           ``r + (1 − r)·½(1 + cos(π·u/U))``
+``warmup_cosine``    the same; needs ``W ≥ 1``
+``step``             ``γ^k``, ``k`` the number of milestones ``m`` with ``t ≥ round(m·T)``
+``restarts``         SGDR: :func:`decaylab.schedules.warm_restart_multiplier` at ``u`` with
+                     ``T_0 = restart_steps`` (default ``U // (1 + M + M²)``: three periods
+                     fill the run), ``T_mult = M = restart_mult``, ``η_min = r``
+===================  ==================================================================
+
+A weight-decay schedule (:class:`DecaySchedule`) says *when* λ acts: ``constant``; ``early``
+(λ for ``t < round(decay_switch·T)``, then 0: Golatkar et al. 2019); ``late`` (0, then λ). The
+optimizer still scales it by ``s_t`` (``decay_scale``). Both classes are frozen dataclasses,
+so they pickle into checkpoints.
+
+>>> s = LRSchedule("cosine", total_steps=4, warmup_steps=2)
+>>> [round(s(t), 4) for t in range(4)]
+[0.5, 1.0, 1.0, 0.5]
+>>> [DecaySchedule(0.1, "early", switch_step=2)(t) for t in range(4)]
+[0.1, 0.1, 0.0, 0.0]
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from decaylab.schedules import warm_restart_multiplier
+
+from .config import TrainConfig
+
+__all__ = ["LRSchedule", "DecaySchedule", "lr_schedule", "decay_schedule"]
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """``η_t`` for step ``t`` (0-based) of a run of ``total_steps`` steps; see the module table."""
+
+    kind: str
+    total_steps: int
+    warmup_steps: int = 0
+    final_ratio: float = 0.0
+    milestones: tuple[int, ...] = ()  # "step": absolute steps
+    gamma: float = 0.1
+    restart_steps: int | None = None
+    restart_mult: int = 2
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps >= self.total_steps and self.warmup_steps > 0:
+            raise ValueError(
+                f"warmup_steps must be smaller than the run's {self.total_steps} steps; got {self.warmup_steps}"
+            )
+
+    @property
+    def first_period(self) -> int:
+        """``T_0`` of the ``restarts`` schedule, in steps after the warmup."""
+        if self.restart_steps is not None:
+            return self.restart_steps
+        m = self.restart_mult
+        return max(1, (self.total_steps - self.warmup_steps) // (1 + m + m * m))
+
+    def __call__(self, t: int) -> float:
+        w = self.warmup_steps
+        if t < w:
+            return (t + 1) / w
+        if self.kind == "constant":
+            return 1.0
+        if self.kind == "step":
+            return self.gamma ** sum(t >= m for m in self.milestones)
+        u, span = t - w, self.total_steps - w
+        r = self.final_ratio
+        if self.kind in ("cosine", "warmup_cosine"):
+            return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * min(u, span) / span))
+        if self.kind == "restarts":
+            return warm_restart_multiplier(u, self.first_period, self.restart_mult, eta_min=r)
+        raise ValueError(
+            f"schedule must be one of 'constant', 'cosine', 'warmup_cosine', 'step', 'restarts'; got {self.kind!r}"
+        )
+
+
+@dataclass(frozen=True)
+class DecaySchedule:
+    """``λ_t``: ``weight_decay`` (a number, or a ``(K,)`` tensor for stacked models) switched on
+    or off at ``switch_step``: ``early`` decays for ``t < switch_step``, ``late`` for ``t ≥ switch_step``."""
+
+    weight_decay: Any
+    kind: str
+    switch_step: int
+
+    def __call__(self, t: int) -> Any:
+        on = t < self.switch_step if self.kind == "early" else t >= self.switch_step
+        return self.weight_decay * (1.0 if on else 0.0)
+
+
+def lr_schedule(config: TrainConfig, total_steps: int) -> LRSchedule:
+    """The :class:`LRSchedule` of ``config`` for a run of ``total_steps`` steps."""
+    return LRSchedule(
+        kind=config.schedule,
+        total_steps=total_steps,
+        warmup_steps=config.warmup_steps,
+        final_ratio=config.final_lr_ratio,
+        milestones=tuple(round(m * total_steps) for m in config.lr_milestones),
+        gamma=config.lr_gamma,
+        restart_steps=config.restart_steps,
+        restart_mult=config.restart_mult,
+    )
+
+
+def decay_schedule(config: TrainConfig, weight_decay: Any, total_steps: int) -> Any:
+    """What goes into the decayed param group's ``weight_decay``: the value itself for a
+    ``constant`` schedule, else a :class:`DecaySchedule`."""
+    if config.decay_schedule == "constant":
+        return weight_decay
+    return DecaySchedule(weight_decay, config.decay_schedule, round(config.decay_switch * total_steps))

@@ -1,0 +1,137 @@
+"""TrainConfig: validation (errors name the field and what it allows), JSON round trip, stable keys."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from decaylab.train import RunResult, TrainConfig, stack_groups
+
+# The contract's fields with their defaults, as the sweep store will have hashed them. If this
+# changes, every stored run's key changes: don't.
+CONTRACT_DEFAULTS = {
+    "dataset": "mnist1d", "model": "mlp", "optimizer": "adam", "decay": "decoupled", "decay_scale": "lr",
+    "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9, "betas": [0.9, 0.999], "eps": 1e-8, "epochs": 10.0,
+    "steps": None, "batch_size": 128, "schedule": "cosine", "warmup_steps": 0, "seed": 0,
+    "no_decay_bias_norm": True, "eval_every": 0, "precision": "fp32", "grad_clip": None,
+}
+
+
+def test_key_is_sha1_of_sorted_contract_json():
+    text = json.dumps(CONTRACT_DEFAULTS, sort_keys=True, separators=(",", ":"))
+    assert TrainConfig().key() == hashlib.sha1(text.encode()).hexdigest()
+    assert TrainConfig().key() == "2af8486d096a46aefe015a3d015faf3e8d316fbb"
+
+
+def test_key_stable_under_equivalent_spellings():
+    a = TrainConfig(lr=0.001, epochs=10, weight_decay=0, betas=[0.9, 0.999], dataset="MNIST1D")
+    b = TrainConfig(lr=1e-3, epochs=10.0, weight_decay=0.0, betas=(0.9, 0.999))
+    assert a.key() == b.key() and a == b
+
+
+def test_key_changes_with_every_field():
+    base = TrainConfig()
+    changed = dict(
+        dataset="digits", model="cnn1d", optimizer="sgd", decay="prox", decay_scale="schedule", lr=2e-3,
+        weight_decay=0.1, momentum=0.8, betas=(0.8, 0.99), eps=1e-6, epochs=3, steps=7, batch_size=64,
+        schedule="constant", warmup_steps=2, seed=1, no_decay_bias_norm=False, eval_every=5,
+        precision="bf16", grad_clip=1.0, final_lr_ratio=0.1, lr_milestones=(0.3,), lr_gamma=0.5,
+        restart_steps=10, restart_mult=1, decay_schedule="early", decay_switch=0.3, ema_beta=0.99,
+        train_eval_size=10, block_size=64, lm_eval_batches=2,
+    )
+    assert set(changed) == set(base.to_dict()), "every field must be covered"
+    keys = {base.key()}
+    for name, value in changed.items():
+        keys.add(base.replace(**{name: value}).key())
+    assert len(keys) == len(changed) + 1
+
+
+def test_additions_at_defaults_do_not_enter_the_key():
+    config = TrainConfig(lr=3e-3, weight_decay=0.1, seed=4)
+    d = {k: v for k, v in config.to_dict().items() if k in CONTRACT_DEFAULTS}
+    text = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    assert config.key() == hashlib.sha1(text.encode()).hexdigest()
+    assert config.replace(ema_beta=0.999).key() != config.key()
+
+
+def test_round_trip_through_json():
+    config = TrainConfig(model="cnn1d", lr=3e-3, weight_decay=0.05, steps=100, betas=(0.8, 0.95),
+                         lr_milestones=(0.25, 0.5), grad_clip=0.5, ema_beta=0.99, schedule="step")
+    again = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config and again.key() == config.key()
+    assert isinstance(again.betas, tuple) and isinstance(again.lr_milestones, tuple)
+    result = RunResult(config, {"test_acc": 0.5}, [{"step": 1, "test_acc": 0.5}])
+    assert RunResult.from_dict(json.loads(json.dumps(result.to_dict()))).config == config
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match=r"unknown TrainConfig field\(s\) \['learning_rate'\]"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+
+
+def test_from_dict_fills_missing_fields_with_defaults():
+    assert TrainConfig.from_dict({"lr": 0.01}) == TrainConfig(lr=0.01)
+
+
+def test_stack_key_ignores_only_lr_weight_decay_seed():
+    a = TrainConfig(lr=1e-3, weight_decay=0.0, seed=0)
+    assert a.stack_key() == TrainConfig(lr=1e-2, weight_decay=0.5, seed=7).stack_key()
+    assert a.stack_key() != a.replace(momentum=0.5).stack_key()
+    assert a.stack_key() != a.replace(ema_beta=0.9).stack_key()
+    hash(a.stack_key())
+    configs = [a, a.replace(model="cnn1d"), a.replace(lr=0.1), a.replace(seed=3), a.replace(model="cnn1d", seed=1)]
+    assert stack_groups(configs) == [[0, 2, 3], [1, 4]]
+    assert stack_groups(configs, max_models=2) == [[0, 2], [3], [1, 4]]
+
+
+BAD = [
+    ("dataset", "", "dataset must be a non-empty name"),
+    ("model", "resnet21", "model must be one of 'mlp', 'cnn1d'"),
+    ("optimizer", "adamw", "optimizer must be one of 'adam', 'sgd'; got 'adamw'"),
+    ("decay", "weird", "decay must be one of 'l2', 'decoupled'"),
+    ("decay_scale", "paper", "decay_scale must be one of 'lr', 'schedule', 'corrected', 'constant'"),
+    ("lr", 0.0, "lr must be a finite number > 0"),
+    ("lr", float("nan"), "lr must be a finite number > 0"),
+    ("lr", "0.1", "lr must be a finite number > 0"),
+    ("weight_decay", -0.1, "weight_decay must be a finite number >= 0"),
+    ("momentum", 1.0, "momentum must be a finite number >= 0 and < 1"),
+    ("betas", (0.9,), "betas must be a pair"),
+    ("betas", (0.9, 1.0), r"betas\[1\] must be a finite number >= 0 and < 1"),
+    ("eps", -1e-8, "eps must be a finite number >= 0"),
+    ("epochs", 0, "epochs must be a finite number > 0"),
+    ("steps", 0, "steps must be an int >= 1 or None"),
+    ("steps", 2.5, "steps must be an int >= 1 or None"),
+    ("batch_size", True, "batch_size must be an int >= 1"),
+    ("schedule", "linear", "schedule must be one of 'constant', 'cosine', 'warmup_cosine', 'step', 'restarts'"),
+    ("warmup_steps", -1, "warmup_steps must be an int >= 0"),
+    ("seed", -1, "seed must be an int >= 0"),
+    ("no_decay_bias_norm", 1, "no_decay_bias_norm must be True or False"),
+    ("eval_every", -5, "eval_every must be an int >= 0"),
+    ("precision", "fp16", "precision must be one of 'fp32', 'bf16-autocast', 'bf16'; got 'fp16'"),
+    ("grad_clip", 0.0, "grad_clip must be a finite number > 0"),
+    ("final_lr_ratio", 1.5, "final_lr_ratio must be a finite number >= 0 and <= 1"),
+    ("lr_milestones", (0.75, 0.5), "lr_milestones must be a tuple of fractions of the run in"),
+    ("lr_milestones", (1.5,), r"lr_milestones\[0\] must be a finite number > 0 and < 1"),
+    ("restart_steps", 0, "restart_steps must be an int >= 1 or None"),
+    ("restart_mult", 0, "restart_mult must be an int >= 1"),
+    ("decay_schedule", "cosine", "decay_schedule must be one of 'constant', 'early', 'late'"),
+    ("decay_switch", -0.1, "decay_switch must be a finite number >= 0 and <= 1"),
+    ("ema_beta", 1.0, "ema_beta must be a finite number >= 0 and < 1, or None"),
+    ("train_eval_size", 0, "train_eval_size must be an int >= 1"),
+    ("block_size", 0, "block_size must be an int >= 1"),
+    ("lm_eval_batches", 0, "lm_eval_batches must be an int >= 1"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", BAD, ids=[f"{f}={v!r}" for f, v, _ in BAD])
+def test_bad_values_raise_naming_field_and_allowed_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_combinations_that_make_no_sense_raise():
+    with pytest.raises(ValueError, match="decay_scale must be 'lr' with decay='l2'"):
+        TrainConfig(decay="l2", decay_scale="schedule")
+    with pytest.raises(ValueError, match="warmup_steps must be an int >= 1 with schedule='warmup_cosine'"):
+        TrainConfig(schedule="warmup_cosine")
