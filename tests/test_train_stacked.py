@@ -123,3 +123,17 @@ def test_one_config_stacked_equals_train():
     data = tiny_data((40,))
     config = TrainConfig(steps=5, batch_size=16, lr=1e-2, weight_decay=0.1)
     assert_same_runs([train(config, data=data)], train_stacked([config], data=data))
+
+
+def test_auto_backend_compiles_only_long_stacked_runs(monkeypatch):
+    from decaylab.models import build
+    from decaylab.train import loop
+
+    torch.manual_seed(0)
+    engine = StackedModels([build("mlp") for _ in range(16)])  # 16 × 15,210 entries
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loop, "_can_compile", lambda device: True)
+    assert loop._stacked_backend(engine, 1000, cpu) == "auto"  # short: the optimizer's own choice
+    assert loop._stacked_backend(engine, 3000, cpu) == "compiled"
+    monkeypatch.setattr(loop, "_can_compile", lambda device: False)
+    assert loop._stacked_backend(engine, 10_000, cpu) == "auto"

@@ -85,7 +85,7 @@ class TrainConfig:
     decay_schedule: str = "constant"  # "constant" | "early" (λ until decay_switch) | "late" (λ from it)
     decay_switch: float = 0.5  # fraction of the run where early decay stops / late decay starts
     ema_beta: float | None = None  # weight EMA per step; adds ema_* final metrics
-    train_eval_size: int = 1024  # train loss/acc on the first this many training examples
+    train_eval_size: int = 1024  # train loss/acc on a fixed random subset of this many training examples
     block_size: int = 128  # language models: context length
     lm_eval_batches: int = 8  # language models: batches of batch_size windows per evaluation
 

@@ -133,7 +133,8 @@ class Sampler:
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
         self.per_epoch = steps_per_epoch(config, prepared.data)
         self.epoch = -1
-        self.perm: Tensor | None = None  # (K, n_train) on the device, the current epoch's order
+        self.perm: Tensor | None = None  # (K, n_train) on CPU: the current epoch's permutations
+        self.order: Tensor | None = None  # (batches, K·B) on the device: the epoch's batches
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
         """Inputs and targets ``(K, B, ...)`` for the 0-based ``step``."""
@@ -147,17 +148,31 @@ class Sampler:
         if epoch != self.epoch:
             if epoch != self.epoch + 1:
                 raise RuntimeError(f"the sampler is at epoch {self.epoch} and was asked for epoch {epoch}")
-            n = self.prepared.data.n_train
-            self.perm = torch.stack([torch.randperm(n, generator=g) for g in self.generators]).to(self.device)
+            self._new_epoch()
             self.epoch = epoch
-        idx = self.perm[:, i * self.batch_size:(i + 1) * self.batch_size]
-        return self.prepared.x_train[idx], self.prepared.y_train[idx]
+        idx = self.order[i]  # (K·B,), contiguous: one index_select per step for all K models
+        k = len(self.generators)
+        x = self.prepared.x_train.index_select(0, idx)
+        y = self.prepared.y_train.index_select(0, idx)
+        return x.view(k, self.batch_size, *x.shape[1:]), y.view(k, self.batch_size)
+
+    def _new_epoch(self) -> None:
+        n = self.prepared.data.n_train
+        self.perm = torch.stack([torch.randperm(n, generator=g) for g in self.generators])
+        self._arrange()
+
+    def _arrange(self) -> None:
+        # (K, n) permutations -> (batches, K·B) on the device: batch i of model k is
+        # perm[k, i·B:(i+1)·B], the remainder of each epoch is dropped.
+        b, k = self.batch_size, len(self.generators)
+        used = self.perm[:, :self.per_epoch * b].reshape(k, self.per_epoch, b)
+        self.order = used.transpose(0, 1).reshape(self.per_epoch, k * b).to(self.device)
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "generators": [g.get_state() for g in self.generators],
             "epoch": self.epoch,
-            "perm": None if self.perm is None else self.perm.cpu(),
+            "perm": self.perm,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -166,7 +181,9 @@ class Sampler:
         for g, s in zip(self.generators, state["generators"], strict=True):
             g.set_state(s)
         self.epoch = state["epoch"]
-        self.perm = None if state["perm"] is None else state["perm"].to(self.device)
+        self.perm = None if state["perm"] is None else state["perm"].cpu()
+        if self.perm is not None:
+            self._arrange()
 
 
 def lm_eval_batches(

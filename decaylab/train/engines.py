@@ -20,7 +20,6 @@ of the stacked running statistics in place.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
@@ -181,6 +180,9 @@ def _stack_into_holder(models: list[nn.Module]) -> nn.Module:
     Tied parameters (the GPT's embedding and head) stay tied: every name of a shared tensor gets
     the same stacked parameter.
     """
+    shapes = [[tuple(t.shape) for t in (*m.parameters(), *m.buffers())] for m in models]
+    if any(s != shapes[0] for s in shapes[1:]):
+        raise ValueError("models: every stacked model must have the same architecture (parameter shapes differ)")
     holder = copy.deepcopy(models[0])
     stacked: dict[int, nn.Parameter] = {}
     for name, p in list(holder.named_parameters(remove_duplicate=False)):
@@ -193,13 +195,4 @@ def _stack_into_holder(models: list[nn.Module]) -> nn.Module:
     for name, _ in list(holder.named_buffers(remove_duplicate=False)):
         owner, _, attr = name.rpartition(".")
         holder.get_submodule(owner)._buffers[attr] = torch.stack([m.get_buffer(name) for m in models])
-    for m in models[1:]:
-        shapes = [tuple(p.shape) for p in m.parameters()]
-        if shapes != [tuple(p.shape[1:]) for p in holder.parameters()]:
-            raise ValueError("models: every stacked model must have the same architecture (parameter shapes differ)")
     return holder
-
-
-def numel_per_model(engine) -> int:
-    k = engine.num_models if engine.stacked else 1
-    return sum(math.prod(p.shape) // k for p in engine.parameters())
