@@ -13,11 +13,13 @@ What is timed: both sides run the same ``decaylab.train`` loop for the same numb
 steps per config, with evaluation only at the end. Each trial times, back to back, the K
 sequential ``train()`` runs (optimizer backend ``"auto"``: foreach for these sizes) and
 ``train_stacked()`` once with each optimizer backend in ``--stacked-backends`` (``foreach``:
-the default that ``"auto"`` picks below 2^20 elements; ``compiled``: ``torch.compile``'d
-steps). A speedup is ``sequential wall time / stacked wall time`` within a trial; the script
-prints every trial and the median over trials. An untimed warm-up runs every path first
-(imports, data, first allocations and the one-time compile of the ``compiled`` backend, whose
-duration is printed separately: a sweep process pays it once). The stacked and sequential
+what ``"auto"`` picks for short runs; ``compiled``: ``torch.compile``'d steps, what it picks from
+``decaylab.train.loop.STACKED_COMPILE_MIN_WORK`` element-steps). The speedup is the best
+sequential wall time over the best stacked wall time across trials (other jobs on a shared
+machine only ever slow a trial down); every trial's own ratio and their median are printed too.
+An untimed warm-up runs every path first (imports, data, first allocations and the one-time
+compile of the ``compiled`` backend, whose duration is printed separately: a process pays it
+once per decay rule). The stacked and sequential
 final metrics are compared too (fp32: equal up to floating-point summation order).
 
 ResNet-20 inputs are CIFAR-sized (3×32×32) random images with random labels — the cost of a
@@ -119,11 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warm-up of the stacked {backend!r} path (5 steps; includes any compile): {t:.1f} s")
 
     speedups: dict[str, list[float]] = {b: [] for b in backends}
+    best: dict[str, float] = {}
     for trial in range(args.trials):
         order = ["sequential", *backends] if trial % 2 == 0 else [*backends, "sequential"]
         times, results = {}, {}
         for what in order:
             times[what], results[what] = timed(sequential if what == "sequential" else stacked(what), device)
+            best[what] = min(best.get(what, float("inf")), times[what])
         t_seq = times["sequential"]
         line = f"trial {trial + 1}: sequential {t_seq:6.2f} s ({t_seq / args.models / steps * 1e3:5.2f} ms/step/model)"
         for backend in backends:
@@ -142,12 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     accs = [r.final["test_acc"] for r in seq]
     print(f"final test_acc over the grid: {min(accs):.3f} .. {max(accs):.3f}")
     target = 15.0 if device.type == "cuda" else 5.0
+    # On a shared machine other jobs slow some trials down: the best time of each path is the
+    # closest to its cost, and the per-trial ratios show the spread.
     for backend in backends:
         median = statistics.median(speedups[backend])
-        verdict = "meets" if median >= target else "misses"
-        print(f"speedup, stacked ({backend}) vs sequential: {median:.2f}x median of {args.trials} "
+        ratio = best["sequential"] / best[backend]
+        verdict = "meets" if ratio >= target else "misses"
+        print(f"speedup, stacked ({backend}) vs sequential: {ratio:.2f}x from the best times "
+              f"({best['sequential']:.2f} s / {best[backend]:.2f} s); per trial {median:.2f}x median "
               f"[{', '.join(f'{s:.2f}' for s in speedups[backend])}] -> {verdict} the {target:g}x target "
-              f"({median / target - 1:+.0%})")
+              f"({ratio / target - 1:+.0%})")
     return 0
 
 
