@@ -32,7 +32,9 @@ def _non_negative_float(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="decaylab", description="Weight decay done right: optimizers, instruments, experiments.")
+    parser = argparse.ArgumentParser(
+        prog="decaylab", description="Weight decay done right: optimizers, instruments, experiments."
+    )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
     quick = sub.add_parser(
@@ -42,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quick.add_argument("--seeds", type=_positive_int("--seeds"), default=3, help="seeds per method (default 3)")
     quick.add_argument("--epochs", type=_positive_int("--epochs"), default=20, help="epochs per run (default 20)")
-    quick.add_argument("--batch-size", type=_positive_int("--batch-size"), default=64, help="minibatch size (default 64)")
+    quick.add_argument(
+        "--batch-size", type=_positive_int("--batch-size"), default=64, help="minibatch size (default 64)"
+    )
     quick.add_argument(
         "--weight-decay", type=_non_negative_float("--weight-decay"), default=0.5,
         help="λ in torch's convention (default 0.5); converted for the other conventions",

@@ -17,20 +17,9 @@ from typing import Any
 
 __all__ = ["add_cli", "main", "DEFAULT_STORE"]
 
+from ..cli import _positive_int  # the one positive-int argument parser of the CLI
+
 DEFAULT_STORE = "decaylab.sqlite"
-
-
-def _positive_int(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {value}")
-        return value
-
-    return parse
 
 
 def add_cli(subparsers: Any) -> None:
