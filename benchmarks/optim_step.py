@@ -148,11 +148,14 @@ def torch_sgd_fused_works(device: torch.device) -> bool:
     return True
 
 
-def decaylab_backend(requested: str, numel: int) -> tuple[str, bool]:
-    """What decaylab will run for one bucket of ``numel`` elements, and whether that compiles."""
-    if requested == "auto":
+def decaylab_backend(requested: str, numel: int, spec: kernels.Spec, device: torch.device) -> tuple[str, bool]:
+    """What decaylab will run for one fp32 bucket of ``numel`` elements, and whether that compiles."""
+    fusable = kernels.fusable_spec(spec) is None and device.type == "cpu"
+    if requested in ("auto", "fused") and fusable:
+        return ("auto→fused" if requested == "auto" else "fused"), False
+    if requested in ("auto", "fused"):
         chosen = "compiled" if numel >= kernels.AUTO_COMPILE_MIN_NUMEL else "foreach"
-        return f"auto→{chosen}", chosen == "compiled"
+        return f"{requested}→{chosen}", chosen == "compiled"
     return requested, requested == "compiled"
 
 
@@ -167,8 +170,8 @@ def contenders(forms: list[str], backends: list[str], numel: int, device: torch.
                   lambda ps: torch.optim.AdamW(ps, foreach=False, fused=False, **adamw), BYTES_ADAM),
     ]
     for backend in backends:
-        label, compiles = decaylab_backend(backend, numel)
         for form in forms:
+            label, compiles = decaylab_backend(backend, numel, kernels.Spec("adam", form), device)
             rows.append(Contender(
                 f"decaylab Adam {form}", "adam", label,
                 lambda ps, form=form, backend=backend: Adam(
@@ -188,7 +191,7 @@ def contenders(forms: list[str], backends: list[str], numel: int, device: torch.
         BYTES_SGD_MOMENTUM, anchor=True,
     ))
     for backend in dict.fromkeys(["auto", "foreach", *backends]):
-        label, compiles = decaylab_backend(backend, numel)
+        label, compiles = decaylab_backend(backend, numel, kernels.Spec("sgd", "decoupled", momentum=MOMENTUM), device)
         rows.append(Contender(
             "decaylab SGDW", "sgd", label,
             lambda ps, backend=backend: SGDW(ps, backend=backend, **sgd), BYTES_SGD_MOMENTUM, compiles=compiles,
@@ -415,7 +418,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'hparams':>10}: lr={LR}, weight_decay={WEIGHT_DECAY} for every contender; SGD momentum={MOMENTUM}")
     steps = f"{args.steps} steps" if args.steps else f"~{args.min_time:g} s of steps"
     print(f"{'timing':>10}: {args.rounds} interleaved rounds x {steps} per contender, order shuffled each round")
-    print(f"{'decaylab':>10}: auto compiles buckets >= {kernels.AUTO_COMPILE_MIN_NUMEL:,} elements, "
+    print(f"{'decaylab':>10}: auto runs torch's fused kernels for Adam with decay in {kernels.FUSED_FORMS} on CPU, else "
+          f"compiles buckets >= {kernels.AUTO_COMPILE_MIN_NUMEL:,} elements, "
           f"{kernels.COMPILE_CHUNK} tensors per compiled call; inductor cache {run_info['inductor_cache']}")
     load = run_info["load_average_start"]
     print(f"{'load':>10}: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1/5/15 min) at start", end="")

@@ -1,4 +1,4 @@
-"""Every fast path (foreach, compiled, auto) equals the reference executor, optimizer state included.
+"""Every fast path (foreach, compiled, fused, auto) equals the reference executor, optimizer state included.
 
 The reference executor (one Python loop over tensors) is the specification; these tests run the
 same float64 gradients through each backend and compare every parameter and every state entry.
@@ -348,3 +348,101 @@ def test_compiled_hyperparameters_not_taken_from_another_graph(monkeypatch):
             ref_opt, ref_params = run(factory("reference", betas, eps), [make_params()[0]])
             opt, params = run(factory("compiled", betas, eps), [make_params()[0]])
             assert_same(ref_opt, ref_params, opt, params)
+
+
+# --------------------------------------------------------------------------- fused: torch's kernels, rule folded in
+
+
+def _fused_cases():
+    for form in kernels.FUSED_FORMS:
+        for scale in (("lr",) if form == "l2" else ("lr", "schedule", "corrected", "constant")):
+            for amsgrad, maximize in itertools.product([False, True], repeat=2):
+                if form == "stable" and amsgrad:
+                    continue
+                yield pytest.param(form, scale, amsgrad, maximize, id=f"{form}-{scale}-ams{amsgrad:d}-max{maximize:d}")
+
+
+@pytest.mark.parametrize(("form", "scale", "amsgrad", "maximize"), list(_fused_cases()))
+def test_fused_equals_reference(form, scale, amsgrad, maximize, executors):
+    """Each rule the fused path takes (lr', wd' folded into torch's AdamW kernel) is the rule as written."""
+
+    def factory(backend):
+        def make(groups_params):
+            return Adam([{"params": ps} for ps in groups_params], lr=LRS[0], betas=(0.9, 0.99), weight_decay=0.3,
+                        decay=form, decay_scale=scale, max_lr=0.1, amsgrad=amsgrad, maximize=maximize, backend=backend)
+
+        return make
+
+    ref_opt, ref_params = run(factory("reference"), list(make_params()))
+    del executors[:]
+    opt, params = run(factory("fused"), list(make_params()))
+    assert_same(ref_opt, ref_params, opt, params)
+    # the contiguous group (with non-contiguous gradients) ran fused; the transposed parameter did not
+    assert ("fused", ((4, 3), (7,), (2, 3, 2), ())) in executors, executors
+    assert not any(name == "fused" and (5, 3) in shapes for name, shapes in executors)
+
+
+def test_fused_stable_mean_spans_groups():
+    """The stable form's mean v̂ covers every group; the fused pre-pass reads it before the step."""
+
+    def factory(backend):
+        def make(groups_params):
+            return Adam([{"params": groups_params[0], "weight_decay": 0.3}, {"params": groups_params[1], "weight_decay": 1.5}],
+                        lr=LRS[0], decay="stable", backend=backend)
+
+        return make
+
+    ref_opt, ref_params = run(factory("reference"), list(make_params()))
+    opt, params = run(factory("fused"), list(make_params()))
+    assert_same(ref_opt, ref_params, opt, params)
+
+
+def test_fused_zero_lr_with_constant_decay_still_decays():
+    """lr_t = 0 leaves no lr to fold the decay into: the step runs the rule as written."""
+    lrs = (0.05, 0.0, 0.0, 0.03, 0.0, 0.01)
+
+    def factory(backend):
+        def make(groups_params):
+            return Adam([{"params": ps} for ps in groups_params], lr=0.05, weight_decay=0.1, decay="decoupled",
+                        decay_scale="constant", backend=backend)
+
+        return make
+
+    ref_opt, ref_params = run(factory("reference"), list(make_params()), lrs=lrs)
+    opt, params = run(factory("fused"), list(make_params()), lrs=lrs)
+    assert_same(ref_opt, ref_params, opt, params)
+    assert not torch.equal(ref_params[0], make_params()[0][0])
+
+
+def test_auto_picks_fused_only_where_it_is_exact(executors):
+    def used(**kw):
+        del executors[:]
+        run(lambda gp: Adam([{"params": ps} for ps in gp], lr=0.05, weight_decay=0.1, **kw), list(make_params()))
+        return {name for name, _ in executors}
+
+    assert used(decay="decoupled") == {"fused", "foreach"}  # the transposed parameter's group: foreach
+    assert used(decay="prox", decay_scale="schedule") == {"fused", "foreach"}
+    assert used(decay="decoupled", decay_to="init") == {"foreach"}
+    assert used(decay="cautious") == {"foreach"}
+    assert used(decay="prox_euclid") == {"foreach"}
+    assert used(decay="stable", amsgrad=True) == {"foreach"}
+
+
+@pytest.mark.parametrize(("kwargs", "why"), [
+    (dict(decay="cautious"), "decay='cautious'"),
+    (dict(decay="decoupled", decay_to="init"), "decay_to='init'"),
+    (dict(decay="stable", amsgrad=True), "amsgrad"),
+    (dict(decay="decoupled", lr=torch.tensor([0.1, 0.2])), "per-model"),
+])
+def test_explicit_fused_rejects_what_it_cannot_run(kwargs, why):
+    p = torch.nn.Parameter(torch.zeros(2, 3))
+    kwargs = dict(dict(lr=0.1, weight_decay=0.1), **kwargs)
+    with pytest.raises(ValueError, match=r"backend='fused'.*" + why.replace("(", r"\(")):
+        Adam([p], backend="fused", **kwargs)
+
+
+def test_explicit_fused_rejects_sgd_and_bf16():
+    with pytest.raises(ValueError, match="backend='fused'.*not Adam"):
+        SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, backend="fused")
+    with pytest.raises(ValueError, match="backend='fused'.*16-bit"):
+        Adam([torch.nn.Parameter(torch.zeros(2, dtype=torch.bfloat16))], lr=0.1, decay="decoupled", backend="fused")

@@ -9,7 +9,14 @@ arithmetic only, so the same code runs
 * **foreach** — once per bucket on :class:`TensorList` objects (multi-tensor kernels);
 * **compiled** — the reference loop over a chunk of tensors, compiled by ``torch.compile`` with
   dynamic shapes: every hyperparameter enters as a tensor, so a moving lr schedule or a
-  per-model (stacked) lr does not recompile, and one graph serves every chunk of a bucket.
+  per-model (stacked) lr does not recompile, and one graph serves every chunk of a bucket;
+* **fused** — torch's own fused Adam kernels (``torch._fused_adam_`` / ``_fused_adamw_``, one C++
+  call per bucket) for the rules that are exactly an AdamW step with other constants: ``l2``,
+  ``decoupled`` (any scale: ``wd' = s_t·λ/lr_t``), ``prox`` (``lr' = lr_t/(1+s_t·λ)``,
+  ``wd' = s_t·λ/lr_t``, so ``w·(1 − lr'·wd') − lr'·u = (w − lr_t·u)/(1 + s_t·λ)``) and ``stable``
+  (``wd' = s_t·λ/((sqrt(mean v̂)+ε)·lr_t)``, with ``mean v̂_t`` from ``β₂·Σv_{t−1} + (1−β₂)·Σg²``
+  read before the step: one extra read of ``v`` and ``g``). CPU tensors of fp32/fp64, one model,
+  decay toward zero (see :func:`can_fuse`).
 
 A *bucket* is the tensors of one param group that share device, dtype and layout. The
 :class:`Spec` holds what is fixed for a bucket (names, flags, eps); the ``hp`` dict holds
@@ -19,6 +26,7 @@ dtype, 0-dim for one model or shape ``(K,)`` for ``K`` models stacked along dim 
 from __future__ import annotations
 
 import functools
+import math
 import types
 from dataclasses import dataclass
 
@@ -28,7 +36,7 @@ from torch import Tensor
 from . import directions, precision, rules
 from .tensorlist import TensorList
 
-BACKENDS = ("auto", "reference", "foreach", "compiled")
+BACKENDS = ("auto", "reference", "foreach", "compiled", "fused")
 # Below this many elements in a bucket, `auto` prefers foreach: the step is dominated by
 # per-kernel overhead there and a compile (seconds) would not pay for itself.
 AUTO_COMPILE_MIN_NUMEL = 1 << 20
@@ -306,8 +314,97 @@ def compiled_update(spec: Spec, params, states, hp, pp) -> None:
         fn(P[c], {k: v[c] for k, v in S.items()}, hp, {k: v[c] for k, v in pp.items()})
 
 
+# Fused path: torch's fused Adam kernels with the decay rule folded into their constants.
+
+FUSED_FORMS = ("l2", "decoupled", "prox", "stable")
+
+
+def fusable_spec(spec: Spec) -> str | None:
+    """Why ``spec`` cannot run on torch's fused Adam kernels, or None when it can."""
+    if spec.direction != "adam":
+        return "the direction is not Adam"
+    if spec.form not in FUSED_FORMS:
+        return f"decay={spec.form!r} is not one of {FUSED_FORMS}"
+    if spec.to_init:
+        return "decay_to='init'"
+    if spec.stacked:
+        return "lr or weight_decay is a per-model (K,) tensor"
+    if spec.form == "stable" and spec.amsgrad:
+        return "decay='stable' with amsgrad (its mean v̂ needs the new max_exp_avg_sq)"
+    if spec.low_precision != "none":
+        return f"16-bit parameters with low_precision={spec.low_precision!r}"
+    return None
+
+
+def fusable_tensor(p: Tensor) -> str | None:
+    """Why parameter ``p`` cannot run on the fused path, or None."""
+    if p.device.type != "cpu":
+        return f"the parameter is on {p.device.type} (the fused path runs on CPU tensors)"
+    if p.dtype not in (torch.float32, torch.float64):
+        return f"the parameter's dtype is {p.dtype} (the fused path takes float32 and float64)"
+    return None
+
+
+def can_fuse(spec: Spec, params, grads) -> bool:
+    """Can this bucket run on the fused path? (Plain tensors only: a sharded DTensor takes the others.)"""
+    # torch's kernels walk every tensor of a parameter as one flat array: parameters and their state
+    # must be contiguous (a non-contiguous gradient is copied, see _fused_call).
+    return (fusable_spec(spec) is None
+            and all(fusable_tensor(p) is None and type(p.data) is Tensor and p.is_contiguous() for p in params)
+            and all(g.dtype == p.dtype and g.device == p.device for g, p in zip(grads, params)))
+
+
+def _fused_call(spec: Spec, params, grads, states, hp, pp, decay: float) -> None:
+    """One fused AdamW call whose step is ``w·(1 − s_t·λ') − lr_t·u_t`` (decoupled / stable) or the
+    proximal ``(w − lr_t·u_t)/(1 + s_t·λ')``, with ``decay = s_t·λ'``."""
+    lr = float(hp["lr"])
+    kw = dict(beta1=float(hp["beta1"]), beta2=float(hp["beta2"]), eps=spec.eps, amsgrad=spec.amsgrad,
+              maximize=spec.maximize, grad_scale=None, found_inf=None)
+    m, v, vmax, steps = states["exp_avg"], states["exp_avg_sq"], states.get("max_exp_avg_sq", []), pp["step"]
+    grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
+    if spec.form == "l2":
+        torch._fused_adam_(params, grads, m, v, vmax, steps, lr=lr, weight_decay=float(hp["lam"]), **kw)
+        return
+    if decay != 0 and lr == 0:  # no lr to fold the decay into: run the rule as written
+        foreach_step(spec, params, grads, states, hp, {k: v for k, v in pp.items() if k != "step"})
+        return
+    if spec.form == "prox":
+        lr, wd = lr / (1 + decay), (decay / lr if lr else 0.0)
+    else:
+        wd = decay / lr if lr else 0.0
+    torch._fused_adamw_(params, grads, m, v, vmax, steps, lr=lr, weight_decay=wd, **kw)
+
+
+def _fused_decay(hp) -> float:
+    return float(hp["s"]) * float(hp["lam"])
+
+
+def fused_step(spec: Spec, params, grads, states, hp, pp) -> None:
+    _fused_call(spec, params, grads, states, hp, pp, _fused_decay(hp))
+
+
+def fused_moments(spec: Spec, params, grads, states, hp, pp):
+    """The stable form's sum of ``v̂_t`` over the bucket, from the state *before* the step.
+
+    ``Σv_t = β₂·Σv_{t−1} + (1 − β₂)·Σg²`` per tensor (``Σg² = ‖g‖²``), times the tensor's
+    ``1/(1 − β₂^t)``. Writes nothing: the fused update does the moments itself.
+    """
+    beta2 = hp["beta2"].to(torch.float64)
+    v1 = torch.stack([v.sum() for v in states["exp_avg_sq"]]).to(torch.float64)  # sum: faster than an L1 norm
+    g2 = torch.stack(torch._foreach_norm(grads, 2)).to(torch.float64)
+    c2 = torch.stack(pp["inv_bias_correction2_sqrt"]).to(torch.float64)
+    return ((v1 * beta2 + g2 * g2 * (1 - beta2)) * (c2 * c2)).sum()
+
+
+def fused_update(spec: Spec, params, states, hp, pp) -> None:
+    mean_vhat = float(hp["mean_vhat"])
+    decay = _fused_decay(hp) / (math.sqrt(mean_vhat) + spec.eps)
+    _fused_call(spec, params, pp["grad"], states, hp, pp, decay)
+
+
 EXECUTORS = {
     "reference": (reference_step, reference_moments, reference_update),
     "foreach": (foreach_step, foreach_moments, foreach_update),
     "compiled": (compiled_step, compiled_moments, compiled_update),
+    "fused": (fused_step, fused_moments, fused_update),
 }

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import directions, kernels, precision, rules
+from . import directions, kernels, precision, rules, sharded
 from .kernels import Spec
 
 __all__ = [
@@ -86,7 +86,10 @@ class DecayOptimizer(torch.optim.Optimizer):
       ``"corrected"`` (AdamC), ``"constant"``. ``"schedule"``/``"corrected"`` divide by
       ``max_lr``, which defaults to the group's lr when the optimizer is built.
     * ``decay_to`` — ``"zero"`` or ``"init"`` (decay toward the weights at construction, L2-SP).
-    * ``backend`` — ``"auto"``, ``"reference"``, ``"foreach"``, ``"compiled"``.
+    * ``backend`` — ``"auto"``, ``"reference"``, ``"foreach"``, ``"compiled"``, ``"fused"``
+      (torch's fused Adam kernels, for the rules they express exactly; :mod:`decaylab.optim.kernels`).
+      ``"auto"`` takes ``"fused"`` wherever it applies, else ``"compiled"`` for buckets of at least
+      2²⁰ elements and ``"foreach"`` below.
     * ``low_precision`` — ``"kahan"`` (default), ``"stochastic"`` or ``"none"``, for bf16/fp16
       parameters (see :mod:`decaylab.optim.precision`).
 
@@ -140,7 +143,20 @@ class DecayOptimizer(torch.optim.Optimizer):
                 raise ValueError("params: complex parameters are not supported; optimize torch.view_as_real(p) instead")
         self._resolve_max_lr(group)
         self._check_stacked(group)
+        if group["backend"] == "fused":
+            self._check_fused(group)
         group.setdefault("step", 0)
+
+    def _check_fused(self, group: dict[str, Any]) -> None:
+        stacked = any(isinstance(group[k], Tensor) and group[k].dim() == 1 for k in ("lr", "weight_decay"))
+        for p in group["params"]:
+            why = kernels.fusable_spec(self._spec(group, p, stacked)) or kernels.fusable_tensor(p)
+            if why:
+                raise ValueError(
+                    f"backend='fused' cannot run this param group: {why}. It runs torch's fused Adam kernels for "
+                    f"decay in {kernels.FUSED_FORMS} toward zero, one model, on CPU fp32/fp64 tensors; use "
+                    "backend='auto' (it picks 'fused' wherever it can) or 'compiled'"
+                )
 
     def _resolve_max_lr(self, group: dict[str, Any]) -> None:
         if group.get("max_lr") is None:
@@ -219,10 +235,31 @@ class DecayOptimizer(torch.optim.Optimizer):
         lr = group["lr"]
         return {"lr": lr, "lam": lam, "s": rules.decay_scale(group["decay_scale"], lr, group["max_lr"])}
 
+    def _hp_tensor(self, value: Any, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """``value`` as a tensor of ``dtype`` on ``device``; a number's tensor is made once and reused.
+
+        A compiled step takes its hyperparameters as tensors; making them anew on every step costs a
+        host-to-device copy each on a GPU. The cache holds the last few values of every number.
+        """
+        if isinstance(value, Tensor):
+            return value.to(device=device, dtype=dtype)
+        cache = self.__dict__.setdefault("_hp_cache", {})
+        key = (float(value), device, dtype)
+        tensor = cache.get(key)
+        if tensor is None:
+            if len(cache) >= 1024:  # a schedule moves the lr every step: keep the cache small
+                cache.clear()
+            tensor = cache[key] = torch.tensor(float(value), dtype=dtype, device=device)
+        return tensor
+
     def _check_underflow(self, index: int, group: dict[str, Any], dtype: torch.dtype, spec: Spec, hp: dict[str, Any]) -> None:
         # l2 acts through the gradient; prox_euclid and stable scale s_t·λ by 1/D_t and 1/sqrt(mean v̂),
         # which only the kernel knows: the check here would misjudge them.
         if spec.form in ("l2", "prox_euclid", "stable") or (index, dtype) in self._underflow_reported:
+            return
+        # With tensor hyperparameters (K stacked models, or a tensor lr) the check reads them back,
+        # a device sync on a GPU: judge every 64th step only.
+        if group["step"] % 64 and any(isinstance(hp[k], Tensor) for k in ("lr", "lam", "s")):
             return
         if dtype in precision.LOW_PRECISION and spec.low_precision != "none":
             return
@@ -252,11 +289,13 @@ class DecayOptimizer(torch.optim.Optimizer):
                 stacklevel=5,  # _check_underflow < step < no_grad < Optimizer's hook wrapper < the caller
             )
 
-    def _backend(self, group: dict[str, Any], params: list[Tensor], grads, states) -> str:
+    def _backend(self, group: dict[str, Any], spec: Spec, params: list[Tensor], grads, states) -> str:
         backend = group["backend"]
         if torch.compiler.is_compiling():
             return "reference"  # the caller compiles the whole step: give dynamo plain tensor code
-        if backend == "auto":
+        if backend in ("auto", "fused") and kernels.can_fuse(spec, params, grads):
+            return "fused"
+        if backend in ("auto", "fused"):
             if self._compile_failed or sum(p.numel() for p in params) < kernels.AUTO_COMPILE_MIN_NUMEL:
                 backend = "foreach"
             else:
@@ -275,7 +314,9 @@ class DecayOptimizer(torch.optim.Optimizer):
                     "params: decaylab optimizers need dense gradients, and a parameter of shape "
                     f"{tuple(p.shape)} has a sparse one (use torch.optim.SparseAdam for sparse embeddings)"
                 )
-            buckets.setdefault((p.device, p.dtype), []).append(p)
+            # Sharded (DTensor) parameters bucket by their sharding too: one bucket's partial sums
+            # complete with one set of collectives (decaylab.optim.sharded).
+            buckets.setdefault((p.device, p.dtype, sharded.shard_key(p)), []).append(p)
         return buckets
 
     @torch.no_grad()
@@ -291,21 +332,23 @@ class DecayOptimizer(torch.optim.Optimizer):
         deferred = []  # the stable form needs mean(v̂) over all its parameters before any update
         for index, (group, hp_group, buckets) in enumerate(plans):
             stacked = any(isinstance(v, Tensor) and v.dim() == 1 for v in hp_group.values())
-            for (device, dtype), params in buckets.items():
+            for (device, dtype, _), params in buckets.items():
                 spec = self._spec(group, params[0], stacked)
                 fresh = [self.state[p].get("momentum_buffer") is None for p in params]
                 states_per_param = [self._init_state(p, group, spec) for p in params]
                 states = {k: [st[k] for st in states_per_param] for k in spec.state_keys}
                 grads = [p.grad for p in params]
                 cdtype = precision.compute_dtype(dtype)
-                hp = {k: torch.as_tensor(v, dtype=cdtype, device=device) for k, v in hp_group.items()}
+                hp = {k: self._hp_tensor(v, device, cdtype) for k, v in hp_group.items()}
                 if spec.direction == "sgd" and spec.form == "stable":
                     hp["mean_vhat"] = torch.as_tensor(
                         ((1 - group["momentum"]) / (1 - group["dampening"])) ** 2, dtype=cdtype, device=device
                     )
                 pp = self._per_param(group, spec, params, fresh, device, cdtype)
                 self._check_underflow(index, group, dtype, spec, hp_group)
-                backend = self._backend(group, params, grads, states)
+                backend = self._backend(group, spec, params, grads, states)
+                if backend == "fused":  # torch's kernels count steps and take the gradients themselves
+                    pp = dict(pp, step=[self.state[p]["step"] for p in params], grad=grads)
                 job = (spec, backend, group["backend"], params, grads, states, hp, pp)
                 if spec.form == "stable" and spec.direction == "adam":
                     deferred.append(job)
@@ -318,6 +361,7 @@ class DecayOptimizer(torch.optim.Optimizer):
 
     def _run(self, job) -> None:
         spec, backend, requested, params, grads, states, hp, pp = job
+        params, grads, states = sharded.local_shards(params, grads, states)  # the update is elementwise
         try:
             kernels.EXECUTORS[backend][0](spec, params, grads, states, hp, pp)
         except Exception as exc:  # a compiler failure under backend="auto": fall back, loudly, once
@@ -330,13 +374,15 @@ class DecayOptimizer(torch.optim.Optimizer):
     def _run_stable(self, jobs) -> None:
         total, count = 0, 0
         for spec, backend, _, params, grads, states, hp, pp in jobs:
-            s = kernels.EXECUTORS[backend][1](spec, params, grads, states, hp, pp)
+            s = kernels.EXECUTORS[backend][1](spec, *sharded.local_shards(params, grads, states), hp, pp)
+            s = sharded.global_sum(s, params[0])  # over local shards: complete it over the whole parameters
             # The sum may live on another device or dtype than its neighbours': gather in fp64 on CPU.
             total = total + torch.as_tensor(s).to("cpu", torch.float64)
             count += sum(p.numel() // (p.shape[0] if spec.stacked else 1) for p in params)
         mean_vhat = total / count
         for spec, backend, _, params, grads, states, hp, pp in jobs:
             hp = dict(hp, mean_vhat=mean_vhat.to(hp["lr"].device, hp["lr"].dtype))
+            params, _, states = sharded.local_shards(params, [], states)
             kernels.EXECUTORS[backend][2](spec, params, states, hp, pp)
 
     def _low_precision(self, group: dict[str, Any], p: Tensor) -> str:
@@ -438,7 +484,21 @@ class Adam(DecayOptimizer):
         steps = [self.state[p]["step"] for p in params]
         torch._foreach_add_(steps, 1.0)
         beta1, beta2 = group["betas"]
-        corrections = [directions.adam_bias_corrections(beta1, beta2, s.to(device=device, dtype=dtype)) for s in steps]
+        if any(s.device.type != "cpu" for s in steps):  # capturable-style counts on the device: no host sync
+            corrections = [directions.adam_bias_corrections(beta1, beta2, s.to(device=device, dtype=dtype))
+                           for s in steps]
+        else:
+            # torch keeps step counts on the CPU, and so does decaylab: the corrections are computed in
+            # Python floats (float64, as torch.optim.Adam does), once per distinct count of the bucket
+            # (nearly always one), and shared as 0-dim tensors.
+            made: dict[float, tuple[Tensor, Tensor]] = {}
+            corrections = []
+            for s in steps:
+                t = s.item()
+                if t not in made:
+                    c1, c2 = directions.adam_bias_corrections(beta1, beta2, t)
+                    made[t] = (self._hp_tensor(c1, device, dtype), self._hp_tensor(c2, device, dtype))
+                corrections.append(made[t])
         return {"inv_bias_correction1": [c[0] for c in corrections], "inv_bias_correction2_sqrt": [c[1] for c in corrections]}
 
 
@@ -520,8 +580,8 @@ class SGD(DecayOptimizer):
         keep, gain = [], []
         for first in fresh:
             # torch starts the buffer at g on the first step: b_1 = 0·b_0 + 1·g_1.
-            keep.append(torch.tensor(0.0 if first else spec.momentum, dtype=dtype, device=device))
-            gain.append(torch.tensor(1.0 if first else 1.0 - group["dampening"], dtype=dtype, device=device))
+            keep.append(self._hp_tensor(0.0 if first else spec.momentum, device, dtype))
+            gain.append(self._hp_tensor(1.0 if first else 1.0 - group["dampening"], device, dtype))
         return {"keep": keep, "gain": gain}
 
 
