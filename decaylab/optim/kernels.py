@@ -15,7 +15,7 @@ arithmetic only, so the same code runs
   ``decoupled`` (any scale: ``wd' = s_t·λ/lr_t``), ``prox`` (``lr' = lr_t/(1+s_t·λ)``,
   ``wd' = s_t·λ/lr_t``, so ``w·(1 − lr'·wd') − lr'·u = (w − lr_t·u)/(1 + s_t·λ)``) and ``stable``
   (``wd' = s_t·λ/((sqrt(mean v̂)+ε)·lr_t)``, with ``mean v̂_t`` from ``β₂·Σv_{t−1} + (1−β₂)·Σg²``
-  read before the step: one extra read of ``v`` and ``g``). CPU tensors of fp32/fp64, one model,
+  before the step: ``Σv`` carried from the previous step, so one extra read of ``g``). CPU tensors of fp32/fp64, one model,
   decay toward zero (see :func:`can_fuse`).
 
 A *bucket* is the tensors of one param group that share device, dtype and layout. The
@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import types
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -366,7 +367,7 @@ def _fused_call(spec: Spec, params, grads, states, hp, pp, decay: float) -> None
         torch._fused_adam_(params, grads, m, v, vmax, steps, lr=lr, weight_decay=float(hp["lam"]), **kw)
         return
     if decay != 0 and lr == 0:  # no lr to fold the decay into: run the rule as written
-        foreach_step(spec, params, grads, states, hp, {k: v for k, v in pp.items() if k != "step"})
+        foreach_step(spec, params, grads, states, hp, {k: v for k, v in pp.items() if k.startswith("inv_")})
         return
     if spec.form == "prox":
         lr, wd = lr / (1 + decay), (decay / lr if lr else 0.0)
@@ -383,23 +384,58 @@ def fused_step(spec: Spec, params, grads, states, hp, pp) -> None:
     _fused_call(spec, params, grads, states, hp, pp, _fused_decay(hp))
 
 
-def fused_moments(spec: Spec, params, grads, states, hp, pp):
-    """The stable form's sum of ``v̂_t`` over the bucket, from the state *before* the step.
+# Σv of each second-moment tensor after the last fused stable step: id(v) -> (a weak reference to
+# v, v._version after that step, the sum). Any other write to v (another backend, load_state_dict,
+# a user) changes the version or the tensor, and the sum is then read afresh. (Keyed by id: a
+# WeakKeyDictionary compares tensors with ==, which is elementwise.)
+_V_SUMS: dict[int, tuple[weakref.ref, int, float]] = {}
 
-    ``Σv_t = β₂·Σv_{t−1} + (1 − β₂)·Σg²`` per tensor (``Σg² = ‖g‖²``), times the tensor's
-    ``1/(1 − β₂^t)``. Writes nothing: the fused update does the moments itself.
+
+def _carried_sum(v: Tensor) -> float | None:
+    entry = _V_SUMS.get(id(v))
+    if entry is not None and entry[0]() is v and entry[1] == v._version:
+        return entry[2]
+    return None
+
+
+def _carry_sum(v: Tensor, total: float) -> None:
+    if len(_V_SUMS) > 4096:  # drop the entries of tensors that are gone
+        for key in [k for k, e in _V_SUMS.items() if e[0]() is None]:
+            del _V_SUMS[key]
+    _V_SUMS[id(v)] = (weakref.ref(v), v._version, total)
+
+
+def _sum_of_squares(g: Tensor) -> Tensor:
+    flat = g.reshape(-1)
+    return torch.mv(flat.view(1, -1), flat)  # BLAS: one read of g at memory speed (sum and norm are slower)
+
+
+def fused_moments(spec: Spec, params, grads, states, hp, pp):
+    """The stable form's sum of ``v̂_t`` over the bucket, before the step writes anything.
+
+    Per tensor ``Σv_t = β₂·Σv_{t−1} + (1 − β₂)·Σg_t²``, times ``1/(1 − β₂^t)``. ``Σv_{t−1}`` is
+    carried from this path's previous step (float64), so a step reads ``g`` once more and ``v``
+    not at all; the new sums are recorded after the update (:func:`fused_update`).
     """
-    beta2 = hp["beta2"].to(torch.float64)
-    v1 = torch.stack([v.sum() for v in states["exp_avg_sq"]]).to(torch.float64)  # sum: faster than an L1 norm
-    g2 = torch.stack(torch._foreach_norm(grads, 2)).to(torch.float64)
-    c2 = torch.stack(pp["inv_bias_correction2_sqrt"]).to(torch.float64)
-    return ((v1 * beta2 + g2 * g2 * (1 - beta2)) * (c2 * c2)).sum()
+    beta2 = float(hp["beta2"])
+    g2 = torch.cat([_sum_of_squares(g) for g in grads]).tolist()
+    new = []
+    for v, gg in zip(states["exp_avg_sq"], g2):
+        before = _carried_sum(v)
+        if before is None:
+            before = v.sum(dtype=torch.float64).item()
+        new.append(beta2 * before + (1 - beta2) * gg)
+    pp["_v_sums"] = new
+    c2 = [float(c) for c in pp["inv_bias_correction2_sqrt"]]
+    return torch.tensor(sum(x * c * c for x, c in zip(new, c2)), dtype=torch.float64)
 
 
 def fused_update(spec: Spec, params, states, hp, pp) -> None:
     mean_vhat = float(hp["mean_vhat"])
     decay = _fused_decay(hp) / (math.sqrt(mean_vhat) + spec.eps)
     _fused_call(spec, params, pp["grad"], states, hp, pp, decay)
+    for v, total in zip(states["exp_avg_sq"], pp.pop("_v_sums")):
+        _carry_sum(v, total)
 
 
 EXECUTORS = {
