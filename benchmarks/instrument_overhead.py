@@ -30,13 +30,13 @@ import datetime
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _machine import cpu_model, git_revision  # benchmarks/_machine.py
 from torch import nn
 
 import decaylab
@@ -63,27 +63,6 @@ def make_model(seed: int) -> nn.Module:
 
 def cheap_instruments() -> list:
     return [WeightNorm(), EffectiveLR(), AngularUpdate(), DecayUnderflow()]
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_revision() -> str:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True).stdout
-        return out.stdout.strip() + ("+dirty" if dirty.strip() else "") if out.returncode == 0 else "unknown"
-    except OSError:
-        return "unknown"
 
 
 def quartiles(xs: list[float]) -> tuple[float, float]:
@@ -157,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# date {datetime.datetime.now().isoformat(timespec='seconds')}  decaylab {decaylab.__version__} "
           f"git {git_revision()}  python {platform.python_version()}")
     busy = "  (busy machine: noisy timings)" if load > 0.5 else ""
-    print(f"# torch {torch.__version__}  threads {torch.get_num_threads()}  CPU {cpu_name()} "
+    print(f"# torch {torch.__version__}  threads {torch.get_num_threads()}  CPU {cpu_model()} "
           f"({os.cpu_count()} logical)  load average {load:.2f}{busy}")
     print(f"# model: CNN 16/32/64 + BN, {n_params:,} parameters in {n_tensors} tensors; batch {args.batch}×3×32×32; "
           "decaylab AdamW(lr=1e-3, weight_decay=0.1)")

@@ -30,7 +30,6 @@ import platform
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from _machine import cpu_model, git_revision  # benchmarks/_machine.py
 
 import decaylab
 from decaylab.optim import SGDW, Adam, kernels
@@ -279,29 +279,6 @@ def quartiles(xs: list[float]) -> tuple[float, float]:
 # --------------------------------------------------------------------------- what it ran on
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_revision() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
-        if rev.returncode != 0:
-            return "none (no commit)"
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True).stdout
-        return rev.stdout.strip() + (" (uncommitted changes)" if dirty.strip() else "")
-    except OSError:
-        return "unknown"
-
-
 def inductor_cache_state() -> str:
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
@@ -418,7 +395,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'hparams':>10}: lr={LR}, weight_decay={WEIGHT_DECAY} for every contender; SGD momentum={MOMENTUM}")
     steps = f"{args.steps} steps" if args.steps else f"~{args.min_time:g} s of steps"
     print(f"{'timing':>10}: {args.rounds} interleaved rounds x {steps} per contender, order shuffled each round")
-    print(f"{'decaylab':>10}: auto runs torch's fused kernels for Adam with decay in {kernels.FUSED_FORMS} on CPU, else "
+    print(f"{'decaylab':>10}: auto runs torch's fused kernels for Adam with decay in {kernels.FUSED_FORMS} on CPU, "
+          "else "
           f"compiles buckets >= {kernels.AUTO_COMPILE_MIN_NUMEL:,} elements, "
           f"{kernels.COMPILE_CHUNK} tensors per compiled call; inductor cache {run_info['inductor_cache']}")
     load = run_info["load_average_start"]

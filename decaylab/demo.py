@@ -18,6 +18,7 @@ which lr·λ is constant.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -25,16 +26,27 @@ from .report import build_report
 from .sweep import find_spec, load_spec, run_sweep
 
 
+def default_processes() -> int:
+    """One training process per core, up to 4 (the demo has 15 stacked groups)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 def run(store: str | Path = "runs/demo.sqlite", out: str | Path | None = None, stack: int = 24,
-        progress: bool = True) -> dict:
-    """Run (or finish) the demo sweep, build its report and print the table; returns the summary."""
+        progress: bool = True, processes: int | None = None) -> dict:
+    """Run (or finish) the demo sweep, build its report and print the table; returns the summary.
+
+    ``processes`` (default: one per core, up to 4) processes train the groups side by side, each
+    with one torch thread.
+    """
     start = time.perf_counter()
     spec = load_spec(find_spec("demo"))
     store = Path(store)
     store.parent.mkdir(parents=True, exist_ok=True)
     n = len(spec.configs())
-    print(f"decaylab demo: {spec.name} — {n} runs ({spec.description}); store {store}")
-    run_sweep(spec, store, stack=stack, progress=progress)
+    processes = default_processes() if processes is None else processes
+    print(f"decaylab demo: {spec.name} — {n} runs ({spec.description}); store {store}; "
+          f"{processes} process{'es' if processes > 1 else ''}")
+    run_sweep(spec, store, stack=stack, progress=progress, processes=processes)
     result = build_report(store, sweep=spec.name, out_dir=out)
     print()
     print(result.table_text)

@@ -387,8 +387,9 @@ def test_fused_stable_mean_spans_groups():
 
     def factory(backend):
         def make(groups_params):
-            return Adam([{"params": groups_params[0], "weight_decay": 0.3}, {"params": groups_params[1], "weight_decay": 1.5}],
-                        lr=LRS[0], decay="stable", backend=backend)
+            groups = [{"params": groups_params[0], "weight_decay": 0.3},
+                      {"params": groups_params[1], "weight_decay": 1.5}]
+            return Adam(groups, lr=LRS[0], decay="stable", backend=backend)
 
         return make
 

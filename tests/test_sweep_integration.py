@@ -52,3 +52,45 @@ def test_real_training_into_the_store(tmp_path):
         assert [step for step, _ in curves["test_loss"]][-1] == 12 and len(curves["test_loss"]) >= 2
     assert "ProxAdam" in format_status(store)
     assert run_sweep(spec, path, progress=False).trained == 0  # everything is done: nothing is trained again
+
+
+def test_processes_share_one_store_and_give_the_same_results(tmp_path, monkeypatch):
+    """processes=2: a helper `decaylab sweep` process trains beside this one; every run is trained
+    exactly once, and the results equal a one-process sweep's."""
+    import re
+    import time
+
+    spec = load_spec(SPEC.replace("steps = 12", "steps = 30"))
+    one, two = tmp_path / "one.sqlite", tmp_path / "two.sqlite"
+    run_sweep(spec, one, stack=1, progress=False)
+    real_train = train.train
+
+    def slow_train(*args, **kwargs):  # this process takes 3 s a run: the helper (start-up ~5 s) gets work
+        time.sleep(3)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train", slow_train)
+    summary = run_sweep(spec, two, stack=1, progress=False, processes=2)
+    log = (tmp_path / "two.sqlite.helper1.log").read_text()
+    helper = re.search(r"(\d+) trained, (\d+) failed", log)
+    assert helper, log
+    assert summary.failed == 0 and summary.remaining == 0
+    assert summary.trained + int(helper.group(1)) == 8 and int(helper.group(2)) == 0
+    assert 0 < summary.trained < 8, (summary, log)  # both processes trained
+    finals = {}
+    for path in (one, two):
+        with Store(path) as store:
+            runs = store.runs("tiny")
+            assert [r["status"] for r in runs] == ["done"] * 8
+            finals[path] = {r["key"]: {k: v for k, v in r["final"].items() if k != "wall_s"} for r in runs}
+    # one torch thread per process vs the default threads: sums in another order, same runs
+    assert finals[one].keys() == finals[two].keys()
+    for key, final in finals[one].items():
+        assert final == pytest.approx(finals[two][key], rel=1e-6)
+
+
+def test_processes_argument_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="processes must be an integer >= 1"):
+        run_sweep(load_spec(SPEC), tmp_path / "s.sqlite", processes=0)
+    with pytest.raises(ValueError, match="processes must be 1 with limit"):
+        run_sweep(load_spec(SPEC), tmp_path / "s.sqlite", processes=2, limit=3)

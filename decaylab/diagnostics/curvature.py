@@ -494,18 +494,20 @@ class JacobianNorm(_CurvatureInstrument):
 
 
 class _HutchinsonInstrument(_CurvatureInstrument):
+    """A Hutchinson estimate on fixed probe batches (the subclasses differ only in what they estimate)."""
+
     def __init__(
         self,
         loss_fn: LossFn,
         batches: Iterable[Batch],
-        n_samples: int,
-        interval: int,
+        n_samples: int = 100,
+        interval: int = 100,
         *,
-        params: ParamSelection,
-        model: Model | None,
-        seed: int,
-        chunk_size: int | None,
-        train: bool,
+        params: ParamSelection = None,
+        model: Model | None = None,
+        seed: int = 0,
+        chunk_size: int | None = 32,
+        train: bool = False,
     ):
         super().__init__(interval, model)
         self.loss_fn, self.batches, self.n_samples = loss_fn, _check_batches(batches), n_samples
@@ -534,24 +536,6 @@ class HessianTrace(_HutchinsonInstrument):
 
     name = "hessian_trace"
 
-    def __init__(
-        self,
-        loss_fn: LossFn,
-        batches: Iterable[Batch],
-        n_samples: int = 100,
-        interval: int = 100,
-        *,
-        params: ParamSelection = None,
-        model: Model | None = None,
-        seed: int = 0,
-        chunk_size: int | None = 32,
-        train: bool = False,
-    ):
-        super().__init__(
-            loss_fn, batches, n_samples, interval, params=params, model=model, seed=seed,
-            chunk_size=chunk_size, train=train,
-        )
-
     def measure(self, ctx: Context) -> dict[str, float | Tensor]:
         model = _model_for(self, ctx)
         trace, se = hessian_trace(model, self.loss_fn, self.batches, **self._kwargs(model))
@@ -565,24 +549,6 @@ class ScaleInvariantSharpness(_HutchinsonInstrument):
     """
 
     name = "scale_invariant_sharpness"
-
-    def __init__(
-        self,
-        loss_fn: LossFn,
-        batches: Iterable[Batch],
-        n_samples: int = 100,
-        interval: int = 100,
-        *,
-        params: ParamSelection = None,
-        model: Model | None = None,
-        seed: int = 0,
-        chunk_size: int | None = 32,
-        train: bool = False,
-    ):
-        super().__init__(
-            loss_fn, batches, n_samples, interval, params=params, model=model, seed=seed,
-            chunk_size=chunk_size, train=train,
-        )
 
     def measure(self, ctx: Context) -> dict[str, float | Tensor]:
         model = _model_for(self, ctx)

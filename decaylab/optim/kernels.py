@@ -15,8 +15,8 @@ arithmetic only, so the same code runs
   ``decoupled`` (any scale: ``wd' = s_t·λ/lr_t``), ``prox`` (``lr' = lr_t/(1+s_t·λ)``,
   ``wd' = s_t·λ/lr_t``, so ``w·(1 − lr'·wd') − lr'·u = (w − lr_t·u)/(1 + s_t·λ)``) and ``stable``
   (``wd' = s_t·λ/((sqrt(mean v̂)+ε)·lr_t)``, with ``mean v̂_t`` from ``β₂·Σv_{t−1} + (1−β₂)·Σg²``
-  before the step: ``Σv`` carried from the previous step, so one extra read of ``g``). CPU tensors of fp32/fp64, one model,
-  decay toward zero (see :func:`can_fuse`).
+  before the step: ``Σv`` carried from the previous step, so one extra read of ``g``). CPU tensors
+  of fp32/fp64, one model, decay toward zero (see :func:`can_fuse`).
 
 A *bucket* is the tensors of one param group that share device, dtype and layout. The
 :class:`Spec` holds what is fixed for a bucket (names, flags, eps); the ``hp`` dict holds
@@ -130,7 +130,8 @@ def tensor_moments(spec: Spec, p, g, st: dict, hp: dict, pp: dict) -> dict:
         if spec.amsgrad:
             new["max_exp_avg_sq"] = v_max
     elif spec.momentum != 0:
-        new["momentum_buffer"] = directions.sgd_momentum(g, _compute(st["momentum_buffer"], spec), pp["keep"], pp["gain"])
+        buf = _compute(st["momentum_buffer"], spec)
+        new["momentum_buffer"] = directions.sgd_momentum(g, buf, pp["keep"], pp["gain"])
     for key, value in new.items():
         if key != "g":
             _write(st[key], value)
@@ -161,6 +162,15 @@ def tensor_update(spec: Spec, p, st: dict, new: dict, hp: dict, pp: dict) -> Non
     w_ref = _compute(st.get("init_param"), spec)
     if spec.direction == "adam":
         v_used = new["max_exp_avg_sq"] if spec.amsgrad else new["exp_avg_sq"]
+        if spec.form == "prox_euclid":
+            # rules.prox_euclid after the Adam step, (w − lr·m̂/D)/(1 + s·λ/D), with D multiplied
+            # through: (w·D − lr·m̂)/(D + s·λ), one division per element instead of three.
+            D = v_used.sqrt() * pp["inv_bias_correction2_sqrt"] + spec.eps
+            step = new["exp_avg"] * (pp["inv_bias_correction1"] * hp["lr"])
+            d = rules.offset(w, w_ref)
+            d = (d * D - step) / (D + hp["s"] * hp["lam"])
+            precision.write_param(p, st, d if w_ref is None else w_ref + d, spec)
+            return
         u, D = directions.adam_direction_corrected(
             new["exp_avg"], v_used, spec.eps, pp["inv_bias_correction1"], pp["inv_bias_correction2_sqrt"]
         )
@@ -192,7 +202,7 @@ def _select(items: list[dict], i: int) -> dict:
 def reference_moments(spec: Spec, params, grads, states, hp, pp):
     """Phase 1 tensor by tensor (writes the state); returns the v̂ sum the stable form needs."""
     total = 0
-    for i, (p, g) in enumerate(zip(params, grads)):
+    for i, (p, g) in enumerate(zip(params, grads, strict=False)):
         new = tensor_moments(spec, p, g, _select(states, i), hp, _select(pp, i))
         if spec.form == "stable" and spec.direction == "adam":
             total = total + tensor_vhat_sum(spec, new, _select(pp, i))
@@ -208,7 +218,7 @@ def reference_update(spec: Spec, params, states, hp, pp) -> None:
 
 def reference_step(spec: Spec, params, grads, states, hp, pp) -> None:
     """Both phases, tensor by tensor (forms without a global statistic)."""
-    for i, (p, g) in enumerate(zip(params, grads)):
+    for i, (p, g) in enumerate(zip(params, grads, strict=False)):
         st, pi = _select(states, i), _select(pp, i)
         tensor_update(spec, p, st, tensor_moments(spec, p, g, st, hp, pi), hp, pi)
 
@@ -254,7 +264,7 @@ def _entry_update(params, states, hp, pp, spec=None):
     reference_update(spec, params, states, hp, pp)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(kind: str, spec: Spec):
     """A compiled entry point for ``(kind, spec)``.
 
@@ -290,7 +300,7 @@ def _chunks(n: int):
 def compiled_step(spec: Spec, params, grads, states, hp, pp) -> None:
     fn = _compiled("step", spec)
     P = _flat(spec, params)
-    G = [g.reshape(p.shape) for g, p in zip(grads, P)]
+    G = [g.reshape(p.shape) for g, p in zip(grads, P, strict=False)]
     S = {k: _flat(spec, v) for k, v in states.items()}
     for c in _chunks(len(P)):
         fn(P[c], G[c], {k: v[c] for k, v in S.items()}, hp, {k: v[c] for k, v in pp.items()})
@@ -299,7 +309,7 @@ def compiled_step(spec: Spec, params, grads, states, hp, pp) -> None:
 def compiled_moments(spec: Spec, params, grads, states, hp, pp):
     fn = _compiled("moments", spec)
     P = _flat(spec, params)
-    G = [g.reshape(p.shape) for g, p in zip(grads, P)]
+    G = [g.reshape(p.shape) for g, p in zip(grads, P, strict=False)]
     S = {k: _flat(spec, v) for k, v in states.items()}
     total = 0
     for c in _chunks(len(P)):
@@ -352,7 +362,7 @@ def can_fuse(spec: Spec, params, grads) -> bool:
     # must be contiguous (a non-contiguous gradient is copied, see _fused_call).
     return (fusable_spec(spec) is None
             and all(fusable_tensor(p) is None and type(p.data) is Tensor and p.is_contiguous() for p in params)
-            and all(g.dtype == p.dtype and g.device == p.device for g, p in zip(grads, params)))
+            and all(g.dtype == p.dtype and g.device == p.device for g, p in zip(grads, params, strict=False)))
 
 
 def _fused_call(spec: Spec, params, grads, states, hp, pp, decay: float) -> None:
@@ -420,21 +430,21 @@ def fused_moments(spec: Spec, params, grads, states, hp, pp):
     beta2 = float(hp["beta2"])
     g2 = torch.cat([_sum_of_squares(g) for g in grads]).tolist()
     new = []
-    for v, gg in zip(states["exp_avg_sq"], g2):
+    for v, gg in zip(states["exp_avg_sq"], g2, strict=False):
         before = _carried_sum(v)
         if before is None:
             before = v.sum(dtype=torch.float64).item()
         new.append(beta2 * before + (1 - beta2) * gg)
     pp["_v_sums"] = new
     c2 = [float(c) for c in pp["inv_bias_correction2_sqrt"]]
-    return torch.tensor(sum(x * c * c for x, c in zip(new, c2)), dtype=torch.float64)
+    return torch.tensor(sum(x * c * c for x, c in zip(new, c2, strict=False)), dtype=torch.float64)
 
 
 def fused_update(spec: Spec, params, states, hp, pp) -> None:
     mean_vhat = float(hp["mean_vhat"])
     decay = _fused_decay(hp) / (math.sqrt(mean_vhat) + spec.eps)
     _fused_call(spec, params, pp["grad"], states, hp, pp, decay)
-    for v, total in zip(states["exp_avg_sq"], pp.pop("_v_sums")):
+    for v, total in zip(states["exp_avg_sq"], pp.pop("_v_sums"), strict=False):
         _carry_sum(v, total)
 
 

@@ -6,6 +6,7 @@
 ::
 
     decaylab sweep SPEC.toml [--store PATH] [--stack K | --no-stack] [--limit N] [--retry-failed] [--quiet]
+                             [--backend {local,ray}] [--address ADDR] [--workers N]
     decaylab status STORE [--sweep NAME]
 """
 from __future__ import annotations
@@ -42,8 +43,20 @@ def add_cli(subparsers: Any) -> None:
     how.add_argument("--no-stack", action="store_true", help="train one run at a time (same as --stack 1)")
     sweep.add_argument("--limit", type=_positive_int("--limit"), default=None, metavar="N",
                        help="train at most N runs, then stop (the rest stay pending)")
+    sweep.add_argument("--processes", type=_positive_int("--processes"), default=1, metavar="N",
+                       help="local backend: train in N processes on this store, one torch thread each (default 1)")
     sweep.add_argument("--retry-failed", action="store_true", help="train the runs that failed before again")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.add_argument("--backend", choices=("local", "ray"), default="local",
+                       help="where the runs train: in this process (local, the default) or as Ray tasks, one "
+                            "group of stacked runs per task (ray; pip install 'decaylab[ray]'). The store "
+                            "stays with this process either way")
+    sweep.add_argument("--address", default=None, metavar="ADDR",
+                       help="with --backend ray: the Ray cluster to join (auto, HOST:6379, ray://HOST:10001); "
+                            "default: start a local Ray instance")
+    sweep.add_argument("--workers", type=_positive_int("--workers"), default=None, metavar="N",
+                       help="with --backend ray: groups in flight at once (default: as many as the cluster's "
+                            "CPUs, or GPUs, hold)")
     sweep.set_defaults(handler=run_sweep_command)
 
     status = subparsers.add_parser(
@@ -78,6 +91,15 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     from .spec import find_spec, load_spec
     from .store import Store
 
+    backend = getattr(args, "backend", "local")
+    if backend != "ray":
+        for option in ("address", "workers"):
+            if getattr(args, option, None) is not None:
+                return _error("sweep", f"--{option} needs --backend ray")
+    elif getattr(args, "processes", 1) != 1:
+        return _error("sweep", "--processes is for the local backend; with --backend ray use --workers")
+    if getattr(args, "processes", 1) > 1 and args.limit is not None:
+        return _error("sweep", "--processes N (N > 1) cannot be combined with --limit")
     try:
         spec = load_spec(find_spec(args.spec))
     except (FileNotFoundError, ValueError) as error:
@@ -88,11 +110,26 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         return _error("sweep", f"--store {args.store}: {error}")
     stack = 1 if args.no_stack else args.stack
     previous = _stop_on_sigterm()
-    print(f"sweep {spec.name!r}: {len(spec)} runs ({len(spec.methods)} methods), stack {stack}, store {args.store}",
-          file=sys.stderr)
+    where = "" if backend == "local" else f", on Ray ({args.address or 'a local instance'})"
+    print(f"sweep {spec.name!r}: {len(spec)} runs ({len(spec.methods)} methods), stack {stack}, store {args.store}"
+          f"{where}", file=sys.stderr)
     try:
-        summary = run_sweep(spec, store, stack=stack, limit=args.limit, retry_failed=args.retry_failed,
-                            progress=not args.quiet)
+        if backend == "ray":
+            from .ray_backend import run_sweep_ray
+
+            summary = run_sweep_ray(spec, store, address=args.address, workers=args.workers, stack=stack,
+                                    limit=args.limit, retry_failed=args.retry_failed, progress=not args.quiet)
+        else:
+            summary = run_sweep(spec, store, stack=stack, limit=args.limit, retry_failed=args.retry_failed,
+                                progress=not args.quiet, processes=getattr(args, "processes", 1))
+    except ModuleNotFoundError as error:
+        if backend != "ray" or not str(error).startswith("the Ray backend"):
+            raise
+        return _error("sweep", error)
+    except ConnectionError as error:  # nothing answers at --address
+        if backend != "ray":
+            raise
+        return _error("sweep", f"--address {args.address}: {error}")
     except KeyboardInterrupt:
         print(f"interrupted: the runs in flight went back to pending; every finished run is kept in {args.store}. "
               "Run the same command again to go on.", file=sys.stderr)

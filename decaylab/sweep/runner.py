@@ -7,14 +7,20 @@ and writes every finished run at once. So:
 
 - a sweep that is killed and started again skips every finished run and redoes only the runs
   that were in flight (their process is gone, so :meth:`Store.requeue_stale` gives them back);
-- several processes can sweep one store at once: each claims disjoint runs;
+- several processes can sweep one store at once: each claims disjoint runs (``processes=N``
+  starts N − 1 helper processes beside this one, each with one torch thread: on a machine with
+  N cores that is faster than one process with N threads for the small models of a sweep);
 - an exception in one group marks that group's runs ``failed`` (with the traceback) and the
   sweep goes on; ``KeyboardInterrupt`` puts the group back to ``pending`` and stops. Finished
   runs are never lost. Failed runs are retried with ``retry_failed=True``.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -111,6 +117,7 @@ def run_sweep(
     progress: bool = True,
     heartbeat_every: float = HEARTBEAT_EVERY_S,
     max_failed_groups: int = MAX_FAILED_GROUPS_IN_A_ROW,
+    processes: int = 1,
 ) -> SweepSummary:
     """Train every run of ``spec`` not yet done in ``store``; returns a :class:`SweepSummary`.
 
@@ -119,45 +126,42 @@ def run_sweep(
     ``train_fn``); ``limit``: train at most this many runs in this call; ``retry_failed``: put
     the spec's failed runs back to pending first. ``train_fn`` / ``train_stacked_fn`` default to
     :func:`decaylab.train.train` / :func:`decaylab.train.train_stacked`, looked up when needed.
-    ``progress``: show a progress bar (tqdm) with what is running and an ETA.
+    ``progress``: show a progress bar (tqdm) with what is running and an ETA. ``processes``:
+    train in this many processes on one store (this one and ``processes − 1`` helpers running
+    ``decaylab sweep``), each with one torch thread; the call returns when all are done. It needs
+    the default trainers and no ``limit``; the summary counts this process's runs.
 
     Raises:
         ValueError: a bad argument (named, with what is allowed), before anything runs.
         KeyboardInterrupt: after putting the runs in flight back to pending.
         SweepAborted: ``max_failed_groups`` groups in a row failed.
     """
-    _check_count("stack", stack)
-    _check_count("limit", limit, allow_none=True)
-    _check_count("max_failed_groups", max_failed_groups)
-    if not heartbeat_every > 0:
-        raise ValueError(f"heartbeat_every must be a number of seconds > 0, got {heartbeat_every!r}")
+    _check_arguments(stack, limit, max_failed_groups, heartbeat_every)
+    _check_count("processes", processes)
+    if processes > 1 and (limit is not None or train_fn is not None or train_stacked_fn is not None):
+        raise ValueError("processes must be 1 with limit, train_fn or train_stacked_fn: helper processes run "
+                         f"`decaylab sweep` with the default trainers and no limit; got processes={processes}")
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
-    if stack == 1 and train_fn is None:
-        from decaylab.train import train as train_fn
-    if stack > 1 and train_stacked_fn is None:
-        from decaylab.train import train_stacked as train_stacked_fn
+    train_fn, train_stacked_fn = _trainers(stack, train_fn, train_stacked_fn)
     own_store = not isinstance(store, Store)
     if own_store:
         store = Store(store)
 
     started = time.time()
-    configs = {c.key(): (label, c) for label, c in spec.configs()}
-    stack_keys = {key: c.stack_key() for key, (_, c) in configs.items()}
+    helpers: list[subprocess.Popen] = []
+    threads = None
     try:
-        before = {sweep["name"]: sweep["spec"] for sweep in store.sweeps()}
-        if spec.name in before and before[spec.name] != spec.text:
-            others = sum(1 for key in store.statuses(spec.name) if key not in configs)
-            print(f"note: sweep {spec.name!r} is in {store.path} from a different spec text; the store keeps its "
-                  f"runs ({others} of them not in this spec), adds this spec's new runs and now holds this spec's "
-                  "text. Give the spec a new name (or use a new store) to keep sweeps apart.", file=sys.stderr)
-        store.register(spec.name, spec.text, spec.configs())
-        store.requeue_stale(spec.name)
-        if retry_failed:
-            store.retry_failed(spec.name, configs)
+        configs, stack_keys = _register(spec, store, retry_failed)
+        if processes > 1:
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            helpers = _start_helpers(spec, Path(store.path), processes - 1, stack)
 
         def done_count() -> int:
-            return sum(1 for key, status in store.statuses(spec.name).items() if status == "done" and key in configs)
+            return _count(store, spec.name, configs, ("done",))
 
         skipped = done_count()
         bar = _progress_bar(spec.name, total=len(configs), initial=skipped, enabled=progress)
@@ -167,11 +171,10 @@ def run_sweep(
             while limit is None or trained + failed < limit:
                 want = stack if limit is None else min(stack, limit - trained - failed)
                 store.requeue_stale(spec.name)
-                group = store.claim(spec.name, want, group=lambda run: stack_keys[run["key"]], keys=configs)
+                group = _claim(store, spec.name, want, configs, stack_keys)
                 if not group:
                     break
-                label = group[0]["label"]
-                bar.set_postfix_str(f"{label} ×{len(group)}" if len(group) > 1 else label, refresh=True)
+                bar.set_postfix_str(_describe(group), refresh=True)
                 heartbeat.ids = [run["id"] for run in group]
                 ok, bad, error = _train_group(store, group, [configs[run["key"]][1] for run in group],
                                               stack, train_fn, train_stacked_fn, bar)
@@ -181,17 +184,156 @@ def run_sweep(
                 failed_groups = failed_groups + 1 if bad and not ok else 0
                 bar.update(max(0, done_count() - bar.n))  # other processes' runs count too
                 if failed_groups >= max_failed_groups:
-                    raise SweepAborted(f"{failed_groups} groups in a row failed (last: {error}); finished runs are "
-                                       "kept, failed ones are retried with retry_failed=True (--retry-failed)")
+                    raise _aborted(failed_groups, error)
+            if helpers:
+                bar.set_postfix_str(f"waiting for {sum(h.poll() is None for h in helpers)} helper process(es)",
+                                    refresh=True)
+                while any(h.poll() is None for h in helpers):
+                    time.sleep(0.5)
+                    bar.update(max(0, done_count() - bar.n))
+        except BaseException:
+            _stop_helpers(helpers)  # they put their runs in flight back to pending
+            raise
         finally:
             heartbeat.stop()
             bar.close()
-        remaining = sum(1 for key, status in store.statuses(spec.name).items()
-                        if key in configs and status in ("pending", "running"))
+        _report_helpers(helpers, Path(store.path))
+        remaining = _count(store, spec.name, configs, ("pending", "running"))
         return SweepSummary(spec.name, len(configs), skipped, trained, failed, remaining, time.time() - started)
     finally:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         if own_store:
             store.close()
+
+
+def _helper_log(store_path: Path, i: int) -> Path:
+    return store_path.with_name(f"{store_path.name}.helper{i}.log")
+
+
+def _start_helpers(spec: Spec, store_path: Path, n: int, stack: int) -> list[subprocess.Popen]:
+    """``n`` processes running ``decaylab sweep`` on the same spec and store, one torch thread each."""
+    spec_file = spec.path
+    if spec_file is None or load_spec(spec_file).text != spec.text:
+        spec_file = store_path.with_name(f"{store_path.name}.{spec.name}.toml")
+        spec_file.write_text(spec.text)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    command = [sys.executable, "-m", "decaylab.sweep.cli", "sweep", str(spec_file), "--store", str(store_path),
+               "--stack", str(stack), "--quiet"]
+    helpers = []
+    for i in range(n):
+        with open(_helper_log(store_path, i + 1), "w") as log:
+            helpers.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+    return helpers
+
+
+def _stop_helpers(helpers: list[subprocess.Popen]) -> None:
+    for h in helpers:
+        if h.poll() is None:
+            with contextlib.suppress(OSError):
+                h.send_signal(signal.SIGTERM)  # decaylab sweep treats SIGTERM like Ctrl-C
+    for h in helpers:
+        try:
+            h.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            h.kill()
+            h.wait()
+
+
+def _report_helpers(helpers: list[subprocess.Popen], store_path: Path) -> None:
+    for i, h in enumerate(helpers, start=1):
+        if h.returncode not in (0, None):
+            log = _helper_log(store_path, i)
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            print(f"note: helper process {i} exited with status {h.returncode} (log {log}); its finished runs are "
+                  f"kept, unfinished ones go back to pending.\n{tail}", file=sys.stderr)
+
+
+def _check_arguments(stack: Any, limit: Any, max_failed_groups: Any, heartbeat_every: Any) -> None:
+    _check_count("stack", stack)
+    _check_count("limit", limit, allow_none=True)
+    _check_count("max_failed_groups", max_failed_groups)
+    if isinstance(heartbeat_every, bool) or not isinstance(heartbeat_every, (int, float)) or not heartbeat_every > 0:
+        raise ValueError(f"heartbeat_every must be a number of seconds > 0, got {heartbeat_every!r}")
+
+
+def _trainers(stack: int, train_fn: Callable[..., Any] | None,
+              train_stacked_fn: Callable[..., Sequence[Any]] | None) -> tuple[Callable | None, Callable | None]:
+    """``train_fn`` / ``train_stacked_fn``, the one that ``stack`` needs defaulting to decaylab.train's."""
+    if stack == 1 and train_fn is None:
+        from decaylab.train import train as train_fn
+    if stack > 1 and train_stacked_fn is None:
+        from decaylab.train import train_stacked as train_stacked_fn
+    return train_fn, train_stacked_fn
+
+
+def _register(spec: Spec, store: Store, retry_failed: bool) -> tuple[dict[str, tuple[str, Any]], dict[str, Any]]:
+    """Record ``spec``'s runs in ``store`` (pending), requeue runs of dead processes and, with
+    ``retry_failed``, failed runs; returns ``key -> (label, config)`` and ``key -> stack key``."""
+    configs = {c.key(): (label, c) for label, c in spec.configs()}
+    stack_keys = {key: c.stack_key() for key, (_, c) in configs.items()}
+    before = {sweep["name"]: sweep["spec"] for sweep in store.sweeps()}
+    if spec.name in before and before[spec.name] != spec.text:
+        others = sum(1 for key in store.statuses(spec.name) if key not in configs)
+        print(f"note: sweep {spec.name!r} is in {store.path} from a different spec text; the store keeps its "
+              f"runs ({others} of them not in this spec), adds this spec's new runs and now holds this spec's "
+              "text. Give the spec a new name (or use a new store) to keep sweeps apart.", file=sys.stderr)
+    store.register(spec.name, spec.text, spec.configs())
+    store.requeue_stale(spec.name)
+    if retry_failed:
+        store.retry_failed(spec.name, configs)
+    return configs, stack_keys
+
+
+def _count(store: Store, sweep: str, configs: dict[str, Any], statuses: tuple[str, ...]) -> int:
+    """How many of the spec's runs (other processes' included) are in one of ``statuses``."""
+    return sum(1 for key, status in store.statuses(sweep).items() if status in statuses and key in configs)
+
+
+def _claim(store: Store, sweep: str, want: int, configs: dict[str, Any], stack_keys: dict[str, Any]) -> list[dict]:
+    """Claim up to ``want`` pending runs of the spec that train together (one stack key)."""
+    return store.claim(sweep, want, group=lambda run: stack_keys[run["key"]], keys=configs)
+
+
+def _describe(runs: list[dict]) -> str:
+    """``label ×k`` for a group of k runs (the label alone for one run)."""
+    return f"{runs[0]['label']} ×{len(runs)}" if len(runs) > 1 else runs[0]["label"]
+
+
+def _aborted(failed_groups: int, error: str) -> SweepAborted:
+    return SweepAborted(f"{failed_groups} groups in a row failed (last: {error}); finished runs are "
+                        "kept, failed ones are retried with retry_failed=True (--retry-failed)")
+
+
+def train_group(configs: Sequence[Any], stack: int, train_fn: Callable[..., Any] | None,
+                train_stacked_fn: Callable[..., Sequence[Any]] | None,
+                on_step: Callable[[int], None] | None = None, **kwargs: Any) -> list[Any]:
+    """Train one group: as one stacked model with ``train_stacked_fn`` (``stack > 1``) or one config
+    at a time with ``train_fn``; returns one result per config (checked). ``on_step`` and
+    ``kwargs`` go to trainers that take them (``decaylab.train`` takes ``on_step`` and ``device``)."""
+    fn = train_fn if stack == 1 else train_stacked_fn
+    accepted = _accepted(fn, {"on_step": on_step, **kwargs})
+    if stack == 1:
+        results = [train_fn(config, **accepted) for config in configs]
+    else:
+        results = list(train_stacked_fn(list(configs), **accepted))
+    if len(results) != len(configs):
+        raise RuntimeError(f"the trainer returned {len(results)} results for {len(configs)} configs")
+    return results
+
+
+def _accepted(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The ``kwargs`` that are not None and that ``fn`` takes (the training contract requires none of them)."""
+    kwargs = {name: value for name, value in kwargs.items() if value is not None}
+    if not kwargs:
+        return {}
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {name: value for name, value in kwargs.items() if name in parameters}
 
 
 def _train_group(store: Store, runs: list[dict], configs: list[Any], stack: int,
@@ -199,53 +341,59 @@ def _train_group(store: Store, runs: list[dict], configs: list[Any], stack: int,
                  bar: Any) -> tuple[int, int, str]:
     """Train one claimed group and write each run; returns (runs done, runs failed, the last
     error's one-line summary or "")."""
-    pending = {run["id"] for run in runs}
-    done = failed = 0
-    summary = ""
-    what = f"{runs[0]['label']} ×{len(runs)}" if len(runs) > 1 else runs[0]["label"]
+    fn = train_fn if stack == 1 else train_stacked_fn
+    written = False
     try:
         try:
-            if stack == 1:
-                results = [train_fn(config, **_step_progress(train_fn, bar, what)) for config in configs]
-            else:
-                results = list(train_stacked_fn(configs, **_step_progress(train_stacked_fn, bar, what)))
-            if len(results) != len(configs):
-                raise RuntimeError(f"the trainer returned {len(results)} results for {len(configs)} configs")
+            results = train_group(configs, stack, train_fn, train_stacked_fn,
+                                  on_step=_step_progress(fn, bar, _describe(runs)))
         except Exception as error:
-            store.fail(pending, _error_text(error))
-            summary = f"{type(error).__name__}: {error}"
-            bar.write(f"failed: {what}: {summary} (marked failed; --retry-failed runs them again)")
-            failed, pending = len(pending), set()
-            return done, failed, summary
-        for run, config, result in zip(runs, configs, results, strict=True):
-            try:
-                got = getattr(result, "config", config)
-                if got is not None and hasattr(got, "key") and got.key() != run["key"]:
-                    raise RuntimeError(f"the trainer returned a result for another config ({got!r})")
-                store.finish(run["id"], result)
-                done += 1
-            except Exception as error:  # a result the store cannot take: this run fails, the others stay
-                store.fail(run["id"], _error_text(error))
-                summary = f"{type(error).__name__}: {error}"
-                bar.write(f"failed: {run['label']} (run {run['id']}): {summary}")
-                failed += 1
-            pending.discard(run["id"])
-        return done, failed, summary
+            outcome = _fail_group(store, runs, error, bar)
+        else:
+            outcome = _write_results(store, runs, configs, results, bar)
+        written = True
+        return outcome
     finally:
-        if pending:  # interrupted (KeyboardInterrupt, SystemExit): give the runs in flight back
-            store.release(pending)
+        if not written:  # interrupted (KeyboardInterrupt, SystemExit): give the runs in flight back
+            store.release(run["id"] for run in runs)  # (runs already written stay done or failed)
 
 
-def _step_progress(fn: Callable[..., Any], bar: Any, what: str) -> dict[str, Any]:
-    """``on_step=`` for trainers that take it (decaylab.train does; the contract does not require
-    it): the bar then shows the step of the group in flight, twice a second at most."""
+def _fail_group(store: Store, runs: list[dict], error: BaseException, bar: Any,
+                text: str | None = None) -> tuple[int, int, str]:
+    """Mark a whole group failed with ``text`` (default: ``error``'s traceback); returns
+    (0, runs failed, ``error``'s one-line summary)."""
+    store.fail([run["id"] for run in runs], _error_text(error) if text is None else text)
+    summary = f"{type(error).__name__}: {error}"
+    bar.write(f"failed: {_describe(runs)}: {summary} (marked failed; --retry-failed runs them again)")
+    return 0, len(runs), summary
+
+
+def _write_results(store: Store, runs: list[dict], configs: list[Any], results: Sequence[Any],
+                   bar: Any) -> tuple[int, int, str]:
+    """Write each run's result (a result the store cannot take fails only that run); returns
+    (runs done, runs failed, the last error's summary or "")."""
+    done = failed = 0
+    summary = ""
+    for run, config, result in zip(runs, configs, results, strict=True):
+        try:
+            got = getattr(result, "config", config)
+            if got is not None and hasattr(got, "key") and got.key() != run["key"]:
+                raise RuntimeError(f"the trainer returned a result for another config ({got!r})")
+            store.finish(run["id"], result)
+            done += 1
+        except Exception as error:  # a result the store cannot take: this run fails, the others stay
+            store.fail(run["id"], _error_text(error))
+            summary = f"{type(error).__name__}: {error}"
+            bar.write(f"failed: {run['label']} (run {run['id']}): {summary}")
+            failed += 1
+    return done, failed, summary
+
+
+def _step_progress(fn: Callable[..., Any], bar: Any, what: str) -> Callable[[int], None] | None:
+    """An ``on_step`` callback (for trainers that take it: decaylab.train does) that shows the step
+    of the group in flight on the bar, twice a second at most; None without a bar."""
     if isinstance(bar, _NoBar):
-        return {}
-    try:
-        if "on_step" not in inspect.signature(fn).parameters:
-            return {}
-    except (TypeError, ValueError):
-        return {}
+        return None
     last = [0.0]
 
     def on_step(step: int) -> None:
@@ -254,7 +402,7 @@ def _step_progress(fn: Callable[..., Any], bar: Any, what: str) -> dict[str, Any
             last[0] = now
             bar.set_postfix_str(f"{what}, step {step}", refresh=True)
 
-    return {"on_step": on_step}
+    return on_step
 
 
 class _NoBar:
