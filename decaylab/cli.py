@@ -60,15 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--store", default="runs/demo.sqlite", help="the SQLite run store (default runs/demo.sqlite)")
     demo.add_argument("--out", default=None, help="the report's folder (default: next to the store)")
     demo.add_argument("--stack", type=_positive_int("--stack"), default=24, help="runs trained together (default 24)")
+    demo.add_argument("--processes", type=_positive_int("--processes"), default=None,
+                      help="training processes side by side, one torch thread each (default: one per core, up to 4)")
     from .report.cli import add_cli as add_report_cli
+    from .reproduce.cli import add_cli as add_reproduce_cli
     from .sweep.cli import add_cli as add_sweep_cli
+    from .train.distributed import add_cli as add_train_cli
 
+    add_train_cli(sub)
     add_sweep_cli(sub)
     add_report_cli(sub)
+    add_reproduce_cli(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # its '--field value' overrides are free-form: decaylab.train.distributed parses them
+        from .train.distributed import main as train_main
+
+        return train_main(argv[1:], prog="decaylab train")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -84,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from . import demo
 
-        demo.run(store=args.store, out=args.out, stack=args.stack)
+        demo.run(store=args.store, out=args.out, stack=args.stack, processes=args.processes)
         return 0
     if getattr(args, "handler", None) is not None:
         return args.handler(args)

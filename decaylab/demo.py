@@ -18,17 +18,12 @@ which lr·λ is constant.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from .report import build_report
 from .sweep import find_spec, load_spec, run_sweep
-
-
-def default_processes() -> int:
-    """One training process per core, up to 4 (the demo has 15 stacked groups)."""
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+from .sweep.runner import default_processes
 
 
 def run(store: str | Path = "runs/demo.sqlite", out: str | Path | None = None, stack: int = 24,

@@ -35,6 +35,7 @@ from decaylab.models import (
 K = 3
 NAMES = [
     "mlp",
+    "mlp-bn",
     "cnn1d",
     "resnet20",
     "resnet20-nobn",
@@ -46,6 +47,7 @@ NAMES = [
 # Parameter counts for the registry defaults (10 classes; GPT: vocab 256, block 128).
 PARAMETER_COUNTS = {
     "mlp": 15_210,
+    "mlp-bn": 15_410,
     "cnn1d": 5_210,
     "resnet20": 269_722,
     "resnet20-nobn": 268_346,
@@ -69,7 +71,7 @@ def one_thread():
 def example_input(name: str, batch: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
     """A small input for model ``name`` (images as small as the architecture allows)."""
     g = generator or torch.Generator().manual_seed(0)
-    if name in ("mlp", "cnn1d"):
+    if name in ("mlp", "mlp-bn", "cnn1d"):
         return torch.randn(batch, 40, generator=g)
     if name.startswith("gpt"):
         return torch.randint(0, 256, (batch, 16), generator=g)
@@ -181,7 +183,7 @@ def test_parameter_counts_match_the_published_numbers():
 def test_batchnorm_only_where_asked(name):
     model = build(name)
     has_bn = any(isinstance(m, _BatchNorm) for m in model.modules())
-    assert has_bn == (name in ("resnet20", "preact-resnet18"))
+    assert has_bn == (name in ("mlp-bn", "resnet20", "preact-resnet18"))
     if name in NO_BN:
         assert not any(isinstance(m, NORM_TYPES) for m in model.modules())
         assert not list(model.buffers())
@@ -282,7 +284,7 @@ def test_sgd_overfits_one_batch(name, lr):
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = build(name)
-    x = example_input(name, batch=32 if name in ("mlp", "cnn1d") else 8, generator=g)
+    x = example_input(name, batch=32 if name in ("mlp", "mlp-bn", "cnn1d") else 8, generator=g)
     if name.startswith("gpt"):
         y = x.roll(-1, 1)
         loss_fn = lambda: model(x, y)[1]
@@ -321,6 +323,8 @@ def stacked_call(models: list[nn.Module], *args: torch.Tensor, fn=None):
 # Train and eval mode differ only with BatchNorm (dropout is 0), so the others run in train mode only.
 VMAP_CASES = [
     ("mlp", True),
+    ("mlp-bn", True),
+    ("mlp-bn", False),
     ("cnn1d", True),
     ("resnet20", True),
     ("resnet20", False),

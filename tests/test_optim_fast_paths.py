@@ -433,7 +433,7 @@ def test_auto_picks_fused_only_where_it_is_exact(executors):
     (dict(decay="cautious"), "decay='cautious'"),
     (dict(decay="decoupled", decay_to="init"), "decay_to='init'"),
     (dict(decay="stable", amsgrad=True), "amsgrad"),
-    (dict(decay="decoupled", lr=torch.tensor([0.1, 0.2])), "per-model"),
+    (dict(decay="stable", lr=torch.tensor([0.1, 0.2])), "per-model"),
 ])
 def test_explicit_fused_rejects_what_it_cannot_run(kwargs, why):
     p = torch.nn.Parameter(torch.zeros(2, 3))

@@ -281,3 +281,30 @@ def test_mismatched_stack_is_rejected():
         Adam([torch.nn.Parameter(torch.zeros(K, 2))], lr=LR.clone(), weight_decay=torch.ones(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="params"):
         Adam([torch.nn.Parameter(torch.zeros(()))], lr=LR.clone())
+
+
+# --------------------------------------------------------------------------- fused: one torch call per model
+
+
+@pytest.mark.parametrize("flags", [{}, dict(amsgrad=True, maximize=True)], ids=["plain", "amsgrad-maximize"])
+@pytest.mark.parametrize("form", ["l2", "decoupled", "prox"])
+def test_adam_fused_stacked_equals_separate(form, flags, executors):
+    """The fused path runs each stacked model's slices with its own lr and λ (model 0 has λ = 0)."""
+    check_stacked_equals_separate(*adam("fused", form, **flags))
+    assert set(executors) == {"fused", "reference"}
+
+
+def test_adam_fused_stacked_zero_lr_of_one_model():
+    """A model whose lr_t is 0 while its decay is not (decay_scale='constant') runs its rule as written."""
+    lr = torch.tensor([0.01, 0.0, 0.05, 0.02], dtype=torch.float64)
+
+    def stacked(params, lr_):
+        return Adam(params, lr=lr_, weight_decay=LAM.clone(), decay="decoupled", decay_scale="constant",
+                    backend="fused")
+
+    def separate(params, lr_, k):
+        return Adam(params, lr=lr_, weight_decay=float(LAM[k]), decay="decoupled", decay_scale="constant",
+                    backend="reference")
+
+    _, params = check_stacked_equals_separate(stacked, separate, lr=lr)
+    assert not torch.equal(params[0][1], initial()[0][1])  # model 1 decayed with lr 0

@@ -38,7 +38,8 @@ def test_key_changes_with_every_field():
         schedule="constant", warmup_steps=2, seed=1, no_decay_bias_norm=False, eval_every=5,
         precision="bf16", grad_clip=1.0, final_lr_ratio=0.1, lr_milestones=(0.3,), lr_gamma=0.5,
         restart_steps=10, restart_mult=1, decay_schedule="early", decay_switch=0.3, ema_beta=0.99,
-        train_eval_size=10, block_size=64, lm_eval_batches=2,
+        train_eval_size=10, block_size=64, lm_eval_batches=2, loss_scale=10.0,
+        lr_factors=(1.0, 2.0), jacobian_probe=8,
     )
     assert set(changed) == set(base.to_dict()), "every field must be covered"
     keys = {base.key()}
@@ -87,8 +88,8 @@ def test_stack_key_ignores_only_lr_weight_decay_seed():
 
 BAD = [
     ("dataset", "", "dataset must be a non-empty name"),
-    ("model", "resnet21", "model must be one of 'mlp', 'cnn1d'"),
-    ("optimizer", "adamw", "optimizer must be one of 'adam', 'sgd'; got 'adamw'"),
+    ("model", "resnet21", "model must be one of 'mlp', 'mlp-bn', 'cnn1d'"),
+    ("optimizer", "adamw", "optimizer must be one of 'adam', 'sgd', 'torch-adamw'; got 'adamw'"),
     ("decay", "weird", "decay must be one of 'l2', 'decoupled'"),
     ("decay_scale", "paper", "decay_scale must be one of 'lr', 'schedule', 'corrected', 'constant'"),
     ("lr", 0.0, "lr must be a finite number > 0"),

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from decaylab.optim.sharded import global_sums, local_shard
+
 from .base import Context, Instrument, step_hparams
 from .weights import LOW_PRECISION, _direction, _form
 
@@ -93,11 +95,15 @@ class AdamBufferMixing(Instrument):
     def detach(self) -> None:
         self._instant.clear()  # the shadows stay readable after the monitor closes
 
-    def _reduce_sq(self, tensors: list[Tensor], stacked: int | None) -> Tensor:
-        """Σ‖t‖² over the tensors (float64), per model when stacked."""
+    def _reduce_sq(self, tensors: list[Tensor], stacked: int | None, params: list[Tensor]) -> Tensor:
+        """Σ‖t‖² over the tensors (float64), per model when stacked.
+
+        The tensors are local shards of ``params`` (for DTensor parameters, FSDP2): the sums are
+        completed over the mesh.
+        """
         if stacked:
             return sum(t.reshape(stacked, -1).double().pow(2).sum(1) for t in tensors)
-        return torch.stack(torch._foreach_norm(tensors)).double().pow(2).sum()
+        return global_sums(torch.stack(torch._foreach_norm(tensors)).double().pow(2), params).sum()
 
     @torch.no_grad()
     def before_step(self, ctx: Context) -> None:
@@ -112,8 +118,9 @@ class AdamBufferMixing(Instrument):
             lam = step_hparams(group, taken=False)["lam"]
             grads, decays = [], []
             for p in params:
-                state = ctx.optimizer.state.get(p, {})
-                w = _compute(p.detach())
+                # Sharded parameters (DTensor, FSDP2): the shadows hold this rank's shards.
+                state = {k: local_shard(v) for k, v in ctx.optimizer.state.get(p, {}).items()}
+                w = _compute(local_shard(p.detach()))
                 if "kahan_comp" in state:  # decaylab's L2 term reads the compensated weight
                     w = w + state["kahan_comp"].float()
                 if "init_param" in state:
@@ -122,7 +129,7 @@ class AdamBufferMixing(Instrument):
                     decays.append(w * lam.to(w.device, w.dtype).view(-1, *([1] * (w.dim() - 1))))
                 else:
                     decays.append(w * (lam.to(w.device, w.dtype) if isinstance(lam, Tensor) else lam))
-                g = _compute(p.grad.detach())
+                g = _compute(local_shard(p.grad.detach()))
                 grads.append(-g if group.get("maximize", False) else g)
                 if id(p) not in self.m_grad:
                     self.m_grad[id(p)] = torch.zeros_like(g)
@@ -132,7 +139,8 @@ class AdamBufferMixing(Instrument):
             torch._foreach_lerp_(m_grad, grads, weight)
             torch._foreach_lerp_(m_decay, decays, weight)
             if due:
-                instant[gi] = (self._reduce_sq(decays, ctx.stacked), self._reduce_sq(grads, ctx.stacked))
+                k = ctx.stacked
+                instant[gi] = (self._reduce_sq(decays, k, params), self._reduce_sq(grads, k, params))
         if due:
             self._instant, self._instant_step = instant, ctx.step
 
@@ -151,9 +159,10 @@ class AdamBufferMixing(Instrument):
             if k:
                 dot = sum((a.double() * b.double()).reshape(k, -1).sum(1) for a, b in zip(md, m, strict=True))
             else:
-                dot = sum(torch.vdot(a.reshape(-1).double(), b.reshape(-1).double())
-                          for a, b in zip(md, m, strict=True))
-            sums = {"md": self._reduce_sq(md, k), "mg": self._reduce_sq(mg, k), "m": self._reduce_sq(m, k), "dot": dot}
+                dot = global_sums(torch.stack([torch.vdot(a.reshape(-1).double(), b.reshape(-1).double())
+                                               for a, b in zip(md, m, strict=True)]), params).sum()
+            sums = {"md": self._reduce_sq(md, k, params), "mg": self._reduce_sq(mg, k, params),
+                    "m": self._reduce_sq(m, k, params), "dot": dot}
             if self._instant_step == ctx.step and gi in self._instant:
                 sums["wd"], sums["g"] = self._instant[gi]
             for key, value in sums.items():

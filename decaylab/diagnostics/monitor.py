@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from decaylab.optim.sharded import local_shard
+
 from .base import Context, Instrument, Values
 from .sinks import Sink
 
@@ -180,13 +182,15 @@ class Monitor:
     @torch.no_grad()
     def _take_snapshot(self, step: int) -> None:
         params = self._params()
+        # Sharded parameters (DTensor, FSDP2): this rank's shards; the instruments read shards.
+        values = [local_shard(p.detach()) for p in params]
         buffers = []
-        for p in params:
+        for p, x in zip(params, values, strict=True):
             buf = self._snapshot.get(id(p))
-            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
-                buf = self._snapshot[id(p)] = torch.empty_like(p, memory_format=torch.preserve_format)
+            if buf is None or buf.shape != x.shape or buf.dtype != x.dtype or buf.device != x.device:
+                buf = self._snapshot[id(p)] = torch.empty_like(x, memory_format=torch.preserve_format)
             buffers.append(buf)
-        torch._foreach_copy_(buffers, [p.detach() for p in params])
+        torch._foreach_copy_(buffers, values)
         self._snapshot_step = step
 
     def _after_step(self, optimizer, args, kwargs) -> None:

@@ -42,6 +42,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from decaylab.optim.sharded import global_sums, is_dtensor, local_shard
+
 from .base import Context, Instrument, Values, step_hparams
 
 __all__ = [
@@ -217,8 +219,19 @@ def tensor_norms(tensors: list[Tensor], stacked: int | None = None, ord: float =
     """Norms of many tensors as one float64 tensor: shape ``(n,)``, or ``(n, K)`` when stacked.
 
     One ``torch._foreach_norm`` per (device, dtype) bucket (16-bit tensors accumulate in fp32);
-    stacked tensors take one ``vector_norm`` over all dims but dim 0 each.
+    stacked tensors take one ``vector_norm`` over all dims but dim 0 each. Sharded tensors
+    (``DTensor``, FSDP2): the norms of the whole tensors, from their local shards' norms summed
+    over the mesh (:mod:`decaylab.optim.sharded`; a collective: every rank must call it).
     """
+    if any(is_dtensor(t) for t in tensors):
+        if ord not in (1, 2):
+            raise ValueError(f"ord must be 1 or 2 for sharded (DTensor) tensors; got {ord!r}")
+        local = _local_norms([local_shard(t) for t in tensors], stacked, ord)
+        return global_sums(local.pow(ord), tensors).pow(1 / ord)
+    return _local_norms(tensors, stacked, ord)
+
+
+def _local_norms(tensors: list[Tensor], stacked: int | None, ord: float) -> Tensor:
     if not tensors:
         return torch.zeros((0, stacked) if stacked else (0,), dtype=torch.float64)
     device = tensors[0].device
@@ -413,7 +426,9 @@ class EffectiveLR(Instrument):
                      if p in state and "exp_avg_sq" in state[p]]
             if not items:
                 continue
-            vs = [v.float() if v.dtype in LOW_PRECISION else v for _, _, v in items]
+            raw = [v for _, _, v in items]  # DTensors (FSDP2): sums over local shards, completed below
+            vs = [local_shard(v) for v in raw]
+            vs = [v.float() if v.dtype in LOW_PRECISION else v for v in vs]
             inv = torch._foreach_sqrt(vs)
             torch._foreach_add_(inv, group["eps"])
             torch._foreach_reciprocal_(inv)
@@ -422,7 +437,8 @@ class EffectiveLR(Instrument):
                 counts = torch.tensor([t[0].numel() for t in vs], dtype=torch.float64, device=sums.device)[:, None]
             else:
                 sums = torch.stack(torch._foreach_norm(inv, 1)).double()  # entries are positive: L1 = sum
-                counts = torch.tensor([t.numel() for t in vs], dtype=torch.float64, device=sums.device)
+                sums = global_sums(sums, raw)
+                counts = torch.tensor([t.numel() for t in raw], dtype=torch.float64, device=sums.device)
             lr = group["lr"]
             weighted = sums * (lr.to(sums.device, torch.float64) if isinstance(lr, Tensor) else lr)
             group_sum, group_count = weighted.sum(0, keepdim=True), counts.sum(0, keepdim=True)
@@ -482,7 +498,10 @@ class AngularUpdate(Instrument):
         # The angle between w_{t+1} and w_t = w_{t+1} − d is measured from the side of w_{t+1},
         # whose norms the sample already has: rows ‖w_{t+1}‖², ⟨w_{t+1}, −d⟩, ‖d‖²; columns tensors.
         k = ctx.stacked
-        current = [p.detach().float() if p.dtype in LOW_PRECISION else p.detach() for p in s.params]
+        # Sharded parameters (DTensor): the monitor snapshots local shards; sums over them are
+        # completed over the mesh below (s.norms already are).
+        current = [local_shard(p.detach()) for p in s.params]
+        current = [c.float() if c.dtype in LOW_PRECISION else c for c in current]
         if any(p.dtype in LOW_PRECISION for p in s.params):
             diffs = [c - q.float() for c, q in zip(current, prev, strict=True)]
         else:
@@ -490,7 +509,10 @@ class AngularUpdate(Instrument):
         dots = [(c * d).reshape(k, -1).sum(1) if k else torch.vdot(c.reshape(-1), d.reshape(-1))
                 for c, d in zip(current, diffs, strict=True)]
         norms, delta_norms = s.norms, tensor_norms(diffs, k)
-        rows = torch.stack([norms * norms, -torch.stack(dots).to(norms), delta_norms * delta_norms])
+        dots, delta_sq = torch.stack(dots).to(norms), delta_norms * delta_norms
+        if any(is_dtensor(p) for p in s.params):
+            dots, delta_sq = global_sums(torch.stack([dots, delta_sq], 1), s.params).unbind(1)
+        rows = torch.stack([norms * norms, -dots, delta_sq])
         parts, names = [rows.sum(1, keepdim=True)], ["angular_update/total"]
         if self.per_group and s.group_ids:
             parts.append(s.group_sums(rows, dim=1))
@@ -591,7 +613,8 @@ def _count_rounded_away(ws: list[Tensor], decay: float) -> Tensor:
     if decay >= 2.0**-p:
         c = 2.0 ** (e_tiny - p - 1) / decay
         counts = torch.zeros(len(ws), dtype=torch.float64, device=ws[0].device)
-        if float(torch.cat([w.reshape(-1) for w in ws]).abs_().amin()) < c:  # zeros or tiny entries somewhere
+        flat = torch.cat([w.reshape(-1) for w in ws])  # empty for a rank whose shards are all empty
+        if flat.numel() and float(flat.abs_().amin()) < c:  # zeros or tiny entries somewhere
             for i, w in enumerate(ws):
                 counts[i] = rounded_away(w, decay).sum()
         return counts
@@ -653,14 +676,15 @@ class DecayUnderflow(Instrument):
             buckets.setdefault((p.device, p.dtype), []).append(p.detach())
         device = group["params"][0].device
         rounded = lost = count = None
-        for (_, dtype), ws in buckets.items():
+        for (_, dtype), whole in buckets.items():
+            ws = [local_shard(w) for w in whole]  # DTensors (FSDP2): count on shards, sum below
             if ctx.stacked:
                 d = torch.as_tensor(decay, dtype=torch.float64).expand(ctx.stacked)
                 c = torch.stack([rounded_away(w, d).reshape(ctx.stacked, -1).sum(1, dtype=torch.float64) for w in ws])
                 n = torch.full((ctx.stacked,), float(sum(w[0].numel() for w in ws)), dtype=torch.float64)
             else:
-                c = _count_rounded_away(ws, float(decay))
-                n = torch.tensor(float(sum(w.numel() for w in ws)), dtype=torch.float64)
+                c = global_sums(_count_rounded_away(ws, float(decay)), whole)
+                n = torch.tensor(float(sum(w.numel() for w in whole)), dtype=torch.float64)
             c, n = c.sum(0).to(device), n.to(device)
             lost_c = torch.zeros_like(c) if compensated and dtype in LOW_PRECISION else c
             rounded = c if rounded is None else rounded + c

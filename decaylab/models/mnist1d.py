@@ -7,7 +7,8 @@ PyTorch's default initialization, as that code does. Inputs are MNIST-1D signals
 
 Both are stateless apart from their parameters (no buffers, no in-place ops on activations, no
 data-dependent control flow), so ``K`` copies stack with :func:`torch.func.stack_module_state` and
-run under ``vmap(functional_call(...))`` in train and eval mode alike.
+run under ``vmap(functional_call(...))`` in train and eval mode alike. (``MLP(norm="bn")`` adds
+BatchNorm running statistics as buffers, which stack like the ResNets' do.)
 
 >>> import torch
 >>> MLP()(torch.randn(8, 40)).shape, CNN1d()(torch.randn(8, 40)).shape
@@ -42,7 +43,13 @@ class MLP(nn.Module):
     ``h ← h + act(W h + b)``; with the default ``hidden=(100, 100)`` this is exactly MNIST-1D's
     ``MLPBase`` (15,210 parameters either way). Default PyTorch initialization.
 
-    Parameter names: ``hidden.<i>.weight``/``.bias`` and ``head.weight``/``.bias``.
+    With ``norm="bn"`` every hidden layer is ``Linear (no bias) → BatchNorm1d → act``, so the
+    hidden weights are scale-invariant (the output does not change when a hidden ``W`` is
+    multiplied by a positive number): the small-scale stand-in for Zhuang et al.'s BN ResNets
+    (15,410 parameters with the defaults).
+
+    Parameter names: ``hidden.<i>.weight``/``.bias`` (no bias with BN), ``norms.<i>.weight``/``.bias``
+    (with BN) and ``head.weight``/``.bias``.
 
     Args:
         in_features: length of the (flattened) input; 40 for MNIST-1D.
@@ -50,6 +57,7 @@ class MLP(nn.Module):
         num_classes: number of output logits.
         activation: one of :data:`ACTIVATIONS` (``"relu"``, ``"gelu"``, ``"tanh"``, ``"silu"``).
         residual: add skip connections around hidden layers of equal width (MNIST-1D's ``MLPBase``).
+        norm: ``"none"`` (default) or ``"bn"`` (BatchNorm1d after every hidden linear layer).
     """
 
     def __init__(
@@ -59,13 +67,17 @@ class MLP(nn.Module):
         num_classes: int = 10,
         activation: str = "relu",
         residual: bool = False,
+        norm: str = "none",
     ) -> None:
         super().__init__()
         check_choice("activation", activation, tuple(ACTIVATIONS))
+        check_choice("norm", norm, ("none", "bn"))
         if isinstance(hidden, int):
             raise TypeError(f"hidden must be a sequence of widths, e.g. ({hidden},), not an int")
         widths = [in_features, *hidden]
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        bias = norm == "none"  # a bias before BatchNorm is cancelled by its mean subtraction
+        self.hidden = nn.ModuleList(nn.Linear(a, b, bias=bias) for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.norms = nn.ModuleList(nn.BatchNorm1d(b) for b in widths[1:]) if norm == "bn" else None
         self.head = nn.Linear(widths[-1], num_classes)
         self.activation = activation
         # Decided once here from the widths, so forward has no data-dependent branches.
@@ -74,9 +86,27 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         act = ACTIVATIONS[self.activation]
         h = x.flatten(1)
-        for layer, skip in zip(self.hidden, self._skip, strict=True):
-            h = h + act(layer(h)) if skip else act(layer(h))
+        norms = self.norms if self.norms is not None else [None] * len(self.hidden)
+        for layer, norm, skip in zip(self.hidden, norms, self._skip, strict=True):
+            z = layer(h) if norm is None else norm(layer(h))
+            h = h + act(z) if skip else act(z)
         return self.head(h)
+
+    def stacked_forward(self, params: dict[str, Tensor], x: Tensor, shared: bool = False) -> Tensor | None:
+        """K models at once from their stacked parameters (``params[name]`` has a leading K), with
+        batched matmuls: the logits ``(K, B, classes)`` that ``vmap(functional_call)`` gives, without
+        its per-operation overhead. ``x`` is ``(K, B, ...)``, or ``(B, ...)`` seen by every model
+        with ``shared=True``. None with BatchNorm (its batch statistics need vmap's per-model view).
+        """
+        if self.norms is not None:
+            return None
+        act = ACTIVATIONS[self.activation]
+        k = params["head.weight"].shape[0]
+        h = x.flatten(1).expand(k, -1, -1) if shared else x.flatten(2)
+        for i, skip in enumerate(self._skip):
+            z = torch.baddbmm(params[f"hidden.{i}.bias"].unsqueeze(1), h, params[f"hidden.{i}.weight"].transpose(1, 2))
+            h = h + act(z) if skip else act(z)
+        return torch.baddbmm(params["head.bias"].unsqueeze(1), h, params["head.weight"].transpose(1, 2))
 
 
 def _conv_length(length: int, kernel: int, stride: int, padding: int) -> int:

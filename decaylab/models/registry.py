@@ -4,6 +4,7 @@
 name                       builds                                     parameters      input
 =========================  =========================================  ==============  ==============
 ``mlp``                    ``MLP()`` — MNIST-1D MLP                   15,210          ``(B, 40)``
+``mlp-bn``                 ``MLP(norm="bn")`` — with BatchNorm        15,410          ``(B, 40)``
 ``cnn1d``                  ``CNN1d()`` — MNIST-1D ConvBase            5,210           ``(B, 40)``
 ``resnet20``               ``resnet20(norm="bn")``                    269,722         ``(B, 3, H, W)``
 ``resnet20-nobn``          ``resnet20(norm="none")``                  268,346         ``(B, 3, H, W)``
@@ -51,6 +52,7 @@ def _gpt_micro(**kwargs: Any) -> GPT:
 # name -> (builder, keywords the name fixes)
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
     "mlp": (MLP, {}),
+    "mlp-bn": (MLP, {"norm": "bn"}),
     "cnn1d": (CNN1d, {}),
     "resnet20": (resnet20, {"norm": "bn"}),
     "resnet20-nobn": (resnet20, {"norm": "none"}),

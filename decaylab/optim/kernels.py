@@ -25,6 +25,7 @@ dtype, 0-dim for one model or shape ``(K,)`` for ``K`` models stacked along dim 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import types
@@ -338,8 +339,8 @@ def fusable_spec(spec: Spec) -> str | None:
         return f"decay={spec.form!r} is not one of {FUSED_FORMS}"
     if spec.to_init:
         return "decay_to='init'"
-    if spec.stacked:
-        return "lr or weight_decay is a per-model (K,) tensor"
+    if spec.form == "stable" and spec.stacked:
+        return "decay='stable' with per-model (K,) lr or weight_decay"
     if spec.form == "stable" and spec.amsgrad:
         return "decay='stable' with amsgrad (its mean v̂ needs the new max_exp_avg_sq)"
     if spec.low_precision != "none":
@@ -365,19 +366,43 @@ def can_fuse(spec: Spec, params, grads) -> bool:
             and all(g.dtype == p.dtype and g.device == p.device for g, p in zip(grads, params, strict=False)))
 
 
-def _fused_call(spec: Spec, params, grads, states, hp, pp, decay: float) -> None:
-    """One fused AdamW call whose step is ``w·(1 − s_t·λ') − lr_t·u_t`` (decoupled / stable) or the
-    proximal ``(w − lr_t·u_t)/(1 + s_t·λ')``, with ``decay = s_t·λ'``."""
-    lr = float(hp["lr"])
+def _fused_call(spec: Spec, params, grads, states, hp, pp, decay) -> None:
+    """Fused AdamW calls whose step is ``w·(1 − s_t·λ') − lr_t·u_t`` (decoupled / stable) or the
+    proximal ``(w − lr_t·u_t)/(1 + s_t·λ')``, with ``decay = s_t·λ'`` (a float, or a list of one per
+    stacked model). Stacked models run one call each on their slices (dim 0) of every tensor."""
+    m, v, vmax = states["exp_avg"], states["exp_avg_sq"], states.get("max_exp_avg_sq", [])
+    grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
     kw = dict(beta1=float(hp["beta1"]), beta2=float(hp["beta2"]), eps=spec.eps, amsgrad=spec.amsgrad,
               maximize=spec.maximize, grad_scale=None, found_inf=None)
-    m, v, vmax, steps = states["exp_avg"], states["exp_avg_sq"], states.get("max_exp_avg_sq", []), pp["step"]
-    grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
-    if spec.form == "l2":
-        torch._fused_adam_(params, grads, m, v, vmax, steps, lr=lr, weight_decay=float(hp["lam"]), **kw)
+    if not spec.stacked:
+        _fused_one(spec, params, grads, m, v, vmax, pp["step"], float(hp["lr"]), float(hp["lam"]), decay, kw)
         return
-    if decay != 0 and lr == 0:  # no lr to fold the decay into: run the rule as written
-        foreach_step(spec, params, grads, states, hp, {k: v for k, v in pp.items() if k.startswith("inv_")})
+    k_models = params[0].shape[0]
+    lrs = hp["lr"].expand(k_models).tolist()
+    lams = hp["lam"].expand(k_models).tolist()
+    decay = decay if isinstance(decay, list) else [decay] * k_models
+    # each model's slices of every tensor, with one unbind per tensor
+    per_model = [list(zip(*(t.unbind(0) for t in tensors), strict=True)) if tensors else [[]] * k_models
+                 for tensors in (params, grads, m, v, vmax)]
+    for k, (lr, lam, d) in enumerate(zip(lrs, lams, decay, strict=True)):
+        p_k, g_k, m_k, v_k, vmax_k = (list(slices[k]) for slices in per_model)
+        _fused_one(spec, p_k, g_k, m_k, v_k, vmax_k, pp["step"], lr, lam, d, kw)
+
+
+def _fused_one(spec: Spec, params, grads, m, v, vmax, steps, lr: float, lam: float, decay: float, kw) -> None:
+    """One model's fused call (``params`` etc. are lists of its tensors)."""
+    if spec.form == "l2":
+        torch._fused_adam_(params, grads, m, v, vmax, steps, lr=lr, weight_decay=lam, **kw)
+        return
+    if decay != 0 and lr == 0:  # no lr to fold the decay into: run the rule as written, for this model
+        dtype = params[0].dtype
+        hp = {k: torch.tensor(x, dtype=dtype) for k, x in
+              dict(lr=lr, lam=lam, s=decay / lam if lam else 0.0, beta1=kw["beta1"], beta2=kw["beta2"]).items()}
+        states = {"exp_avg": m, "exp_avg_sq": v} | ({"max_exp_avg_sq": vmax} if spec.amsgrad else {})
+        corrections = [directions.adam_bias_corrections(kw["beta1"], kw["beta2"], float(t)) for t in steps]
+        pp = {"inv_bias_correction1": [torch.tensor(c[0], dtype=dtype) for c in corrections],
+              "inv_bias_correction2_sqrt": [torch.tensor(c[1], dtype=dtype) for c in corrections]}
+        reference_step(dataclasses.replace(spec, stacked=False), params, grads, states, hp, pp)
         return
     if spec.form == "prox":
         lr, wd = lr / (1 + decay), (decay / lr if lr else 0.0)
@@ -386,7 +411,10 @@ def _fused_call(spec: Spec, params, grads, states, hp, pp, decay: float) -> None
     torch._fused_adamw_(params, grads, m, v, vmax, steps, lr=lr, weight_decay=wd, **kw)
 
 
-def _fused_decay(hp) -> float:
+def _fused_decay(hp):
+    """``s_t·λ``: a float, or a list of one per stacked model."""
+    if hp["s"].dim() or hp["lam"].dim():
+        return (hp["s"] * hp["lam"]).reshape(-1).tolist()
     return float(hp["s"]) * float(hp["lam"])
 
 

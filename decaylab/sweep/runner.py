@@ -33,11 +33,17 @@ from typing import Any
 from .spec import Spec, load_spec
 from .store import Store
 
-__all__ = ["run_sweep", "SweepSummary", "SweepAborted", "DEFAULT_STACK"]
+__all__ = ["run_sweep", "SweepSummary", "SweepAborted", "DEFAULT_STACK", "default_processes"]
 
 DEFAULT_STACK = 16
 HEARTBEAT_EVERY_S = 30.0
 MAX_FAILED_GROUPS_IN_A_ROW = 3
+
+
+def default_processes(limit: int = 4) -> int:
+    """One training process per core this process may use, up to ``limit``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(limit, cores))
 
 
 class SweepAborted(RuntimeError):

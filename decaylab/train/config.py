@@ -34,7 +34,7 @@ from decaylab.optim import FORMS, SCALES
 
 __all__ = ["TrainConfig", "RunResult", "OPTIMIZERS", "SCHEDULES", "PRECISIONS", "DECAY_SCHEDULES"]
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "torch-adamw")  # torch-adamw: torch.optim.AdamW itself (low-precision baselines)
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "restarts")
 PRECISIONS = ("fp32", "bf16-autocast", "bf16")
 DECAY_SCHEDULES = ("constant", "early", "late")
@@ -58,7 +58,7 @@ class TrainConfig:
 
     dataset: str = "mnist1d"  # decaylab.data.load name
     model: str = "mlp"  # decaylab.models.build name
-    optimizer: str = "adam"  # "adam" | "sgd" (decaylab.optim.Adam / SGD)
+    optimizer: str = "adam"  # "adam" | "sgd" (decaylab.optim.Adam / SGD) | "torch-adamw" (torch.optim.AdamW)
     decay: str = "decoupled"  # decaylab decay form
     decay_scale: str = "lr"
     lr: float = 1e-3
@@ -88,6 +88,10 @@ class TrainConfig:
     train_eval_size: int = 1024  # train loss/acc on a fixed random subset of this many training examples
     block_size: int = 128  # language models: context length
     lm_eval_batches: int = 8  # language models: batches of batch_size windows per evaluation
+    loss_scale: float = 1.0  # the training loss is multiplied by this (scale-freeness tests); evaluation is unscaled
+    lr_factors: tuple[float, ...] = ()  # multiplies η_t by the piecewise-linear curve through these values at
+    #   evenly spaced fractions of the run (0, 1/(n−1), …, 1); () for none (see decaylab.train.schedules)
+    jacobian_probe: int = 0  # > 0: final metric jacobian_norm, mean ‖∂logits/∂w‖_F over the first N test inputs
 
     # ------------------------------------------------------------------ validation
 
@@ -153,6 +157,21 @@ class TrainConfig:
         set_("train_eval_size", _int("train_eval_size", self.train_eval_size, low=1))
         set_("block_size", _int("block_size", self.block_size, low=1))
         set_("lm_eval_batches", _int("lm_eval_batches", self.lm_eval_batches, low=1))
+        set_("loss_scale", _real("loss_scale", self.loss_scale, low=0.0, strict=True))
+        factors = self.lr_factors
+        if not isinstance(factors, (tuple, list)) or len(factors) == 1:
+            raise ValueError(f"lr_factors must be a tuple of at least 2 numbers >= 0, or () for none; got {factors!r}")
+        set_("lr_factors", tuple(_real(f"lr_factors[{i}]", f, low=0.0) for i, f in enumerate(factors)))
+        set_("jacobian_probe", _int("jacobian_probe", self.jacobian_probe, low=0))
+        if self.jacobian_probe and self.is_language_model:
+            raise ValueError(f"jacobian_probe must be 0 for a language model ({self.model!r}: its Jacobian has "
+                             f"block_size·vocab rows per input); got {self.jacobian_probe}")
+        if self.optimizer == "torch-adamw":
+            fixed = {"decay": "decoupled", "decay_scale": "lr", "decay_schedule": "constant"}
+            for name, value in fixed.items():
+                if getattr(self, name) != value:
+                    raise ValueError(f"{name} must be {value!r} with optimizer='torch-adamw' (torch.optim.AdamW's "
+                                     f"own rule); got {getattr(self, name)!r}")
 
     # ------------------------------------------------------------------ identity and (de)serialization
 
@@ -186,8 +205,10 @@ class TrainConfig:
 
     def stack_key(self) -> tuple:
         """Configs with equal stack keys can train together as one stacked model: everything
-        but ``lr``, ``weight_decay`` and ``seed`` is equal."""
-        return tuple((k, _hashable(v)) for k, v in sorted(self.to_dict().items()) if k not in _PER_MODEL)
+        but ``lr``, ``weight_decay`` and ``seed`` is equal (with ``optimizer="torch-adamw"``, all but ``seed``)."""
+        # torch.optim.AdamW takes one lr and one λ per group: only seeds stack.
+        per_model = ("seed",) if self.optimizer == "torch-adamw" else _PER_MODEL
+        return tuple((k, _hashable(v)) for k, v in sorted(self.to_dict().items()) if k not in per_model)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated again)."""

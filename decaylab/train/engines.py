@@ -141,11 +141,20 @@ class StackedModels:
 
     def forward(self, x: Tensor) -> Tensor:
         params, buffers = self._tensors()
-        return self._per_model(params, buffers, x)
+        out = self._batched(params, x, shared=False)
+        return out if out is not None else self._per_model(params, buffers, x)
 
     def forward_shared(self, x: Tensor) -> Tensor:
         params, buffers = self._tensors()
-        return self._shared(params, buffers, x)
+        out = self._batched(params, x, shared=True)
+        return out if out is not None else self._shared(params, buffers, x)
+
+    def _batched(self, params: dict[str, Tensor], x: Tensor, shared: bool) -> Tensor | None:
+        # A model may compute all K at once itself (``stacked_forward``, e.g. the MLP's batched
+        # matmuls): the same function as vmap(functional_call), tested equal, without vmap's
+        # per-operation cost. None: it cannot here, and vmap does it.
+        fast = getattr(self.template, "stacked_forward", None)
+        return None if fast is None else fast(params, x, shared=shared)
 
     def parameters(self) -> list[Tensor]:
         return [p for p in self.holder.parameters() if p.requires_grad]

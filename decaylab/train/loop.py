@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from decaylab.data import TensorData, TextData
-from decaylab.diagnostics import Monitor, WeightEMA, recompute_batchnorm
+from decaylab.diagnostics import Monitor, WeightEMA, jacobian_norm, recompute_batchnorm
 from decaylab.groups import split_parameters
 from decaylab.optim import SGD, Adam
 
@@ -174,7 +174,7 @@ def stack_groups(configs: Sequence[TrainConfig], max_models: int | None = None) 
 
 
 def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, resume, instruments, sinks,
-         backend, on_step, stacked) -> list[RunResult]:
+         backend, on_step, stacked, replica=None) -> list[RunResult]:
     started = time.perf_counter()
     config = configs[0]
     k = len(configs)
@@ -202,6 +202,8 @@ def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, r
     param_dtype = next(p.dtype for p in engine.parameters() if p.is_floating_point())
     prepared = prepare(data, device, param_dtype)
     sampler = Sampler(prepared, config, [c.seed for c in configs], device)
+    if replica is not None:  # a DDP rank (decaylab.train.distributed): its engine and its slice of each batch
+        engine, sampler = replica.wrap(engine, sampler)
 
     # --- optimizer over the decay / no-decay split; per-model hyperparameters as (K,) tensors
     if stacked and backend == "auto":
@@ -248,7 +250,7 @@ def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, r
                 logits = engine.forward(x)
             per_model = cross_entropy_per_model(logits, y).mean(1)
             optimizer.zero_grad(set_to_none=True)
-            per_model.sum().backward()
+            (per_model.sum() * config.loss_scale).backward()  # loss_scale: scale-freeness tests
             if config.grad_clip is not None:
                 grad_norm = clip_grad_norm_per_model(engine.parameters(), config.grad_clip, stacked)
             optimizer.step()
@@ -261,7 +263,8 @@ def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, r
                 for i, point in enumerate(evaluator.curve_points(done, done / per_epoch, lr_now, grad_norm)):
                     curves[i].append(point)
                 engine.train(True)
-            if path is not None and (done == steps or (checkpoint_every and done % checkpoint_every == 0)):
+            writes = path is not None and (replica is None or replica.writes)
+            if writes and (done == steps or (checkpoint_every and done % checkpoint_every == 0)):
                 wall = wall_before + time.perf_counter() - started
                 _save_checkpoint(path, configs, done, engine, optimizer, sampler, ema, curves,
                                  _records(monitor, records), wall)
@@ -290,6 +293,8 @@ def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, r
         final.update(ema_metrics[i])
         final["wall_s"] = wall
         final["steps"] = float(steps)
+        if c.jacobian_probe:  # the "Why WD" ‖J‖_F on the first jacobian_probe test inputs
+            final["jacobian_norm"] = float(jacobian_norm(trained[i], prepared.x_test[:c.jacobian_probe]))
         mine = [{key: v for key, v in r.items() if key != "model"} for r in all_records
                 if not stacked or r.get("model") in (i, None)]
         results.append(RunResult(c, final, curves[i], mine, model=trained[i]))
@@ -361,6 +366,10 @@ def _optimizer(engine, configs, steps, device, backend, stacked):
     groups = split.to_param_groups(decay_schedule(config, wd, steps), with_names=False)
     for g in groups:
         g["max_lr"] = lr.clone() if stacked else lr
+    if config.optimizer == "torch-adamw":  # torch's own AdamW: one lr and λ per group (stacks only seeds)
+        groups = split.to_param_groups(config.weight_decay, with_names=False)
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+        return optimizer, [config.lr for _ in optimizer.param_groups]
     common = dict(lr=lr, weight_decay=0.0, decay=config.decay, decay_scale=config.decay_scale, backend=backend)
     if config.optimizer == "adam":
         optimizer = Adam(groups, betas=config.betas, eps=config.eps, **common)

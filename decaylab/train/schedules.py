@@ -17,6 +17,11 @@ schedule             ``η_t`` (after ``η_t = (t+1)/W`` for ``t < W``)
                      fill the run), ``T_mult = M = restart_mult``, ``η_min = r``
 ===================  ==================================================================
 
+With ``lr_factors = (f_0, …, f_{n−1})`` the result is multiplied by the piecewise-linear curve
+through ``f_i`` at step ``i·(T−1)/(n−1)``: a learning-rate schedule given as a table, e.g. one
+measured from another run (``decaylab reproduce undertraining`` gives a λ = 0 run the effective
+learning rate of a decayed one this way).
+
 A weight-decay schedule (:class:`DecaySchedule`) says *when* λ acts: ``constant``; ``early``
 (λ for ``t < round(decay_switch·T)``, then 0: Golatkar et al. 2019); ``late`` (0, then λ). The
 optimizer still scales it by ``s_t`` (``decay_scale``). Both classes are frozen dataclasses,
@@ -25,6 +30,8 @@ so they pickle into checkpoints.
 >>> s = LRSchedule("cosine", total_steps=4, warmup_steps=2)
 >>> [round(s(t), 4) for t in range(4)]
 [0.5, 1.0, 1.0, 0.5]
+>>> [LRSchedule("constant", total_steps=5, factors=(1.0, 3.0))(t) for t in range(5)]
+[1.0, 1.5, 2.0, 2.5, 3.0]
 >>> [DecaySchedule(0.1, "early", switch_step=2)(t) for t in range(4)]
 [0.1, 0.1, 0.0, 0.0]
 """
@@ -53,6 +60,7 @@ class LRSchedule:
     gamma: float = 0.1
     restart_steps: int | None = None
     restart_mult: int = 2
+    factors: tuple[float, ...] = ()  # lr_factors: a piecewise-linear multiplier over the run
 
     def __post_init__(self) -> None:
         if self.warmup_steps >= self.total_steps and self.warmup_steps > 0:
@@ -69,6 +77,17 @@ class LRSchedule:
         return max(1, (self.total_steps - self.warmup_steps) // (1 + m + m * m))
 
     def __call__(self, t: int) -> float:
+        return self._eta(t) * self.factor(t) if self.factors else self._eta(t)
+
+    def factor(self, t: int) -> float:
+        """The ``lr_factors`` curve at step ``t``: linear between the values placed at steps
+        ``i·(T−1)/(n−1)``, so the first value acts at step 0 and the last at the last step."""
+        n = len(self.factors)
+        x = min(max(t, 0), self.total_steps - 1) * (n - 1) / max(1, self.total_steps - 1)
+        i = min(int(x), n - 2)
+        return self.factors[i] + (x - i) * (self.factors[i + 1] - self.factors[i])
+
+    def _eta(self, t: int) -> float:
         w = self.warmup_steps
         if t < w:
             return (t + 1) / w
@@ -112,6 +131,7 @@ def lr_schedule(config: TrainConfig, total_steps: int) -> LRSchedule:
         gamma=config.lr_gamma,
         restart_steps=config.restart_steps,
         restart_mult=config.restart_mult,
+        factors=config.lr_factors,
     )
 
 

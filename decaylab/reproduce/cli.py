@@ -1,0 +1,123 @@
+"""The ``decaylab reproduce`` command.
+
+::
+
+    decaylab reproduce NAME [--scale small|paper] [--store PATH] [--out DIR] [--stack K] [--quiet]
+    decaylab reproduce all [--scale ...] [--store DIR] [--out DIR] ...
+    decaylab reproduce --list
+
+``NAME`` runs one reproduction (its sweep, the analysis, the report) and prints its verdict line,
+the wall time and where the report is. A second call skips the finished runs of the store.
+``all`` runs every registered reproduction in turn; there ``--store`` and ``--out`` name folders
+(each reproduction gets ``reproduce-NAME[-SCALE].sqlite`` and ``NAME/`` in them). The exit status
+is 0 whatever the verdicts are (a claim that did not hold is a result), 2 for bad input, 130 when
+interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..cli import _positive_int
+
+__all__ = ["add_cli", "run_command", "main"]
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``reproduce`` on an ``add_subparsers()`` object; ``args.handler(args)`` runs it."""
+    from .core import SCALES
+
+    parser = subparsers.add_parser(
+        "reproduce", help="run a claim of the weight-decay literature and say whether it held",
+        description="Run a reproduction: its checked-in sweep (small: embedded data, 2 CPU cores, minutes; "
+                    "paper: the paper's setup, for a GPU or a cluster), then a numeric verdict with its margin "
+                    "over seeds, and the report. 'decaylab reproduce --list' describes them.")
+    parser.add_argument("name", nargs="?", metavar="NAME", help="a reproduction (see --list), or 'all'")
+    parser.add_argument("--list", action="store_true", help="describe every reproduction and exit")
+    parser.add_argument("--scale", default="small", choices=SCALES,
+                        help="small (default: minutes on a laptop) or paper (the paper's dataset, model, epochs)")
+    parser.add_argument("--store", default=None, metavar="PATH",
+                        help="the run store (default runs/reproduce-NAME[-paper].sqlite); with 'all', a folder")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="the report's folder (default report-<sweep> beside the store); with 'all', a "
+                             "folder that gets one subfolder per reproduction")
+    parser.add_argument("--stack", type=_positive_int("--stack"), default=None, metavar="K",
+                        help="train up to K runs at once as one stacked model (default: the sweep runner's)")
+    parser.add_argument("--processes", type=_positive_int("--processes"), default=None, metavar="N",
+                        help="training processes side by side, one torch thread each (default: one per core, up to 4)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=run_command)
+    return parser
+
+
+def _error(message: Any) -> int:
+    print(f"decaylab reproduce: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from . import REGISTRY, describe, get
+    from .core import default_store
+
+    if args.list:
+        print(describe())
+        return 0
+    if args.name is None:
+        return _error(f"NAME is required: one of {', '.join(REGISTRY)}, or 'all' (--list describes them)")
+    try:
+        names = list(REGISTRY) if args.name == "all" else [get(args.name).name]
+    except ValueError as error:
+        return _error(error)
+    for name in names:  # every spec must load before anything trains
+        try:
+            get(name).spec(args.scale)
+        except (FileNotFoundError, ValueError) as error:
+            return _error(f"{name}: {error}")
+    several = args.name == "all"
+    from ..sweep.cli import _stop_on_sigterm
+
+    previous = _stop_on_sigterm()
+    verdicts = []
+    try:
+        for name in names:
+            store, out = args.store, args.out
+            if several:
+                store = Path(store) / default_store(name, args.scale).name if store else None
+                out = Path(out) / name if out else None
+            print(f"reproduce {name} ({args.scale}): {get(name).title}", file=sys.stderr)
+            verdict = get(name).run(scale=args.scale, store=store, out=out, stack=args.stack,
+                                    progress=not args.quiet, processes=args.processes)
+            verdicts.append(verdict)
+            print(verdict.line)
+            print(f"  wall time {verdict.wall_s:.0f} s; report: {verdict.report}")
+    except KeyboardInterrupt:
+        print("interrupted: every finished run is kept in the store; run the same command again to go on.",
+              file=sys.stderr)
+        return 130
+    except ValueError as error:
+        return _error(error)
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+    if several:
+        print()
+        for verdict in verdicts:
+            print(f"{verdict.status:>12}  {verdict.name}  ({verdict.wall_s:.0f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m decaylab.reproduce.cli reproduce ...``"""
+    parser = argparse.ArgumentParser(prog="decaylab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_cli(sub)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

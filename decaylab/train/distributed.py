@@ -1,0 +1,299 @@
+"""Training under ``torchrun``: one run, data-parallel over processes (DDP).
+
+::
+
+    torchrun --nproc_per_node 2 -m decaylab.train.distributed run.toml --steps 500 --out result.json
+    torchrun --nproc_per_node 2 -m decaylab train --model mlp --lr 3e-3 --weight_decay 0.1 --steps 500
+
+Every rank builds the same model (same seed) and draws the same batch of step ``t`` from the run's
+sampler; rank ``r`` of ``W`` trains on its slice ``r`` of it (``batch_size / W`` examples) and
+``DistributedDataParallel`` averages the gradients, so a step sees the mean gradient of the
+whole batch, as the single-process :func:`~decaylab.train.train` does: the same run, up to
+floating-point summation order (tested: ``tests/test_distributed.py``). Everything after the
+backward pass (clipping, the optimizer, the EMA, evaluations) runs on every rank on identical
+parameters; rank 0 alone writes checkpoints, sink files and the result. Resuming reads the
+checkpoint on every rank.
+
+With ``WORLD_SIZE`` unset or 1 this is :func:`~decaylab.train.train`. Processes use CUDA device
+``LOCAL_RANK`` with NCCL where CUDA is available, else the CPU with gloo. BatchNorm layers
+normalize with each rank's own slice (DDP's usual behaviour), so a model with BatchNorm is not
+the single-process run; the models without it are.
+
+For sharded (FSDP2) training, :mod:`decaylab.optim` and the cheap instruments of
+:mod:`decaylab.diagnostics` accept ``DTensor`` parameters directly (see
+:mod:`decaylab.optim.sharded`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .config import RunResult, TrainConfig
+
+__all__ = ["train_distributed", "load_config", "world", "Replica", "add_cli", "main"]
+
+
+def world() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's environment (``(0, 1, 0)`` without it)."""
+    def env(name: str, default: int) -> int:
+        text = os.environ.get(name, str(default))
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"environment variable {name} must be an integer; got {text!r}") from None
+
+    return env("RANK", 0), env("WORLD_SIZE", 1), env("LOCAL_RANK", 0)
+
+
+class _DDPEngine:
+    """A :class:`~decaylab.train.engines.SingleModel` whose training forward runs through DDP.
+
+    Evaluation (``forward_shared``), the parameters, ``state_module`` and the rest are the plain
+    module's, so checkpoints and instruments are those of a single-process run.
+    """
+
+    def __init__(self, engine, ddp):
+        self._engine, self._ddp = engine, ddp
+
+    def forward(self, x: Tensor) -> Tensor:
+        from .engines import _logits
+
+        return _logits(self._ddp(x[0])).unsqueeze(0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+class _RankBatches:
+    """The run's sampler, giving rank ``r`` its slice ``r`` of every batch (dim 1: examples)."""
+
+    def __init__(self, sampler, rank: int, world_size: int):
+        self._sampler, self.rank, self.world_size = sampler, rank, world_size
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        x, y = self._sampler.batch(step)
+        n = x.shape[1] // self.world_size
+        part = slice(self.rank * n, (self.rank + 1) * n)
+        return x[:, part], y[:, part]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._sampler.load_state_dict(state)
+
+
+class Replica:
+    """What :func:`decaylab.train.loop._run` needs to be one DDP replica: the wrapped engine and
+    sampler (:meth:`wrap`), and whether this rank writes checkpoints (:attr:`writes`)."""
+
+    def __init__(self, rank: int, world_size: int, device: torch.device):
+        self.rank, self.world_size, self.device = rank, world_size, device
+        self.writes = rank == 0
+
+    def wrap(self, engine, sampler):
+        from torch.nn.parallel import DistributedDataParallel
+
+        if engine.stacked:
+            raise ValueError("train_distributed trains one model; stacked runs (train_stacked) are not data-parallel")
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        ddp = DistributedDataParallel(engine.state_module, device_ids=ids)
+        return _DDPEngine(engine, ddp), _RankBatches(sampler, self.rank, self.world_size)
+
+
+def train_distributed(
+    config: TrainConfig,
+    *,
+    data: Any = None,
+    progress: bool | None = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    instruments: Sequence[Any] = (),
+    sinks: Sequence[Any] = (),
+    backend: str = "auto",
+    on_step: Callable[[int], Any] | None = None,
+) -> RunResult:
+    """Train ``config`` as this rank of a ``torchrun`` job (see the module docs); every rank
+    returns the same result (rank 0's sinks and checkpoints only are written).
+
+    Keywords as :func:`~decaylab.train.train`; ``progress`` and ``sinks`` apply on rank 0. Joins
+    the default process group (initializing it from torchrun's environment if needed).
+
+    Raises:
+        ValueError: ``config.batch_size`` is not a multiple of the world size, or bad keywords.
+    """
+    from .loop import _run, train
+
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig; got {type(config).__name__}")
+    rank, world_size, local_rank = world()
+    started_here = False
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    if world_size == 1:
+        return train(config, data=data, progress=progress, checkpoint_dir=checkpoint_dir,
+                     checkpoint_every=checkpoint_every, resume=resume, instruments=instruments, sinks=sinks,
+                     backend=backend, on_step=on_step)
+    if config.batch_size % world_size:
+        raise ValueError(f"batch_size must be a multiple of the world size {world_size} (each rank trains on "
+                         f"batch_size/{world_size} examples of every batch); got {config.batch_size}")
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+        started_here = True
+    try:
+        replica = Replica(rank, world_size, device)
+        return _run([config], data=data, progress=progress if replica.writes else None, device=device,
+                    checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
+                    instruments=instruments, sinks=sinks if replica.writes else (), backend=backend,
+                    on_step=on_step, stacked=False, replica=replica)[0]
+    finally:
+        if started_here:
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def _tomllib():
+    try:  # Python 3.11+
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib  # the sweep specs need it there too
+    return tomllib
+
+
+def _value(text: str) -> Any:
+    """A command-line value read as a TOML value (``3e-3``, ``true``, ``[0.9, 0.95]``), else a string."""
+    tomllib = _tomllib()
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A :class:`TrainConfig` from a TOML file of its fields (or the defaults), then ``--field value``
+    overrides (``--weight-decay`` and ``--weight_decay`` alike; values read as TOML, else strings).
+
+    >>> load_config(None, ["--lr", "3e-3", "--model", "mlp", "--betas", "[0.9, 0.95]"]).betas
+    (0.9, 0.95)
+    """
+    tomllib = _tomllib()
+
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ValueError(f"config: no such file {str(path)!r}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"config: {path} is not valid TOML: {error}") from None
+    overrides = list(overrides)
+    i = 0
+    while i < len(overrides):
+        flag = overrides[i]
+        if not flag.startswith("--") or i + 1 >= len(overrides):
+            raise ValueError(f"overrides must be pairs '--field value'; got {' '.join(overrides[i:])!r}")
+        values[flag[2:].replace("-", "_")] = _value(overrides[i + 1])
+        i += 2
+    for name in values:
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown TrainConfig field {name!r}{hint}; the fields are {', '.join(fields)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return TrainConfig(**values)
+
+
+# ---------------------------------------------------------------------------------------------- command
+
+
+_VALUED = ("--out", "--checkpoint-dir", "--checkpoint-every")
+_FLAGS = ("--resume", "--quiet", "-h", "--help")
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, usage=f"{prog} [CONFIG.toml] [--FIELD VALUE ...] [--out PATH] [--checkpoint-dir DIR] "
+                         "[--checkpoint-every N] [--resume] [--quiet]",
+        description="Train one run of a TrainConfig: fields from a TOML file, then '--field value' overrides "
+                    "(any TrainConfig field, e.g. --lr 3e-3 --weight_decay 0.1 --steps 500; values read as TOML). "
+                    "Under 'torchrun --nproc_per_node N' the N processes train it data-parallel (DDP), each on "
+                    "1/N of every batch; rank 0 writes the result and the checkpoints.")
+    parser.add_argument("config", nargs="?", default=None, metavar="CONFIG.toml",
+                        help="a TOML file of TrainConfig fields (default: TrainConfig's defaults)")
+    parser.add_argument("--out", default=None, metavar="PATH", help="write the RunResult here as JSON (rank 0)")
+    parser.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="checkpoints go here (rank 0)")
+    parser.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                        help="steps between checkpoints (default 0: at the end only)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's checkpoint if there is one")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``train`` on an ``add_subparsers()`` object, for the help listing: ``decaylab``'s
+    ``main`` hands ``train``'s arguments to :func:`main` (its ``--field value`` pairs are free-form)."""
+    return subparsers.add_parser("train", help="train one run (a TOML config, --field value overrides); "
+                                               "data-parallel under torchrun")
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m decaylab.train.distributed") -> int:
+    """Parse ``[CONFIG.toml] [--field value ...] [options]``, train, write the result (rank 0).
+
+    Exit status 0, or 2 for bad input (the message names the field or option).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options, overrides, i = [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token in _FLAGS or (i == 0 and not token.startswith("-")):
+            options.append(token)
+            i += 1
+        elif token in _VALUED or token.split("=")[0] in _VALUED:
+            step = 1 if "=" in token else 2
+            options += argv[i:i + step]
+            i += step
+        elif token.startswith("--") and "=" in token:  # --field=value
+            overrides += token.split("=", 1)
+            i += 1
+        else:
+            overrides += argv[i:i + 2]
+            i += 2
+    args = _parser(prog).parse_args(options)
+    try:
+        config = load_config(args.config, overrides)
+        result = train_distributed(config, progress=not args.quiet, checkpoint_dir=args.checkpoint_dir,
+                                   checkpoint_every=args.checkpoint_every, resume=args.resume)
+    except ValueError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    if world()[0] == 0:
+        if args.out is not None:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result.to_dict(), indent=1))
+        final = " ".join(f"{k}={v:.4g}" for k, v in result.final.items())
+        print(f"{prog}: {config.model}/{config.dataset} {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

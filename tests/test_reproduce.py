@@ -1,0 +1,353 @@
+"""decaylab.reproduce: the registry, the command, the checked-in specs, each verdict's logic (a store
+where the claim holds and one where it does not), and the loss-scale field through the real loop."""
+from __future__ import annotations
+
+import json
+import math
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from decaylab.cli import main
+from decaylab.reproduce import REGISTRY, Reproduction, Verdict, decoupling, describe, early_decay, get, scale_free
+from decaylab.reproduce.core import SPEC_DIR, mean_std, spec_path, spec_seeds, verdict_line
+from decaylab.sweep import load_spec, run_sweep
+from decaylab.train import RunResult, TrainConfig, train
+
+MINE = ("decoupling", "early-decay", "scale-free")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------- registry and CLI
+
+
+def test_registry_lists_the_reproductions_in_order():
+    names = list(REGISTRY)
+    assert names[:3] == list(MINE)
+    text = describe()
+    for name in MINE:
+        r = get(name)
+        assert f"{name} — {r.title}" in text and r.source in text and "scales: small, paper" in text
+
+
+def test_unknown_name_suggests_the_closest():
+    with pytest.raises(ValueError, match=r"got 'decoupeling' \(did you mean 'decoupling'\?\)"):
+        get("decoupeling")
+
+
+def test_bad_scale_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="scale must be one of small, paper; got 'huge'"):
+        spec_path(get("decoupling"), "huge")
+
+
+def test_cli_list(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in MINE)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["reproduce", "early-decy"], "did you mean 'early-decay'?"),
+    (["reproduce"], "NAME is required"),
+])
+def test_cli_errors(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_bad_scale_and_stack(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "decoupling", "--scale", "huge"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["reproduce", "decoupling", "--stack", "0"])
+    assert "--stack must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_cli_prints_verdict_wall_time_and_report(monkeypatch, tmp_path, capsys):
+    calls = []
+
+    def fake_run(self, **kwargs):
+        calls.append((self.name, kwargs))
+        return Verdict(self.name, True, verdict_line(self.name, True, "numbers"), wall_s=12.3,
+                       report=tmp_path / self.name / "report.html")
+
+    for reproduction in REGISTRY.values():  # some reproductions define their own run
+        monkeypatch.setattr(reproduction, "run", types.MethodType(fake_run, reproduction))
+    assert main(["reproduce", "decoupling", "--store", str(tmp_path / "s.sqlite"), "--quiet", "--stack", "4",
+                 "--processes", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "decoupling: HELD — numbers" in out and "wall time 12 s" in out and "report.html" in out
+    assert calls == [("decoupling", {"scale": "small", "store": str(tmp_path / "s.sqlite"), "out": None, "stack": 4,
+                                     "progress": False, "processes": 3})]
+    calls.clear()
+    assert main(["reproduce", "all", "--store", str(tmp_path), "--out", str(tmp_path / "reports"), "--quiet"]) == 0
+    assert [name for name, _ in calls] == list(REGISTRY)
+    assert calls[0][1]["store"] == tmp_path / "reproduce-decoupling.sqlite"
+    assert calls[0][1]["out"] == tmp_path / "reports" / "decoupling"
+
+
+# ------------------------------------------------------------------------------------- specs
+
+
+@pytest.mark.parametrize("name", MINE)
+@pytest.mark.parametrize("scale", ["small", "paper"])
+def test_specs_load_and_have_three_seeds(name, scale):
+    spec = get(name).spec(scale)
+    assert spec.name.startswith(f"reproduce-{name}")
+    assert spec_seeds(spec) >= 3
+    if scale == "small":  # the embedded data only
+        assert {c.dataset for _, c in spec.configs()} <= {"mnist1d", "digits", "pystdlib-text"}
+
+
+@pytest.mark.parametrize("scale", ["small", "paper"])
+def test_iterate_specs_pair_every_run_with_its_unscaled_twin(scale):
+    spec = load_spec(SPEC_DIR / scale_free.ITERATE_SPECS[scale])
+    assert spec_seeds(spec) >= 3
+    runs = spec.configs()
+    assert {c.loss_scale for _, c in runs} == {1.0, 10.0, 100.0}
+    assert all(c.eps <= 1e-20 for _, c in runs)
+    expected = {label: scale_free.expected_scale_free(c) for label, c in runs}
+    assert expected == {"Adam": True, "AdamW": True, "ProxAdam": True, "Adam+L2": False,
+                        "AdamP (Euclidean prox)": False}
+
+
+# ------------------------------------------------------------------------------------- stores for the verdicts
+
+
+def fill_store(path: Path, spec, final_of, curves_of=None) -> None:
+    """Run the real sweep runner over ``spec`` with a trainer that makes up each run's results."""
+
+    def fake_stacked(configs, **_):
+        return [RunResult(c, final_of(label_of[c.key()], c), curves_of(label_of[c.key()], c) if curves_of else [])
+                for c in configs]
+
+    label_of = {c.key(): label for label, c in spec.configs()}
+    summary = run_sweep(spec, path, stack=64, train_stacked_fn=fake_stacked, progress=False)
+    assert summary.failed == 0 and summary.remaining == 0
+
+
+def _final(err: float, **extra) -> dict:
+    return {"test_acc": 1.0 - err, "test_loss": err, "train_acc": 1.0, "train_loss": 0.01, "weight_norm": 10.0,
+            **extra}
+
+
+def _bowl(x: float, center: float) -> float:
+    return 0.02 * (x - center) ** 2
+
+
+def _decoupling_world(spec, diagonal_label: str):
+    """Test error on each method's own grid, in coordinates u (lr) and v (λ) running from −1 to 1 across
+    it: a diagonal valley along u + v = 0 for ``diagonal_label``, an axis-aligned bowl for the others."""
+    ranges: dict[str, dict[str, list[float]]] = {}
+    for label, c in spec.configs():
+        for name, value in (("lr", c.lr), ("weight_decay", c.weight_decay)):
+            ranges.setdefault(label, {}).setdefault(name, []).append(math.log10(value))
+
+    def coordinate(label, name, value):
+        lo, hi = min(ranges[label][name]), max(ranges[label][name])
+        return 2 * (math.log10(value) - lo) / (hi - lo) - 1
+
+    def final_of(label, c):
+        u, v = coordinate(label, "lr", c.lr), coordinate(label, "weight_decay", c.weight_decay)
+        noise = 0.002 * ((c.seed + round(4 * u) + round(4 * v)) % 3)
+        if label == diagonal_label:
+            err = 0.3 + 0.2 * (u + v) ** 2 + 0.01 * u ** 2
+        else:
+            err = 0.3 + 0.05 * (u ** 2 + v ** 2)
+        return _final(err + noise)
+
+    return final_of
+
+
+@pytest.mark.parametrize("diagonal, held", [("Adam+L2", True), ("AdamW (paper)", False)])
+def test_decoupling_verdict_both_ways(tmp_path, diagonal, held):
+    spec = get("decoupling").spec("small")
+    store = tmp_path / "d.sqlite"
+    fill_store(store, spec, _decoupling_world(spec, diagonal))
+    verdict = decoupling.analyze(store, spec, "small")
+    assert verdict.held is held, verdict.line
+    assert verdict.line.startswith(f"decoupling: {'HELD' if held else 'DID NOT HOLD'} — separability AdamW (paper)")
+    numbers = verdict.numbers["methods"]
+    worse, better = (decoupling.COUPLED, decoupling.DECOUPLED) if held else (decoupling.DECOUPLED, decoupling.COUPLED)
+    assert numbers[better]["separability_mean_std"][0] > numbers[worse]["separability_mean_std"][0]
+    assert numbers[diagonal]["mean_grid"]["slope"] < -0.5  # the valley's best λ falls with lr
+    assert len(numbers[worse]["separability_per_seed"]) == 3
+    assert verdict.sections and verdict.sections[0].figures and verdict.sections[0].table
+
+
+def test_decoupling_judge_is_inconclusive_when_seeds_disagree():
+    held, margin = decoupling.judge({"AdamW (paper)": [0.9, 0.3, 0.9], "Adam+L2": [0.5, 0.5, 0.5]},
+                                    {"AdamW (paper)": 0.8, "Adam+L2": 0.5})
+    assert held is None and margin["diffs"] == pytest.approx([0.4, -0.2, 0.4])
+
+
+def _early_world(early_gain: float, full_gain: float = 0.04, early_norm: float = 20.0):
+    base_err = {"no decay": 0.30, "full decay": 0.30 - full_gain, "late decay": 0.30 - 0.3 * full_gain,
+                "early decay": 0.30 - early_gain}
+    norm = {"no decay": 40.0, "full decay": 15.0, "late decay": 20.0, "early decay": early_norm}
+
+    def final_of(label, c):
+        noise = 0.004 * (c.seed % 3 - 1)
+        return _final(base_err[label] + noise + 0.001 * c.decay_switch * (label == "early decay"),
+                      weight_norm=norm[label] + c.seed)
+
+    def curves_of(label, c):
+        return [{"step": s, "epoch": s / 31, "lr": c.lr, "test_acc": 0.6 + 0.001 * s, "train_acc": 0.9,
+                 "train_loss": 0.1, "test_loss": 1.0, "weight_norm": norm[label] * s / 1240,
+                 "effective_lr": 0.01} for s in (620, 1240)]
+
+    return final_of, curves_of
+
+
+@pytest.mark.parametrize("early_gain, early_norm, held", [
+    (0.035, 20.0, True),   # early recovers ~85 % and its norm stays below no decay's
+    (0.005, 20.0, False),  # early recovers ~10 %
+    (0.035, 45.0, False),  # the norm grows back above no decay's
+])
+def test_early_decay_verdict_both_ways(tmp_path, early_gain, early_norm, held):
+    spec = get("early-decay").spec("small")
+    store = tmp_path / "e.sqlite"
+    fill_store(store, spec, *_early_world(early_gain, early_norm=early_norm))
+    verdict = early_decay.analyze(store, spec, "small")
+    assert verdict.held is held, verdict.line
+    assert verdict.numbers["recovered_early"] == pytest.approx(early_gain / 0.04, abs=0.05)
+    assert "late" in verdict.line and "final ‖w‖ early/none" in verdict.line
+    assert len(verdict.sections[0].figures) == 2
+
+
+def test_early_decay_is_inconclusive_without_a_benefit(tmp_path):
+    spec = get("early-decay").spec("small")
+    store = tmp_path / "e.sqlite"
+    fill_store(store, spec, *_early_world(0.0, full_gain=0.0))
+    verdict = early_decay.analyze(store, spec, "small")
+    assert verdict.held is None and verdict.line.startswith("early-decay: INCONCLUSIVE")
+
+
+TINY_ITERATES = """
+name = "tiny-iterates"
+[base]
+dataset = "mnist1d"
+model = "mlp"
+eps = 1e-30
+lr = 0.01
+steps = 20
+batch_size = 64
+[grid]
+loss_scale = [1.0, 10.0]
+seed = [0, 1, 2]
+[[methods]]
+label = "AdamW"
+decay = "decoupled"
+weight_decay = 0.3
+[[methods]]
+label = "Adam+L2"
+decay = "l2"
+weight_decay = 5e-4
+"""
+
+
+def _scale_free_world(no_bn_gain: float, bn_gain: float):
+    def final_of(label, c):
+        bn = "(BN)" in label
+        gain = (bn_gain if bn else no_bn_gain) if label.startswith("AdamW") else 0.0
+        x = math.log10(c.lr)
+        err = 0.3 + _bowl(x, -1.7) + 0.01 * (c.weight_decay > 0) - gain * (c.weight_decay > 0)
+        return _final(err + 0.003 * (c.seed % 3 - 1) * (1 + c.lr))
+
+    return final_of
+
+
+@pytest.mark.parametrize("no_bn_gain, bn_gain, held", [(0.04, 0.0, True), (0.0, 0.0, False), (0.04, 0.04, False)])
+def test_scale_free_verdict_both_ways(tmp_path, monkeypatch, no_bn_gain, bn_gain, held):
+    spec = get("scale-free").spec("small")
+    store = tmp_path / "s.sqlite"
+    fill_store(store, spec, _scale_free_world(no_bn_gain, bn_gain))
+    iterates = tmp_path / "tiny.toml"
+    iterates.write_text(TINY_ITERATES)
+    monkeypatch.setitem(scale_free.ITERATE_SPECS, "small", iterates)  # an absolute path replaces SPEC_DIR's
+    verdict = scale_free.analyze(store, spec, "small")
+    assert verdict.numbers["iterates"]["held"] is True  # real training: AdamW unchanged, Adam+L2 moved
+    assert verdict.numbers["batchnorm"]["held"] is held
+    assert verdict.held is held, verdict.line
+    assert "iterates held" in verdict.line and "BatchNorm" in verdict.line
+    assert len(verdict.sections) == 2 and all(s.figures and s.table for s in verdict.sections)
+
+
+def test_scale_free_judges():
+    runs = {("AdamW", 10.0, 0): {"early": 2e-3, "final": 0.1, "scale_free": True},
+            ("Adam+L2", 10.0, 0): {"early": 0.3, "final": 0.5, "scale_free": False}}
+    assert scale_free.judge_iterates(runs)[0] is None  # between the thresholds
+    held, numbers = scale_free.judge_batchnorm([0.03, 0.02, 0.04], [0.03, 0.02, 0.04])
+    assert held is False and numbers["beats_without_bn"] and not numbers["tie_with_bn"]
+    assert scale_free.has_batchnorm("mlp-bn") and not scale_free.has_batchnorm("mlp")
+
+
+# ------------------------------------------------------------------------------------- loss_scale
+
+
+def _params(model) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("decay, weight_decay, scale_free_", [
+    ("decoupled", 0.3, True), ("prox", 0.3, True), ("l2", 5e-4, False), ("prox_euclid", 5e-4, False)])
+def test_loss_scale_leaves_scale_free_iterates_unchanged(decay, weight_decay, scale_free_):
+    base = TrainConfig(dataset="mnist1d", model="mlp", lr=0.01, eps=1e-30, steps=25, batch_size=64, decay=decay,
+                       weight_decay=weight_decay, seed=3)
+    reference = _params(train(base).model)
+    for c in (10.0, 100.0):
+        moved = _params(train(base.replace(loss_scale=c)).model)
+        distance = float((moved - reference).norm() / reference.norm())
+        if scale_free_:
+            assert distance < 1e-4, (decay, c, distance)
+        else:
+            assert distance > 1e-2, (decay, c, distance)
+
+
+def test_loss_scale_field():
+    assert TrainConfig(loss_scale=1.0).key() == TrainConfig().key()  # an old run's key stays valid
+    assert TrainConfig(loss_scale=10.0).key() != TrainConfig().key()
+    assert TrainConfig.from_dict(TrainConfig(loss_scale=10.0).to_dict()).loss_scale == 10.0
+    with pytest.raises(ValueError, match="loss_scale must be a finite number > 0; got 0"):
+        TrainConfig(loss_scale=0)
+
+
+# ------------------------------------------------------------------------------------- the framework
+
+
+def test_run_writes_report_and_verdict_json(tmp_path):
+    spec_file = tmp_path / "tiny.toml"
+    spec_file.write_text('name = "tiny"\n[base]\nsteps = 3\nbatch_size = 64\n[grid]\nseed = [0, 1, 2]\n')
+    seen = {}
+
+    def analyze(store, spec, scale, *, progress=True):
+        seen.update(store=store, scale=scale, progress=progress)
+        return Verdict("tiny", False, verdict_line("tiny", False, "it did not"), {"x": 1.5})
+
+    repro = Reproduction("tiny", "t", "c", "s", {"small": str(spec_file)}, analyze)
+    verdict = repro.run(store=tmp_path / "t.sqlite", out=tmp_path / "out", progress=False)
+    assert seen == {"store": tmp_path / "t.sqlite", "scale": "small", "progress": False}
+    assert verdict.report == tmp_path / "out" / "report.html" and verdict.report.exists()
+    assert "tiny: DID NOT HOLD — it did not" in verdict.report.read_text()
+    record = json.loads((tmp_path / "out" / "verdict.json").read_text())
+    assert record["status"] == "DID NOT HOLD" and record["numbers"] == {"x": 1.5} and record["wall_s"] >= 0
+    few = tmp_path / "few.toml"
+    few.write_text('name = "few"\n[base]\nsteps = 3\n[grid]\nseed = [0, 1]\n')
+    with pytest.raises(ValueError, match="has 2 seed\\(s\\) per method; a verdict needs at least 3"):
+        Reproduction("few", "t", "c", "s", {"small": str(few)}, analyze).run(store=tmp_path / "f.sqlite")
+
+
+def test_mean_std():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert math.isnan(mean_std([1.0])[1])
