@@ -16,7 +16,8 @@ arithmetic only, so the same code runs
   ``wd' = s_t·λ/lr_t``, so ``w·(1 − lr'·wd') − lr'·u = (w − lr_t·u)/(1 + s_t·λ)``) and ``stable``
   (``wd' = s_t·λ/((sqrt(mean v̂)+ε)·lr_t)``, with ``mean v̂_t`` from ``β₂·Σv_{t−1} + (1−β₂)·Σg²``
   before the step: ``Σv`` carried from the previous step, so one extra read of ``g``). CPU tensors
-  of fp32/fp64, one model, decay toward zero (see :func:`can_fuse`).
+  of fp32/fp64, decay toward zero; K stacked models run one call each on their dim-0 slices,
+  except ``stable`` (see :func:`can_fuse`).
 
 A *bucket* is the tensors of one param group that share device, dtype and layout. The
 :class:`Spec` holds what is fixed for a bucket (names, flags, eps); the ``hp`` dict holds

@@ -154,7 +154,7 @@ class DecayOptimizer(torch.optim.Optimizer):
             if why:
                 raise ValueError(
                     f"backend='fused' cannot run this param group: {why}. It runs torch's fused Adam kernels for "
-                    f"decay in {kernels.FUSED_FORMS} toward zero, one model, on CPU fp32/fp64 tensors; use "
+                    f"decay in {kernels.FUSED_FORMS} toward zero (stable: one model) on CPU fp32/fp64 tensors; use "
                     "backend='auto' (it picks 'fused' wherever it can) or 'compiled'"
                 )
 
