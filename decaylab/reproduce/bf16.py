@@ -150,9 +150,6 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
 
 
 def _figure(cells, curves, wd):
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 3.2))

@@ -123,9 +123,6 @@ def _pct(s: R.Stat) -> str:
 
 
 def _figure(wds, lr, errors, jacs):
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 3.2))
