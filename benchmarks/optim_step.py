@@ -41,7 +41,7 @@ import torch
 from _machine import cpu_model, git_revision  # benchmarks/_machine.py
 
 import decaylab
-from decaylab.optim import SGDW, Adam, kernels
+from decaylab.optim import SGDW, Adam, kernels, native
 
 FORMS = ("l2", "decoupled", "prox", "prox_euclid", "cautious", "stable")
 TARGET = 1.10
@@ -151,9 +151,14 @@ def torch_sgd_fused_works(device: torch.device) -> bool:
 def decaylab_backend(requested: str, numel: int, spec: kernels.Spec, device: torch.device) -> tuple[str, bool]:
     """What decaylab will run for one fp32 bucket of ``numel`` elements, and whether that compiles."""
     fusable = kernels.fusable_spec(spec) is None and device.type == "cpu"
+    nativable = kernels.nativable_spec(spec) is None and device.type == "cpu" and native.available()
+    if requested == "auto" and fusable and not spec.stacked and spec.form in ("l2", "decoupled", "prox"):
+        return "auto→fused", False
+    if requested in ("auto", "native") and nativable:
+        return ("auto→native" if requested == "auto" else "native"), False
     if requested in ("auto", "fused") and fusable:
         return ("auto→fused" if requested == "auto" else "fused"), False
-    if requested in ("auto", "fused"):
+    if requested in ("auto", "fused", "native"):
         chosen = "compiled" if numel >= kernels.AUTO_COMPILE_MIN_NUMEL else "foreach"
         return f"{requested}→{chosen}", chosen == "compiled"
     return requested, requested == "compiled"
@@ -190,7 +195,7 @@ def contenders(forms: list[str], backends: list[str], numel: int, device: torch.
         lambda ps: torch.optim.SGD(ps, **({"fused": True} if sgd_fused else {"foreach": True}), **sgd),
         BYTES_SGD_MOMENTUM, anchor=True,
     ))
-    for backend in dict.fromkeys(["auto", "foreach", *backends]):
+    for backend in dict.fromkeys(["auto", "foreach", *(b for b in backends if b not in ("fused", "native"))]):
         label, compiles = decaylab_backend(backend, numel, kernels.Spec("sgd", "decoupled", momentum=MOMENTUM), device)
         rows.append(Contender(
             "decaylab SGDW", "sgd", label,

@@ -11,7 +11,7 @@ import torch
 
 from decaylab.optim import FORMS, SCALES, SGD, SGDW, TARGETS, Adam, AdamC, AdamW, ProxAdam
 
-BACKEND_NAMES = ("auto", "reference", "foreach", "compiled", "fused")
+BACKEND_NAMES = ("auto", "reference", "foreach", "compiled", "fused", "native")
 LOW_PRECISION_NAMES = ("kahan", "stochastic", "none")
 
 

@@ -165,7 +165,7 @@ ADAM_COMPILED = ("adamw", "adam_l2", "adamw_amsgrad_maximize")
 def _adam_params():
     cases = []
     for name in ADAM_CASES:
-        for backend in BACKENDS + ("fused",):  # every Adam case maps onto torch's fused kernels
+        for backend in BACKENDS + ("fused", "native"):  # every Adam case maps onto the fused and native steps
             sources = ("random", "model") if backend != "compiled" else ("model",)
             if backend == "compiled" and name not in ADAM_COMPILED:
                 continue

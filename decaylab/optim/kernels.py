@@ -26,6 +26,7 @@ dtype, 0-dim for one model or shape ``(K,)`` for ``K`` models stacked along dim 
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import math
@@ -36,10 +37,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import directions, precision, rules
+from . import directions, native, precision, rules
 from .tensorlist import TensorList
 
-BACKENDS = ("auto", "reference", "foreach", "compiled", "fused")
+BACKENDS = ("auto", "reference", "foreach", "compiled", "fused", "native")
 # Below this many elements in a bucket, `auto` prefers foreach: the step is dominated by
 # per-kernel overhead there and a compile (seconds) would not pay for itself.
 AUTO_COMPILE_MIN_NUMEL = 1 << 20
@@ -423,21 +424,21 @@ def fused_step(spec: Spec, params, grads, states, hp, pp) -> None:
     _fused_call(spec, params, grads, states, hp, pp, _fused_decay(hp))
 
 
-# Σv of each second-moment tensor after the last fused stable step: id(v) -> (a weak reference to
-# v, v._version after that step, the sum). Any other write to v (another backend, load_state_dict,
-# a user) changes the version or the tensor, and the sum is then read afresh. (Keyed by id: a
-# WeakKeyDictionary compares tensors with ==, which is elementwise.)
-_V_SUMS: dict[int, tuple[weakref.ref, int, float]] = {}
+# Σv of each second-moment tensor after the last fused or native stable step: id(v) -> (a weak
+# reference to v, v._version after that step, the sums: one per stacked model). Any other write
+# to v (another backend, load_state_dict, a user) changes the version or the tensor, and the sum
+# is then read afresh. (Keyed by id: a WeakKeyDictionary compares tensors with ==, elementwise.)
+_V_SUMS: dict[int, tuple[weakref.ref, int, list[float]]] = {}
 
 
-def _carried_sum(v: Tensor) -> float | None:
+def _carried_sum(v: Tensor) -> list[float] | None:
     entry = _V_SUMS.get(id(v))
     if entry is not None and entry[0]() is v and entry[1] == v._version:
         return entry[2]
     return None
 
 
-def _carry_sum(v: Tensor, total: float) -> None:
+def _carry_sum(v: Tensor, total: list[float]) -> None:
     if len(_V_SUMS) > 4096:  # drop the entries of tensors that are gone
         for key in [k for k, e in _V_SUMS.items() if e[0]() is None]:
             del _V_SUMS[key]
@@ -461,8 +462,7 @@ def fused_moments(spec: Spec, params, grads, states, hp, pp):
     new = []
     for v, gg in zip(states["exp_avg_sq"], g2, strict=False):
         before = _carried_sum(v)
-        if before is None:
-            before = v.sum(dtype=torch.float64).item()
+        before = v.sum(dtype=torch.float64).item() if before is None else before[0]
         new.append(beta2 * before + (1 - beta2) * gg)
     pp["_v_sums"] = new
     c2 = [float(c) for c in pp["inv_bias_correction2_sqrt"]]
@@ -474,7 +474,157 @@ def fused_update(spec: Spec, params, states, hp, pp) -> None:
     decay = _fused_decay(hp) / (math.sqrt(mean_vhat) + spec.eps)
     _fused_call(spec, params, pp["grad"], states, hp, pp, decay)
     for v, total in zip(states["exp_avg_sq"], pp.pop("_v_sums"), strict=False):
-        _carry_sum(v, total)
+        _carry_sum(v, [total])
+
+
+
+
+# Native path: decaylab's own C loop (_native.c, built at first use; decaylab.optim.native), every
+# Adam form in one pass, K stacked models in one call.
+
+
+def nativable_spec(spec: Spec) -> str | None:
+    """Why ``spec`` cannot run on the native step, or None when it can."""
+    if spec.direction != "adam":
+        return "the direction is not Adam"
+    if spec.to_init:
+        return "decay_to='init'"
+    if spec.low_precision != "none":
+        return f"16-bit parameters with low_precision={spec.low_precision!r}"
+    return None
+
+
+def can_native(spec: Spec, params, grads, states) -> bool:
+    """Can this bucket run on the native step? Plain contiguous CPU fp32/fp64 tensors, and a built library."""
+    return (nativable_spec(spec) is None
+            and all(fusable_tensor(p) is None and type(p.data) is Tensor and p.is_contiguous() for p in params)
+            and all(g.dtype == p.dtype and g.device == p.device for g, p in zip(grads, params, strict=False))
+            and all(t.is_contiguous() and t.dtype == params[0].dtype for v in states.values() for t in v)
+            and native.available())
+
+
+def _floats(x, k: int) -> list[float]:
+    """A hyperparameter (0-dim or (K,) tensor, or number) as K Python floats."""
+    if isinstance(x, Tensor):
+        values = x.tolist()
+        return values if isinstance(values, list) else [values] * k
+    return [float(x)] * k
+
+
+def _models(spec: Spec, params) -> int:
+    return params[0].shape[0] if spec.stacked else 1
+
+
+def _native_rows(spec: Spec, hp, pp, k: int, decay: list[float] | None = None):
+    """The coefficient table (``_native.c``'s C_* columns): one row per (distinct step count, model),
+    and each tensor's first row. ``decay`` overrides the decay column (the stable form's)."""
+    lr, lam, s = _floats(hp["lr"], k), _floats(hp["lam"], k), _floats(hp["s"], k)
+    beta1, beta2 = _floats(hp["beta1"], k), _floats(hp["beta2"], k)
+    sign = -1.0 if spec.maximize else 1.0
+    if decay is None:
+        if spec.form == "l2":
+            decay = lam
+        elif spec.form == "prox":
+            decay = [1 + si * li for si, li in zip(s, lam, strict=True)]
+        else:
+            decay = [si * li for si, li in zip(s, lam, strict=True)]
+    firsts: dict[int, int] = {}
+    values: list[float] = []
+    rows = []
+    for c1_t, c2_t in zip(pp["inv_bias_correction1"], pp["inv_bias_correction2_sqrt"], strict=True):
+        key = id(c1_t)  # the optimizer shares one tensor per distinct step count
+        if key not in firsts:
+            firsts[key] = len(values) // native.NCOEF
+            c1, c2 = float(c1_t), float(c2_t)
+            for j in range(k):
+                values += [c1, lr[j], c2, 1 - beta1[j], beta2[j], 1 - beta2[j], spec.eps, decay[j], c1 * lr[j], sign]
+        rows.append(firsts[key])
+    return (ctypes.c_double * len(values))(*values), rows
+
+
+def _native_sizes(spec: Spec, params, rows):
+    n, k = len(params), _models(spec, params)
+    per_model = (ctypes.c_int64 * n)(*(p.numel() // k for p in params))
+    models = (ctypes.c_int64 * n)(*([k] * n))
+    return per_model, models, (ctypes.c_int64 * n)(*rows)
+
+
+def _native_fn(kind: str, dtype: torch.dtype):
+    return getattr(native.library(), f"decaylab_{kind}_{'double' if dtype == torch.float64 else 'float'}")
+
+
+def _native_call(spec: Spec, params, grads, states, hp, pp, decay=None) -> None:
+    n, k = len(params), _models(spec, params)
+    grads = [g if g.is_contiguous() else g.contiguous() for g in grads]  # held until the call returns
+    m, v = states["exp_avg"], states["exp_avg_sq"]
+    vmax = states.get("max_exp_avg_sq") or [None] * n
+    ptrs = (ctypes.c_void_p * (5 * n))()
+    ptrs[0::5] = [t.data_ptr() for t in params]
+    ptrs[1::5] = [t.data_ptr() for t in grads]
+    ptrs[2::5] = [t.data_ptr() for t in m]
+    ptrs[3::5] = [t.data_ptr() for t in v]
+    ptrs[4::5] = [None if t is None else t.data_ptr() for t in vmax]
+    coef, rows = _native_rows(spec, hp, pp, k, decay)
+    status = _native_fn("adam", params[0].dtype)(
+        n, ptrs, *_native_sizes(spec, params, rows), coef, native.FORMS.index(spec.form), int(spec.amsgrad),
+        torch.get_num_threads())
+    if status != 0:
+        raise MemoryError("decaylab's native Adam step could not allocate its work list")
+    # written through raw pointers: tell autograd, as an in-place op would
+    torch.autograd.graph.increment_version([*params, *m, *v, *(t for t in vmax if t is not None)])
+
+
+def native_step(spec: Spec, params, grads, states, hp, pp) -> None:
+    _native_call(spec, params, grads, states, hp, pp)
+
+
+def native_moments(spec: Spec, params, grads, states, hp, pp):
+    """The stable form's sum of ``v̂_t`` over the bucket (one per model when stacked), before any write.
+
+    As on the fused path, ``Σv_{t−1}`` is carried per tensor (and model) from this path's previous
+    step, so the pre-pass reads only ``g`` (``Σv_t = β₂·Σv_{t−1} + (1−β₂)·Σg_t²``); a tensor whose
+    sum is not carried reads ``g`` and ``v``, and amsgrad reads ``g``, ``v`` and ``v_max``.
+    """
+    n, k = len(params), _models(spec, params)
+    grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
+    v, vmax = states["exp_avg_sq"], states.get("max_exp_avg_sq") or [None] * n
+    carried = [None if spec.amsgrad else _carried_sum(t) for t in v]
+    modes = [2 if spec.amsgrad else (0 if c is not None else 1) for c in carried]
+    ptrs = (ctypes.c_void_p * (3 * n))()
+    ptrs[0::3] = [t.data_ptr() for t in grads]
+    ptrs[1::3] = [t.data_ptr() for t in v]
+    ptrs[2::3] = [None if t is None else t.data_ptr() for t in vmax]
+    coef, rows = _native_rows(spec, hp, pp, k)
+    sums = (ctypes.c_double * (n * k))()
+    status = _native_fn("sums", params[0].dtype)(
+        n, ptrs, *_native_sizes(spec, params, rows), coef, (ctypes.c_int * n)(*modes), sums,
+        (ctypes.c_int64 * n)(*range(0, n * k, k)), torch.get_num_threads())
+    if status != 0:
+        raise MemoryError("decaylab's native pre-pass could not allocate its work list")
+    beta2 = _floats(hp["beta2"], k)
+    c2 = [float(c) for c in pp["inv_bias_correction2_sqrt"]]
+    totals = [0.0] * k
+    new = []
+    for i in range(n):
+        row = list(sums[i * k:(i + 1) * k])
+        if modes[i] == 0:
+            row = [b * before + (1 - b) * gg for b, before, gg in zip(beta2, carried[i], row, strict=True)]
+        new.append(row)
+        totals = [t + x * c2[i] * c2[i] for t, x in zip(totals, row, strict=True)]
+    pp["_v_sums"] = None if spec.amsgrad else new
+    return torch.tensor(totals if spec.stacked else totals[0], dtype=torch.float64)
+
+
+def native_update(spec: Spec, params, states, hp, pp) -> None:
+    k = _models(spec, params)
+    s, lam = _floats(hp["s"], k), _floats(hp["lam"], k)
+    roots = [math.sqrt(x) + spec.eps for x in _floats(hp["mean_vhat"], k)]
+    decay = [si * li / r for si, li, r in zip(s, lam, roots, strict=True)]
+    _native_call(spec, params, pp["grad"], states, hp, pp, decay)
+    sums = pp.pop("_v_sums", None)
+    if sums is not None:
+        for v, row in zip(states["exp_avg_sq"], sums, strict=True):
+            _carry_sum(v, row)
 
 
 EXECUTORS = {
@@ -482,4 +632,5 @@ EXECUTORS = {
     "foreach": (foreach_step, foreach_moments, foreach_update),
     "compiled": (compiled_step, compiled_moments, compiled_update),
     "fused": (fused_step, fused_moments, fused_update),
+    "native": (native_step, native_moments, native_update),
 }

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import directions, kernels, precision, rules, sharded
+from . import directions, kernels, native, precision, rules, sharded
 from .kernels import Spec
 
 __all__ = [
@@ -145,6 +145,8 @@ class DecayOptimizer(torch.optim.Optimizer):
         self._check_stacked(group)
         if group["backend"] == "fused":
             self._check_fused(group)
+        if group["backend"] == "native":
+            self._check_native(group)
         group.setdefault("step", 0)
 
     def _check_fused(self, group: dict[str, Any]) -> None:
@@ -156,6 +158,19 @@ class DecayOptimizer(torch.optim.Optimizer):
                     f"backend='fused' cannot run this param group: {why}. It runs torch's fused Adam kernels for "
                     f"decay in {kernels.FUSED_FORMS} toward zero (stable: one model) on CPU fp32/fp64 tensors; use "
                     "backend='auto' (it picks 'fused' wherever it can) or 'compiled'"
+                )
+
+    def _check_native(self, group: dict[str, Any]) -> None:
+        stacked = any(isinstance(group[k], Tensor) and group[k].dim() == 1 for k in ("lr", "weight_decay"))
+        for p in group["params"]:
+            why = kernels.nativable_spec(self._spec(group, p, stacked)) or kernels.fusable_tensor(p)
+            if why is None and not native.available():
+                why = native.why_not()
+            if why:
+                raise ValueError(
+                    f"backend='native' cannot run this param group: {why}. It runs decaylab's C loop for Adam with "
+                    "every decay form toward zero on CPU fp32/fp64 tensors; use backend='auto' (it picks 'native' "
+                    "wherever it can) or 'compiled'"
                 )
 
     def _resolve_max_lr(self, group: dict[str, Any]) -> None:
@@ -293,9 +308,22 @@ class DecayOptimizer(torch.optim.Optimizer):
         backend = group["backend"]
         if torch.compiler.is_compiling():
             return "reference"  # the caller compiles the whole step: give dynamo plain tensor code
-        if backend in ("auto", "fused") and kernels.can_fuse(spec, params, grads):
+        if backend == "native" and kernels.can_native(spec, params, grads, states):
+            return "native"
+        if backend == "auto":
+            # torch's own fused kernel where it computes the rule exactly for one model (decoupled with
+            # scale "lr" is then torch's AdamW bit for bit); decaylab's native step for the other forms
+            # and for stacked models (one call for all K instead of one per model)
+            fusable = kernels.can_fuse(spec, params, grads)
+            if fusable and not spec.stacked and spec.form in ("l2", "decoupled", "prox"):
+                return "fused"
+            if kernels.can_native(spec, params, grads, states):
+                return "native"
+            if fusable:
+                return "fused"
+        if backend == "fused" and kernels.can_fuse(spec, params, grads):
             return "fused"
-        if backend in ("auto", "fused"):
+        if backend in ("auto", "fused", "native"):
             if self._compile_failed or sum(p.numel() for p in params) < kernels.AUTO_COMPILE_MIN_NUMEL:
                 backend = "foreach"
             else:
@@ -347,8 +375,10 @@ class DecayOptimizer(torch.optim.Optimizer):
                 pp = self._per_param(group, spec, params, fresh, device, cdtype)
                 self._check_underflow(index, group, dtype, spec, hp_group)
                 backend = self._backend(group, spec, params, grads, states)
-                if backend == "fused":  # torch's kernels count steps and take the gradients themselves
+                if backend == "fused":  # torch's kernels take the step counts and the gradients themselves
                     pp = dict(pp, step=[self.state[p]["step"] for p in params], grad=grads)
+                elif backend == "native":  # the stable form's update phase reads the gradients again
+                    pp = dict(pp, grad=grads)
                 job = (spec, backend, group["backend"], params, grads, states, hp, pp)
                 if spec.form == "stable" and spec.direction == "adam":
                     deferred.append(job)

@@ -1,0 +1,281 @@
+"""decaylab's native Adam step (``_native.c`` through ctypes) equals the reference executor.
+
+The native step is the default (``backend="auto"``) for the decay forms torch's fused kernel cannot
+express (prox_euclid, cautious, stable) and for stacked models. Like every fast path it is checked
+against the reference executor in float64, optimizer state included: every form × scale × amsgrad ×
+maximize, stacked models against K separate runs, the stable form's carried sums against writes
+they must notice, thread counts, float32, and the library's build (cache, a broken compiler, the
+switch that turns it off).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import os
+import stat
+import warnings
+
+import pytest
+import torch
+from test_optim_fast_paths import LRS, assert_same, executors, make_params, run  # noqa: F401 (a fixture)
+from test_optim_stacked import adam, check_stacked_equals_separate, initial
+from torch.testing import assert_close
+
+from decaylab.optim import SGD, Adam, AdamW, kernels, native
+
+FORMS = ("l2", "decoupled", "prox", "prox_euclid", "cautious", "stable")
+SCALES = ("lr", "schedule", "corrected", "constant")
+
+
+@pytest.fixture(autouse=True)
+def _library():
+    if not native.available():  # the machines this project targets have a C compiler: this is a failure
+        pytest.fail(f"the native library is not available: {native.why_not()}")
+
+
+def factory(backend, form, scale="lr", **kw):
+    def make(groups_params):
+        return Adam([{"params": ps} for ps in groups_params], lr=LRS[0], betas=(0.9, 0.99), weight_decay=0.3,
+                    decay=form, decay_scale=scale, max_lr=0.1, backend=backend, **kw)
+
+    return make
+
+
+def _cases():
+    for form in FORMS:
+        for scale in ("lr",) if form == "l2" else SCALES:
+            for amsgrad, maximize in itertools.product([False, True], repeat=2):
+                yield pytest.param(form, scale, amsgrad, maximize, id=f"{form}-{scale}-ams{amsgrad:d}-max{maximize:d}")
+
+
+@pytest.mark.parametrize(("form", "scale", "amsgrad", "maximize"), list(_cases()))
+def test_native_equals_reference(form, scale, amsgrad, maximize, executors):  # noqa: F811
+    ref_opt, ref_params = run(factory("reference", form, scale, amsgrad=amsgrad, maximize=maximize),
+                              list(make_params()))
+    del executors[:]
+    opt, params = run(factory("native", form, scale, amsgrad=amsgrad, maximize=maximize), list(make_params()))
+    assert_same(ref_opt, ref_params, opt, params)
+    # the contiguous group (non-contiguous gradients, a 0-dim tensor) ran native; the transposed parameter did not
+    assert ("native", ((4, 3), (7,), (2, 3, 2), ())) in executors, executors
+    assert not any(name == "native" and (5, 3) in shapes for name, shapes in executors)
+
+
+@pytest.mark.parametrize("form", ["decoupled", "prox_euclid", "cautious", "stable"])
+def test_native_float32_close_to_reference(form):
+    def params32():
+        return [[p.detach().float().requires_grad_() for p in make_params()[0]]]
+
+    def make(backend):
+        return lambda gp: Adam([{"params": ps} for ps in gp], lr=LRS[0], weight_decay=0.3, decay=form, backend=backend)
+
+    grads64 = None
+    out = {}
+    for backend in ("reference", "native"):
+        ps = params32()[0]
+        opt = make(backend)([ps])
+        gen = torch.Generator().manual_seed(3)
+        for t in range(6):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=gen)
+            opt.param_groups[0]["lr"] = LRS[t]
+            opt.step()
+        out[backend] = (opt, ps)
+    del grads64
+    assert_same(*out["reference"], *out["native"], rtol=2e-6, atol=1e-7)
+    assert out["native"][1][0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("flags", [{}, dict(amsgrad=True, maximize=True)], ids=["plain", "amsgrad-maximize"])
+@pytest.mark.parametrize("form", FORMS)
+def test_native_stacked_equals_separate(form, flags):
+    """One call for all K models, each with its own lr and λ (model 0 has λ = 0), equals K separate runs."""
+    calls = []
+    original = kernels.EXECUTORS["native"]
+    kernels.EXECUTORS["native"] = tuple(lambda *a, fn=fn, **k: (calls.append(1), fn(*a, **k))[1] for fn in original)
+    try:
+        check_stacked_equals_separate(*adam("native", form, **flags))
+    finally:
+        kernels.EXECUTORS["native"] = original
+    assert calls
+
+
+def test_auto_runs_stacked_models_native(executors):  # noqa: F811
+    stacked, _ = adam("auto", "decoupled")
+    params = [torch.nn.Parameter(w.clone()) for w in initial()]
+    opt = stacked(params, torch.tensor([0.01, 0.03, 0.05, 0.02], dtype=torch.float64))
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert {name for name, _ in executors} == {"native"}
+
+
+def test_native_zero_lr_with_constant_decay():
+    """With lr_t = 0 the decay still acts (nothing is folded into the lr on this path)."""
+    lrs = (0.05, 0.0, 0.0, 0.03, 0.0, 0.01)
+
+    def make(backend):
+        return lambda gp: Adam([{"params": ps} for ps in gp], lr=0.05, weight_decay=0.1, decay="cautious",
+                               decay_scale="constant", backend=backend)
+
+    ref_opt, ref_params = run(make("reference"), list(make_params()), lrs=lrs)
+    opt, params = run(make("native"), list(make_params()), lrs=lrs)
+    assert_same(ref_opt, ref_params, opt, params)
+
+
+def test_native_several_groups_and_stable_mean_spans_them():
+    def make(backend):
+        def build(gp):
+            groups = [{"params": gp[0], "weight_decay": 0.3, "decay": "stable"},
+                      {"params": gp[1], "weight_decay": 1.5, "decay": "stable", "lr_mult": 0.5}]
+            return Adam(groups, lr=LRS[0], backend=backend)
+
+        return build
+
+    contiguous, _ = make_params()
+    groups = [contiguous[:2], contiguous[2:]]
+    ref_opt, ref_params = run(make("reference"), groups)
+    opt, params = run(make("native"), [[p.detach().clone().requires_grad_() for p in g] for g in
+                                       [make_params()[0][:2], make_params()[0][2:]]])
+    assert_same(ref_opt, ref_params, opt, params)
+
+
+def test_stable_carried_sums_notice_outside_writes():
+    """Σv is carried between native steps; a write to v by anyone else makes the next step read it afresh."""
+
+    def step_both(opts, params_sets, seed):
+        gen = torch.Generator().manual_seed(seed)
+        grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params_sets[0]]
+        for opt, ps in zip(opts, params_sets, strict=True):
+            for p, g in zip(ps, grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+
+    sets = [make_params()[0], make_params()[0]]
+    opts = [Adam(sets[0], lr=0.01, weight_decay=0.5, decay="stable", backend="reference"),
+            Adam(sets[1], lr=0.01, weight_decay=0.5, decay="stable", backend="native")]
+    step_both(opts, sets, 0)
+    step_both(opts, sets, 1)
+    for opt, ps in zip(opts, sets, strict=True):  # an outside write: in place, and a new tensor
+        opt.state[ps[0]]["exp_avg_sq"].mul_(4.0)
+        opt.state[ps[1]]["exp_avg_sq"] = opt.state[ps[1]]["exp_avg_sq"] * 9.0
+    step_both(opts, sets, 2)
+    # and a round trip through a state dict
+    for opt in opts:
+        opt.load_state_dict(opt.state_dict())
+    step_both(opts, sets, 3)
+    assert_same(opts[0], sets[0], opts[1], sets[1])
+
+
+def test_thread_count_does_not_change_the_result():
+    """Chunks are shared among threads, partial sums are added in chunk order: bitwise equal results."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = ((600_000,), (3, 7))
+    start = [torch.randn(s, generator=gen) for s in shapes]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(3)]
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            ps = [torch.nn.Parameter(w.clone()) for w in start]
+            opt = Adam(ps, lr=0.01, weight_decay=0.5, decay="stable", backend="native")
+            for step_grads in grads:
+                for p, g in zip(ps, step_grads, strict=True):
+                    p.grad = g.clone()
+                opt.step()
+            results.append([p.detach().clone() for p in ps] + [opt.state[ps[0]]["exp_avg_sq"].clone()])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_native_bumps_versions_like_an_in_place_op():
+    """Autograd must see the write: a graph that saved the parameter refuses to backpropagate."""
+    w = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+    opt = AdamW([w], lr=0.1, backend="native")
+    loss = (w * w).sum()  # saves w
+    w.grad = torch.ones_like(w)
+    version = w._version
+    opt.step()
+    assert w._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_adamw_native_equals_torch_adamw():
+    gen = torch.Generator().manual_seed(0)
+    a = [torch.nn.Parameter(torch.randn(6, 5, generator=gen, dtype=torch.float64))]
+    b = [torch.nn.Parameter(a[0].detach().clone())]
+    ta = torch.optim.AdamW(a, lr=0.02, weight_decay=0.1, amsgrad=True)
+    tb = AdamW(b, lr=0.02, weight_decay=0.1, amsgrad=True, backend="native")
+    for _ in range(5):
+        g = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+        a[0].grad, b[0].grad = g.clone(), g.clone()
+        ta.step()
+        tb.step()
+    assert_close(a[0], b[0], rtol=1e-13, atol=1e-15)
+    for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        assert_close(ta.state[a[0]][key], tb.state[b[0]][key], rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize(("build", "why"), [
+    (lambda: SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, backend="native"), "not Adam"),
+    (lambda: Adam([torch.nn.Parameter(torch.zeros(2))], lr=0.1, decay_to="init", backend="native"), "decay_to='init'"),
+    (lambda: Adam([torch.nn.Parameter(torch.zeros(2, dtype=torch.bfloat16))], lr=0.1, backend="native"), "16-bit"),
+])
+def test_explicit_native_rejects_what_it_cannot_run(build, why):
+    with pytest.raises(ValueError, match=r"backend='native' cannot run this param group: .*" + why):
+        build()
+
+
+# --------------------------------------------------------------------------- the library's build
+
+
+@pytest.fixture
+def fresh_native(monkeypatch, tmp_path):
+    """A fresh build state: an empty cache directory; restored afterwards."""
+    monkeypatch.setenv("DECAYLAB_CACHE_DIR", str(tmp_path / "cache"))
+    native.reset()
+    yield tmp_path
+    monkeypatch.undo()
+    native.reset()
+
+
+def test_build_is_cached_per_machine(fresh_native):
+    assert native.available()
+    built = list((fresh_native / "cache" / "native").glob("decaylab_native_*.so"))
+    assert len(built) == 1
+    mtime = built[0].stat().st_mtime_ns
+    native.reset()
+    assert native.available()  # loads the cached library, does not build again
+    assert built[0].stat().st_mtime_ns == mtime
+    assert ctypes.CDLL(str(built[0])).decaylab_native_abi() == native.ABI
+
+
+def test_broken_compiler_falls_back_with_one_warning(fresh_native, monkeypatch, executors):  # noqa: F811
+    fake = fresh_native / "cc"
+    fake.write_text("#!/bin/sh\necho 'cc: error: no such compiler' >&2\nexit 1\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("CC", str(fake))
+    monkeypatch.setenv("PATH", str(fresh_native))  # no other compiler to be found
+    with pytest.warns(UserWarning, match="building or loading the native step failed.*no such compiler"):
+        assert not native.available()
+    assert "no such compiler" in native.why_not()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # reported once, not on every step
+        ref_opt, ref_params = run(factory("reference", "cautious"), list(make_params()))
+        del executors[:]
+        opt, params = run(factory("auto", "cautious"), list(make_params()))
+    assert_same(ref_opt, ref_params, opt, params)
+    assert "native" not in {name for name, _ in executors}
+    with pytest.raises(ValueError, match="backend='native'.*no such compiler"):
+        Adam([torch.nn.Parameter(torch.zeros(2))], lr=0.1, backend="native")
+
+
+def test_switched_off_by_environment(fresh_native, monkeypatch):
+    monkeypatch.setenv("DECAYLAB_NATIVE", "0")
+    assert not native.available()
+    assert "DECAYLAB_NATIVE=0" in native.why_not()
+    assert not os.path.exists(fresh_native / "cache")
