@@ -14,8 +14,9 @@ steps per config, with evaluation only at the end. Each trial times, back to bac
 the K runs one after the other with ``torch.optim.AdamW`` (torch's defaults; the engine's
 ``optimizer="torch-adamw"``), as a plain training script would — the same K runs with decaylab's
 AdamW (``"auto"``: torch's fused kernel with the rule folded in), and ``train_stacked()`` once
-with each optimizer backend in ``--stacked-backends`` (``auto``: one fused call per model;
-``compiled``: ``torch.compile``'d steps). MLPs stack through their own batched matmuls
+with each optimizer backend in ``--stacked-backends`` (``auto``: on CPU decaylab's native step,
+all K models in one C call per bucket; ``fused``: one torch fused call per model; ``compiled``:
+``torch.compile``'d steps). MLPs stack through their own batched matmuls and backward
 (``MLP.stacked_forward``), other models through ``vmap(functional_call)``. The speedup is the
 best anchor wall time over the best stacked wall time across trials (other jobs on a shared
 machine only ever slow a trial down), and the same against decaylab's own sequential runs;
@@ -42,9 +43,11 @@ import torch
 
 from decaylab.data import TensorData, load
 from decaylab.models import num_parameters
+from decaylab.optim import native
 from decaylab.train import TrainConfig, train, train_stacked
 from decaylab.train.data import build_model
-from decaylab.train.loop import STACKED_COMPILE_MIN_WORK
+from decaylab.train.engines import StackedModels
+from decaylab.train.loop import STACKED_COMPILE_MIN_WORK, _stacked_backend
 
 
 def grid(k: int, base: TrainConfig) -> list[TrainConfig]:
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--stacked-backends", default="auto,compiled", help="optimizer backends for the stack")
+    parser.add_argument("--stacked-backends", default="auto,fused",
+                        help="comma-separated optimizer backends for the stack (auto, fused, compiled, foreach, ...)")
     parser.add_argument("--precision", default="fp32", help="fp32 | bf16-autocast | bf16")
     args = parser.parse_args(argv)
 
@@ -107,9 +111,14 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{w:g}" for w in sorted({c.weight_decay for c in configs})) + f"}}, seeds 0..{args.models - 1}")
 
     work = steps * args.models * num_parameters(build_model(base, data))
-    picks = "compiled" if work >= STACKED_COMPILE_MIN_WORK else "the optimizer's auto (foreach below 2^20 entries)"
-    print(f"train_stacked(backend='auto') picks {picks} here: {work:.2e} element-steps "
-          f"(compiled from {STACKED_COMPILE_MIN_WORK:.2e})")
+    engine = StackedModels([build_model(base, data) for _ in range(2)])
+    if _stacked_backend(engine, steps, device, base) == "auto" and device.type == "cpu" and native.available():
+        picks = "the optimizer's auto: decaylab's native step, all K models in one call per bucket"
+    elif work >= STACKED_COMPILE_MIN_WORK:
+        picks = f"compiled ({work:.2e} element-steps, compiled from {STACKED_COMPILE_MIN_WORK:.2e})"
+    else:
+        picks = f"the optimizer's auto ({work:.2e} element-steps, compiled from {STACKED_COMPILE_MIN_WORK:.2e})"
+    print(f"train_stacked(backend='auto') picks {picks}")
 
     # The anchor: the same runs one after the other with torch.optim.AdamW (torch's defaults), as a
     # training script would; beside it the same with decaylab's AdamW (auto: torch's fused kernel).

@@ -78,7 +78,8 @@ class Result:
     weight_norm: list[float] = field(default_factory=list)
 
 
-def train_one(method: Method, data, seed: int, epochs: int, batch_size: int, verbose: bool = False) -> tuple[float, float]:
+def train_one(method: Method, data, seed: int, epochs: int, batch_size: int,
+              verbose: bool = False) -> tuple[float, float]:
     (x_train, y_train), (x_test, y_test) = data
     torch.manual_seed(seed)
     model = mlp()
@@ -142,6 +143,6 @@ def table(results: dict[str, Result], ms: list[Method]) -> str:
         r = results[m.name]
         rows.append((m.name, _mean_std(r.accuracy), _mean_std(r.weight_norm), m.note))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)

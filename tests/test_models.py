@@ -418,3 +418,55 @@ def test_batchnorm_with_unbatched_buffers_fails_in_train_mode():
         vmap(call, in_dims=(0, None))(params, torch.randn(4, 3, 8, 8))
     base.eval()  # eval mode only reads the running statistics: shared buffers are fine
     assert vmap(call, in_dims=(0, None))(params, torch.randn(4, 3, 8, 8)).shape == (2, 4, 10)
+
+
+# --------------------------------------------------------------------------- the MLP's own stacked forward
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("kwargs", [{}, dict(activation="gelu"), dict(hidden=(16, 16), residual=True)],
+                         ids=["relu", "gelu", "residual"])
+def test_mlp_stacked_forward_equals_vmap(kwargs, shared):
+    """``MLP.stacked_forward`` (batched matmuls, its own backward) equals vmap(functional_call): logits and
+    the gradients of every stacked parameter and of the input, in float64."""
+    from decaylab.models.mnist1d import MLP
+
+    torch.manual_seed(0)
+    k, b = 3, 5
+    models = [MLP(in_features=12, **({"hidden": (16, 8)} | kwargs)).double() for _ in range(k)]
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    x = torch.randn((b, 12) if shared else (k, b, 12), dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(k, b, 10, dtype=torch.float64)
+
+    def via_vmap(p):
+        call = lambda pp, bb, xx: functional_call(base, (pp, bb), (xx,))
+        return vmap(call, in_dims=(0, 0, None if shared else 0))(p, buffers, x)
+
+    out = {}
+    for name, fn in (("vmap", via_vmap), ("stacked", lambda p: models[0].stacked_forward(p, x, shared=shared))):
+        p = {n: t.detach().clone().requires_grad_() for n, t in params.items()}
+        x.grad = None
+        logits = fn(p)
+        (logits * weights).sum().backward()
+        out[name] = (logits.detach(), {n: t.grad for n, t in p.items()}, x.grad.clone())
+    torch.testing.assert_close(out["stacked"][0], out["vmap"][0], rtol=1e-12, atol=1e-12)
+    for n in params:
+        torch.testing.assert_close(out["stacked"][1][n], out["vmap"][1][n], rtol=1e-12, atol=1e-12, msg=n)
+        assert out["stacked"][1][n].is_contiguous()
+    torch.testing.assert_close(out["stacked"][2], out["vmap"][2], rtol=1e-12, atol=1e-12)
+
+
+def test_mlp_stacked_forward_twice_differentiable():
+    from decaylab.models.mnist1d import MLP
+
+    torch.manual_seed(0)
+    models = [MLP(in_features=6, hidden=(5,)).double() for _ in range(2)]
+    params, _ = stack_module_state(models)
+    x = torch.randn(2, 4, 6, dtype=torch.float64)
+
+    def loss(w):
+        return models[0].stacked_forward(dict(params, **{"head.weight": w}), x).square().sum()
+
+    torch.autograd.gradcheck(loss, (params["head.weight"].detach().clone().requires_grad_(),))
+    torch.autograd.gradgradcheck(loss, (params["head.weight"].detach().clone().requires_grad_(),))

@@ -279,3 +279,13 @@ def test_switched_off_by_environment(fresh_native, monkeypatch):
     assert not native.available()
     assert "DECAYLAB_NATIVE=0" in native.why_not()
     assert not os.path.exists(fresh_native / "cache")
+
+
+def test_unwritable_cache_builds_in_the_temp_directory(fresh_native, monkeypatch):
+    blocker = fresh_native / "a-file"
+    blocker.write_text("not a directory")  # no directory can be made under it, not even by root
+    monkeypatch.setenv("DECAYLAB_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(fresh_native / "tmp"))
+    native.reset()
+    assert native.available()
+    assert list((fresh_native / "tmp").glob("decaylab-*/decaylab_native_*.so"))

@@ -137,3 +137,15 @@ def test_auto_backend_compiles_only_long_stacked_runs(monkeypatch):
     assert loop._stacked_backend(engine, 3000, cpu) == "compiled"
     monkeypatch.setattr(loop, "_can_compile", lambda device: False)
     assert loop._stacked_backend(engine, 10_000, cpu) == "auto"
+
+
+def test_stacked_adam_on_cpu_uses_the_native_step_not_a_compile(monkeypatch):
+    from decaylab.models import build
+    from decaylab.train import loop
+
+    torch.manual_seed(0)
+    engine = StackedModels([build("mlp") for _ in range(16)])
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(loop, "_can_compile", lambda device: True)
+    assert loop._stacked_backend(engine, 10_000, cpu, TrainConfig()) == "auto"  # auto: native, no compile
+    assert loop._stacked_backend(engine, 10_000, cpu, TrainConfig(optimizer="sgd")) == "compiled"

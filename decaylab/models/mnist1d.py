@@ -104,9 +104,44 @@ class MLP(nn.Module):
         k = params["head.weight"].shape[0]
         h = x.flatten(1).expand(k, -1, -1) if shared else x.flatten(2)
         for i, skip in enumerate(self._skip):
-            z = torch.baddbmm(params[f"hidden.{i}.bias"].unsqueeze(1), h, params[f"hidden.{i}.weight"].transpose(1, 2))
-            h = h + act(z) if skip else act(z)
-        return torch.baddbmm(params["head.bias"].unsqueeze(1), h, params["head.weight"].transpose(1, 2))
+            w, b = params[f"hidden.{i}.weight"], params[f"hidden.{i}.bias"]
+            if self.activation == "relu" and not skip:
+                h = _StackedLinear.apply(h, w, b, True)
+            else:
+                z = _StackedLinear.apply(h, w, b, False)
+                h = h + act(z) if skip else act(z)
+        return _StackedLinear.apply(h, params["head.weight"], params["head.bias"], False)
+
+
+class _StackedLinear(torch.autograd.Function):
+    """K linear layers at once, ``relu?(h @ Wᵀ + b)`` for ``h (K, B, in)``, ``W (K, out, in)``, ``b (K, out)``.
+
+    Autograd's own backward of ``baddbmm(b, h, Wᵀ)`` forms the weight gradient transposed and copies
+    it into W's layout, and a separate ReLU keeps its own input and output; here the weight gradient
+    is one ``bmm`` in W's layout, the ReLU is applied in place and its mask read from the output.
+    (Twice differentiable: the backward is made of differentiable operations.)
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, w: Tensor, b: Tensor, relu: bool) -> Tensor:
+        z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        if relu:
+            z.clamp_min_(0)
+        ctx.relu = relu
+        ctx.save_for_backward(h, w, z if relu else None)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        h, w, out = ctx.saved_tensors
+        if ctx.relu:
+            # one kernel (ReLU's own backward); under create_graph, a differentiable form of it
+            grad = torch.where(out > 0, grad, 0.0) if torch.is_grad_enabled() else torch.ops.aten.threshold_backward(
+                grad, out, 0)
+        grad_h = torch.bmm(grad, w) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad.transpose(1, 2), h) if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(1) if ctx.needs_input_grad[2] else None
+        return grad_h, grad_w, grad_b, None
 
 
 def _conv_length(length: int, kernel: int, stride: int, padding: int) -> int:

@@ -26,6 +26,7 @@ dtype, 0-dim for one model or shape ``(K,)`` for ``K`` models stacked along dim 
 """
 from __future__ import annotations
 
+import array
 import ctypes
 import dataclasses
 import functools
@@ -495,12 +496,19 @@ def nativable_spec(spec: Spec) -> str | None:
 
 
 def can_native(spec: Spec, params, grads, states) -> bool:
-    """Can this bucket run on the native step? Plain contiguous CPU fp32/fp64 tensors, and a built library."""
-    return (nativable_spec(spec) is None
-            and all(fusable_tensor(p) is None and type(p.data) is Tensor and p.is_contiguous() for p in params)
-            and all(g.dtype == p.dtype and g.device == p.device for g, p in zip(grads, params, strict=False))
-            and all(t.is_contiguous() and t.dtype == params[0].dtype for v in states.values() for t in v)
-            and native.available())
+    """Can this bucket run on the native step? Plain contiguous CPU fp32/fp64 tensors, and a built library.
+
+    (A bucket holds one device and dtype, and either only sharded DTensors or none: its first
+    parameter answers for those.)
+    """
+    p0 = params[0]
+    if (nativable_spec(spec) is not None or fusable_tensor(p0) is not None or type(p0.data) is not Tensor
+            or not native.available()):
+        return False
+    dtype = p0.dtype
+    return (all(p.is_contiguous() for p in params)
+            and all(g.dtype == dtype and g.is_cpu for g in grads)
+            and all(t.dtype == dtype and t.is_contiguous() for v in states.values() for t in v))
 
 
 def _floats(x, k: int) -> list[float]:
@@ -515,31 +523,38 @@ def _models(spec: Spec, params) -> int:
     return params[0].shape[0] if spec.stacked else 1
 
 
-def _native_rows(spec: Spec, hp, pp, k: int, decay: list[float] | None = None):
-    """The coefficient table (``_native.c``'s C_* columns): one row per (distinct step count, model),
-    and each tensor's first row. ``decay`` overrides the decay column (the stable form's)."""
-    lr, lam, s = _floats(hp["lr"], k), _floats(hp["lam"], k), _floats(hp["s"], k)
-    beta1, beta2 = _floats(hp["beta1"], k), _floats(hp["beta2"], k)
-    sign = -1.0 if spec.maximize else 1.0
+def _native_rows(spec: Spec, hp, pp):
+    """The coefficient table (``_native.c``'s C_* columns), one row per distinct step count of the
+    bucket, and each tensor's row. (Adam's betas are one per group, never per model.)"""
+    beta1, beta2 = float(hp["beta1"]), float(hp["beta2"])
+    tail = (1 - beta1, beta2, 1 - beta2, spec.eps, -1.0 if spec.maximize else 1.0)
+    firsts: dict[int, int] = {}
+    values = array.array("d")
+    rows = []
+    for c1, c2 in zip(pp["inv_bias_correction1"], pp["inv_bias_correction2_sqrt"], strict=True):
+        key = id(c1)  # the optimizer shares one tensor per distinct step count
+        first = firsts.get(key)
+        if first is None:
+            first = firsts[key] = len(values) // native.NCOEF
+            values.extend((float(c1), float(c2), *tail))
+        rows.append(first)
+    return (ctypes.c_double * len(values)).from_buffer(values), rows
+
+
+def _native_models(spec: Spec, hp, k: int, decay: list[float] | None = None):
+    """Per model: ``lr_t`` and the form's decay constant (``_native.c``: ``lr``, ``dec``)."""
+    lr = _floats(hp["lr"], k)
     if decay is None:
+        lam = _floats(hp["lam"], k)
         if spec.form == "l2":
             decay = lam
-        elif spec.form == "prox":
-            decay = [1 + si * li for si, li in zip(s, lam, strict=True)]
         else:
+            s = _floats(hp["s"], k)
             decay = [si * li for si, li in zip(s, lam, strict=True)]
-    firsts: dict[int, int] = {}
-    values: list[float] = []
-    rows = []
-    for c1_t, c2_t in zip(pp["inv_bias_correction1"], pp["inv_bias_correction2_sqrt"], strict=True):
-        key = id(c1_t)  # the optimizer shares one tensor per distinct step count
-        if key not in firsts:
-            firsts[key] = len(values) // native.NCOEF
-            c1, c2 = float(c1_t), float(c2_t)
-            for j in range(k):
-                values += [c1, lr[j], c2, 1 - beta1[j], beta2[j], 1 - beta2[j], spec.eps, decay[j], c1 * lr[j], sign]
-        rows.append(firsts[key])
-    return (ctypes.c_double * len(values))(*values), rows
+            if spec.form == "prox":
+                decay = [1 + d for d in decay]
+    lr_a, dec_a = array.array("d", lr), array.array("d", decay)
+    return (ctypes.c_double * k).from_buffer(lr_a), (ctypes.c_double * k).from_buffer(dec_a)
 
 
 def _native_sizes(spec: Spec, params, rows):
@@ -564,10 +579,10 @@ def _native_call(spec: Spec, params, grads, states, hp, pp, decay=None) -> None:
     ptrs[2::5] = [t.data_ptr() for t in m]
     ptrs[3::5] = [t.data_ptr() for t in v]
     ptrs[4::5] = [None if t is None else t.data_ptr() for t in vmax]
-    coef, rows = _native_rows(spec, hp, pp, k, decay)
+    coef, rows = _native_rows(spec, hp, pp)
     status = _native_fn("adam", params[0].dtype)(
-        n, ptrs, *_native_sizes(spec, params, rows), coef, native.FORMS.index(spec.form), int(spec.amsgrad),
-        torch.get_num_threads())
+        n, ptrs, *_native_sizes(spec, params, rows), coef, *_native_models(spec, hp, k, decay),
+        native.FORMS.index(spec.form), int(spec.amsgrad), torch.get_num_threads())
     if status != 0:
         raise MemoryError("decaylab's native Adam step could not allocate its work list")
     # written through raw pointers: tell autograd, as an in-place op would
@@ -594,21 +609,21 @@ def native_moments(spec: Spec, params, grads, states, hp, pp):
     ptrs[0::3] = [t.data_ptr() for t in grads]
     ptrs[1::3] = [t.data_ptr() for t in v]
     ptrs[2::3] = [None if t is None else t.data_ptr() for t in vmax]
-    coef, rows = _native_rows(spec, hp, pp, k)
+    coef, rows = _native_rows(spec, hp, pp)
     sums = (ctypes.c_double * (n * k))()
     status = _native_fn("sums", params[0].dtype)(
         n, ptrs, *_native_sizes(spec, params, rows), coef, (ctypes.c_int * n)(*modes), sums,
         (ctypes.c_int64 * n)(*range(0, n * k, k)), torch.get_num_threads())
     if status != 0:
         raise MemoryError("decaylab's native pre-pass could not allocate its work list")
-    beta2 = _floats(hp["beta2"], k)
+    beta2 = float(hp["beta2"])
     c2 = [float(c) for c in pp["inv_bias_correction2_sqrt"]]
     totals = [0.0] * k
     new = []
     for i in range(n):
         row = list(sums[i * k:(i + 1) * k])
         if modes[i] == 0:
-            row = [b * before + (1 - b) * gg for b, before, gg in zip(beta2, carried[i], row, strict=True)]
+            row = [beta2 * before + (1 - beta2) * gg for before, gg in zip(carried[i], row, strict=True)]
         new.append(row)
         totals = [t + x * c2[i] * c2[i] for t, x in zip(totals, row, strict=True)]
     pp["_v_sums"] = None if spec.amsgrad else new

@@ -28,9 +28,9 @@ import warnings
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("_native.c")
-ABI = 1
+ABI = 2
 FORMS = ("l2", "decoupled", "prox", "prox_euclid", "cautious", "stable")  # the order of _native.c's FORM_*
-NCOEF = 10  # columns of a coefficient row (_native.c: C_*)
+NCOEF = 7  # columns of a coefficient row (_native.c: C_*)
 BASE_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
               "-std=gnu11", "-shared", "-fPIC"]
 _lock = threading.Lock()
@@ -102,9 +102,15 @@ def _load() -> ctypes.CDLL | None:
         _failure = "no C compiler (cc, gcc or clang; or $CC) on the PATH"
         return None
     try:
-        target = cache_dir() / f"decaylab_native_{_key(cc)}.so"
+        name = f"decaylab_native_{_key(cc)}.so"
+        target = cache_dir() / name
         if not target.exists():
-            _build(cc, target)
+            try:
+                _build(cc, target)
+            except OSError:  # the cache directory is not writable: build where this user can write
+                target = Path(tempfile.gettempdir()) / f"decaylab-{os.getuid()}" / name
+                if not target.exists():
+                    _build(cc, target)
         lib = ctypes.CDLL(str(target))
         if lib.decaylab_native_abi() != ABI:
             raise RuntimeError(f"{target} has ABI {lib.decaylab_native_abi()}, expected {ABI}")
@@ -116,7 +122,7 @@ def _load() -> ctypes.CDLL | None:
     i64p, dp, vpp = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_void_p)
     for name in ("decaylab_adam_float", "decaylab_adam_double"):
         fn = getattr(lib, name)
-        fn.argtypes = [ctypes.c_int64, vpp, i64p, i64p, i64p, dp, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        fn.argtypes = [ctypes.c_int64, vpp, i64p, i64p, i64p, dp, dp, dp, ctypes.c_int, ctypes.c_int, ctypes.c_int]
         fn.restype = ctypes.c_int
     for name in ("decaylab_sums_float", "decaylab_sums_double"):
         fn = getattr(lib, name)

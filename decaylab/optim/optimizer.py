@@ -52,7 +52,9 @@ def _check_hparam(name: str, value: Any, *, allow_callable: bool = False, upper:
         return
     if isinstance(value, Tensor):
         if value.dim() > 1 or not value.is_floating_point():
-            raise ValueError(f"{name} must be {allowed}; got a tensor of shape {tuple(value.shape)} and dtype {value.dtype}")
+            raise ValueError(
+                f"{name} must be {allowed}; got a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+            )
         bad = (value < 0) | ~torch.isfinite(value)
         if upper is not None:
             bad |= value >= upper
@@ -87,9 +89,11 @@ class DecayOptimizer(torch.optim.Optimizer):
       ``max_lr``, which defaults to the group's lr when the optimizer is built.
     * ``decay_to`` — ``"zero"`` or ``"init"`` (decay toward the weights at construction, L2-SP).
     * ``backend`` — ``"auto"``, ``"reference"``, ``"foreach"``, ``"compiled"``, ``"fused"``
-      (torch's fused Adam kernels, for the rules they express exactly; :mod:`decaylab.optim.kernels`).
-      ``"auto"`` takes ``"fused"`` wherever it applies, else ``"compiled"`` for buckets of at least
-      2²⁰ elements and ``"foreach"`` below.
+      (torch's fused Adam kernels, for the rules they express exactly; :mod:`decaylab.optim.kernels`),
+      ``"native"`` (decaylab's own C step for Adam with every form, K stacked models in one call;
+      :mod:`decaylab.optim.native`). On CPU fp32/fp64 ``"auto"`` takes ``"fused"`` for one model's
+      ``l2``, ``decoupled`` and ``prox``, ``"native"`` for the other Adam forms and for stacked
+      models, else ``"compiled"`` for buckets of at least 2²⁰ elements and ``"foreach"`` below.
     * ``low_precision`` — ``"kahan"`` (default), ``"stochastic"`` or ``"none"``, for bf16/fp16
       parameters (see :mod:`decaylab.optim.precision`).
 
@@ -136,7 +140,9 @@ class DecayOptimizer(torch.optim.Optimizer):
                 "gradient and is scaled like it. Use decay_scale='lr' with 'l2', or a decoupled/proximal decay form."
             )
         if group["low_precision"] == "stochastic" and any(p.dtype == torch.float16 for p in group["params"]):
-            raise ValueError("low_precision='stochastic' rounds to bf16 only; for float16 parameters use 'kahan' or 'none'")
+            raise ValueError(
+                "low_precision='stochastic' rounds to bf16 only; for float16 parameters use 'kahan' or 'none'"
+            )
         self._validate_direction(group)
         for p in group["params"]:
             if p.is_complex():
@@ -182,17 +188,21 @@ class DecayOptimizer(torch.optim.Optimizer):
             _check_hparam("max_lr", group["max_lr"])
         if group["decay_scale"] in ("schedule", "corrected") and _is_zero(group["max_lr"]):
             raise ValueError(
-                f"max_lr: decay_scale={group['decay_scale']!r} divides by the peak learning rate, which defaults to the "
-                "group's lr when the optimizer is built, and that lr is 0 (a warmup from 0?). Pass max_lr=<peak lr> (> 0)."
+                f"max_lr: decay_scale={group['decay_scale']!r} divides by the peak learning rate, which defaults to "
+                "the group's lr when the optimizer is built, and that lr is 0 (a warmup from 0?). "
+                "Pass max_lr=<peak lr> (> 0)."
             )
 
     def _check_stacked(self, group: dict[str, Any]) -> None:
-        sizes = {k: v.numel() for k in ("lr", "weight_decay", "max_lr") if isinstance(v := group.get(k), Tensor) and v.dim() == 1}
+        sizes = {k: v.numel() for k in ("lr", "weight_decay", "max_lr")
+                 if isinstance(v := group.get(k), Tensor) and v.dim() == 1}
         if not sizes:
             return
         ks = set(sizes.values())
         if len(ks) > 1:
-            raise ValueError(f"lr, weight_decay and max_lr must have the same length K when given per model; got {sizes}")
+            raise ValueError(
+                f"lr, weight_decay and max_lr must have the same length K when given per model; got {sizes}"
+            )
         (k,) = ks
         for p in group["params"]:
             if p.dim() == 0 or p.shape[0] != k:
@@ -238,7 +248,8 @@ class DecayOptimizer(torch.optim.Optimizer):
     def _spec(self, group: dict[str, Any], p: Tensor, stacked: bool) -> Spec:
         raise NotImplementedError  # pragma: no cover - abstract
 
-    def _per_param(self, group: dict[str, Any], spec: Spec, params: list[Tensor], fresh: list[bool], device, dtype) -> dict[str, list[Tensor]]:
+    def _per_param(self, group: dict[str, Any], spec: Spec, params: list[Tensor], fresh: list[bool], device,
+                   dtype) -> dict[str, list[Tensor]]:
         raise NotImplementedError  # pragma: no cover - abstract
 
     def _group_hparams(self, group: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +278,8 @@ class DecayOptimizer(torch.optim.Optimizer):
             tensor = cache[key] = torch.tensor(float(value), dtype=dtype, device=device)
         return tensor
 
-    def _check_underflow(self, index: int, group: dict[str, Any], dtype: torch.dtype, spec: Spec, hp: dict[str, Any]) -> None:
+    def _check_underflow(self, index: int, group: dict[str, Any], dtype: torch.dtype, spec: Spec,
+                         hp: dict[str, Any]) -> None:
         # l2 acts through the gradient; prox_euclid and stable scale s_t·λ by 1/D_t and 1/sqrt(mean v̂),
         # which only the kernel knows: the check here would misjudge them.
         if spec.form in ("l2", "prox_euclid", "stable") or (index, dtype) in self._underflow_reported:
@@ -314,12 +326,12 @@ class DecayOptimizer(torch.optim.Optimizer):
             # torch's own fused kernel where it computes the rule exactly for one model (decoupled with
             # scale "lr" is then torch's AdamW bit for bit); decaylab's native step for the other forms
             # and for stacked models (one call for all K instead of one per model)
-            fusable = kernels.can_fuse(spec, params, grads)
-            if fusable and not spec.stacked and spec.form in ("l2", "decoupled", "prox"):
+            prefer_fused = not spec.stacked and spec.form in ("l2", "decoupled", "prox")
+            if prefer_fused and kernels.can_fuse(spec, params, grads):
                 return "fused"
             if kernels.can_native(spec, params, grads, states):
                 return "native"
-            if fusable:
+            if not prefer_fused and kernels.can_fuse(spec, params, grads):
                 return "fused"
         if backend == "fused" and kernels.can_fuse(spec, params, grads):
             return "fused"
@@ -398,7 +410,8 @@ class DecayOptimizer(torch.optim.Optimizer):
             if backend != "compiled" or requested != "auto":
                 raise
             self._compile_failed = True
-            warnings.warn(f"decaylab: the compiled step failed ({type(exc).__name__}: {exc}); using foreach from now on")
+            warnings.warn(f"decaylab: the compiled step failed ({type(exc).__name__}: {exc}); "
+                          "using foreach from now on", stacklevel=4)
             kernels.EXECUTORS["foreach"][0](spec, params, grads, states, hp, pp)
 
     def _run_stable(self, jobs) -> None:
@@ -410,7 +423,7 @@ class DecayOptimizer(torch.optim.Optimizer):
             total = total + torch.as_tensor(s).to("cpu", torch.float64)
             count += sum(p.numel() // (p.shape[0] if spec.stacked else 1) for p in params)
         mean_vhat = total / count
-        for spec, backend, _, params, grads, states, hp, pp in jobs:
+        for spec, backend, _, params, _grads, states, hp, pp in jobs:
             hp = dict(hp, mean_vhat=mean_vhat.to(hp["lr"].device, hp["lr"].dtype))
             params, _, states = sharded.local_shards(params, [], states)
             kernels.EXECUTORS[backend][2](spec, params, states, hp, pp)
@@ -514,7 +527,7 @@ class Adam(DecayOptimizer):
         steps = [self.state[p]["step"] for p in params]
         torch._foreach_add_(steps, 1.0)
         beta1, beta2 = group["betas"]
-        if any(s.device.type != "cpu" for s in steps):  # capturable-style counts on the device: no host sync
+        if not all(s.is_cpu for s in steps):  # capturable-style counts on the device: no host sync
             corrections = [directions.adam_bias_corrections(beta1, beta2, s.to(device=device, dtype=dtype))
                            for s in steps]
         else:
@@ -529,7 +542,8 @@ class Adam(DecayOptimizer):
                     c1, c2 = directions.adam_bias_corrections(beta1, beta2, t)
                     made[t] = (self._hp_tensor(c1, device, dtype), self._hp_tensor(c2, device, dtype))
                 corrections.append(made[t])
-        return {"inv_bias_correction1": [c[0] for c in corrections], "inv_bias_correction2_sqrt": [c[1] for c in corrections]}
+        return {"inv_bias_correction1": [c[0] for c in corrections],
+                "inv_bias_correction2_sqrt": [c[1] for c in corrections]}
 
 
 class SGD(DecayOptimizer):

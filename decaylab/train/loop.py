@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from decaylab.data import TensorData, TextData
 from decaylab.diagnostics import Monitor, WeightEMA, jacobian_norm, recompute_batchnorm
 from decaylab.groups import split_parameters
-from decaylab.optim import SGD, Adam
+from decaylab.optim import SGD, Adam, native
 
 from .config import RunResult, TrainConfig
 from .data import Prepared, Sampler, build_model, check_fits, lm_eval_batches, load_data, prepare, steps_per_epoch
@@ -120,7 +120,7 @@ def train_stacked(
     their records is split into the K results). ``backend="auto"`` compiles the optimizer step
     (``"compiled"``) for long runs, at least :data:`STACKED_COMPILE_MIN_WORK` steps × stacked
     parameter entries, where ``torch.compile`` can run, and otherwise leaves the choice to the
-    optimizer (foreach below 2^20 entries).
+    optimizer (Adam on CPU: decaylab's native step, all K models in one call).
 
     Raises:
         ValueError: no configs, or configs whose stack keys differ (the message names a field).
@@ -207,7 +207,7 @@ def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, r
 
     # --- optimizer over the decay / no-decay split; per-model hyperparameters as (K,) tensors
     if stacked and backend == "auto":
-        backend = _stacked_backend(engine, steps, device)
+        backend = _stacked_backend(engine, steps, device, config)
     optimizer, base_lrs = _optimizer(engine, configs, steps, device, backend, stacked)
     ema = None
     if config.ema_beta is not None:
@@ -332,8 +332,15 @@ def _autocast(precision: str, device: torch.device) -> Callable[[], Any]:
 STACKED_COMPILE_MIN_WORK = 1 << 29
 
 
-def _stacked_backend(engine, steps: int, device: torch.device) -> str:
-    """``"compiled"`` for long stacked runs where ``torch.compile`` works on ``device``, else ``"auto"``."""
+def _stacked_backend(engine, steps: int, device: torch.device, config: TrainConfig | None = None) -> str:
+    """``"compiled"`` for long stacked runs where ``torch.compile`` works on ``device``, else ``"auto"``.
+
+    Adam on CPU fp32/fp64 stays ``"auto"`` whenever decaylab's native step is built: it runs all K
+    models in one call per bucket with no compile (:mod:`decaylab.optim.native`).
+    """
+    if (config is not None and device.type == "cpu" and config.optimizer == "adam" and config.precision != "bf16"
+            and native.available()):
+        return "auto"
     work = steps * sum(p.numel() for p in engine.parameters())
     return "compiled" if work >= STACKED_COMPILE_MIN_WORK and _can_compile(device) else "auto"
 
