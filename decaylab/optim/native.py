@@ -108,7 +108,8 @@ def _load() -> ctypes.CDLL | None:
             try:
                 _build(cc, target)
             except OSError:  # the cache directory is not writable: build where this user can write
-                target = Path(tempfile.gettempdir()) / f"decaylab-{os.getuid()}" / name
+                user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+                target = Path(tempfile.gettempdir()) / f"decaylab-{user}" / name
                 if not target.exists():
                     _build(cc, target)
         lib = ctypes.CDLL(str(target))
