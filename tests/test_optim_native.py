@@ -289,3 +289,20 @@ def test_unwritable_cache_builds_in_the_temp_directory(fresh_native, monkeypatch
     native.reset()
     assert native.available()
     assert list((fresh_native / "tmp").glob("decaylab-*/decaylab_native_*.so"))
+
+
+@pytest.mark.parametrize("form", ["decoupled", "stable", "prox_euclid"])
+def test_native_with_an_empty_parameter(form):
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.zeros(0, 3, dtype=torch.float64), torch.randn(4, generator=gen, dtype=torch.float64)]
+    runs = {}
+    for backend in ("reference", "native"):
+        ps = [torch.nn.Parameter(w.clone()) for w in start]
+        opt = Adam(ps, lr=0.1, weight_decay=0.1, decay=form, backend=backend)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
+            opt.step()
+        runs[backend] = (opt, ps)
+    assert_same(*runs["reference"], *runs["native"])

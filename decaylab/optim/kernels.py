@@ -586,7 +586,15 @@ def _native_call(spec: Spec, params, grads, states, hp, pp, decay=None) -> None:
     if status != 0:
         raise MemoryError("decaylab's native Adam step could not allocate its work list")
     # written through raw pointers: tell autograd, as an in-place op would
-    torch.autograd.graph.increment_version([*params, *m, *v, *(t for t in vmax if t is not None)])
+    _bump_versions([*params, *m, *v, *(t for t in vmax if t is not None)])
+
+
+def _bump_versions(tensors: list[Tensor]) -> None:
+    try:
+        torch.autograd.graph.increment_version(tensors)  # a list: torch ≥ 2.5
+    except TypeError:
+        for t in tensors:
+            torch.autograd.graph.increment_version(t)
 
 
 def native_step(spec: Spec, params, grads, states, hp, pp) -> None:
