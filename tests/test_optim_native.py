@@ -18,8 +18,16 @@ import warnings
 
 import pytest
 import torch
-from test_optim_fast_paths import LRS, assert_same, executors, make_params, run  # noqa: F401 (a fixture)
-from test_optim_stacked import adam, check_stacked_equals_separate, initial
+from test_optim_fast_paths import (  # noqa: F401 (executors: a fixture)
+    LRS,
+    SGD_VARIANTS,
+    assert_same,
+    executors,
+    make_params,
+    run,
+    sgd_factory,
+)
+from test_optim_stacked import adam, check_stacked_equals_separate, initial, sgd
 from torch.testing import assert_close
 
 from decaylab.optim import SGD, Adam, AdamW, kernels, native
@@ -221,7 +229,7 @@ def test_adamw_native_equals_torch_adamw():
 
 
 @pytest.mark.parametrize(("build", "why"), [
-    (lambda: SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, backend="native"), "not Adam"),
+    (lambda: SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, decay_to="init", backend="native"), "decay_to='init'"),
     (lambda: Adam([torch.nn.Parameter(torch.zeros(2))], lr=0.1, decay_to="init", backend="native"), "decay_to='init'"),
     (lambda: Adam([torch.nn.Parameter(torch.zeros(2, dtype=torch.bfloat16))], lr=0.1, backend="native"), "16-bit"),
 ])
@@ -306,3 +314,41 @@ def test_native_with_an_empty_parameter(form):
             opt.step()
         runs[backend] = (opt, ps)
     assert_same(*runs["reference"], *runs["native"])
+
+
+# --------------------------------------------------------------------------- SGD
+
+
+@pytest.mark.parametrize("maximize", [False, True])
+@pytest.mark.parametrize("variant", [*SGD_VARIANTS, "dampening"])
+@pytest.mark.parametrize("form", FORMS)
+def test_native_sgd_equals_reference(form, variant, maximize, executors):  # noqa: F811
+    def factory(backend):
+        if variant != "dampening":
+            return sgd_factory(backend, form, variant, maximize=maximize)
+
+        def make(groups_params):
+            return SGD([{"params": ps} for ps in groups_params], lr=LRS[0], momentum=0.9, dampening=0.3,
+                       weight_decay=0.3, decay=form, maximize=maximize, backend=backend)
+
+        return make
+
+    ref_opt, ref_params = run(factory("reference"), list(make_params()))
+    del executors[:]
+    opt, params = run(factory("native"), list(make_params()))
+    assert_same(ref_opt, ref_params, opt, params)
+    assert ("native", ((4, 3), (7,), (2, 3, 2), ())) in executors, executors
+
+
+def test_auto_runs_sgd_native(executors):  # noqa: F811
+    ref_opt, ref_params = run(sgd_factory("reference", "decoupled"), list(make_params()))
+    del executors[:]
+    opt, params = run(sgd_factory("auto", "decoupled"), list(make_params()))
+    assert_same(ref_opt, ref_params, opt, params)
+    assert {name for name, _ in executors} == {"native", "foreach"}  # the transposed parameter: foreach
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("form", FORMS)
+def test_native_sgd_stacked_equals_separate(form, nesterov):
+    check_stacked_equals_separate(*sgd("native", form, nesterov=nesterov))

@@ -279,4 +279,83 @@ ADAM_STEP(double)
 SUM_LOOP(float)
 SUM_LOOP(double)
 
-int decaylab_native_abi(void) { return 2; }
+
+/* ------------------------------------------------------------------------------------------------ SGD
+ * SGD with momentum (directions.sgd_momentum / sgd_direction) and every decay form. A coefficient row
+ * (one per distinct first-step state of the bucket's tensors) holds the buffer's keep and gain
+ * (0 and 1 on a buffer's first step, μ and 1 − δ after), μ and the sign. Per model: lr[k], dec[k]
+ * as for Adam (prox_euclid is prox here: D = 1). ptrs: p, g, buf per tensor (buf NULL without
+ * momentum). */
+enum { S_KEEP = 0, S_GAIN = 1, S_MU = 2, S_SIGN = 3, NSGD = 4 };
+
+#define SGD_LOOP(T, FORM, MOM, NES)                                                                      \
+    static void sgd_##T##_##FORM##_##MOM##_##NES(int64_t a, int64_t b, T *restrict p, const T *restrict g, \
+                                                  T *restrict buf, const double *cf, double lr_k,       \
+                                                  double dec_k) {                                       \
+        const T keep = (T)cf[S_KEEP], gain = (T)cf[S_GAIN], mu = (T)cf[S_MU], sign = (T)cf[S_SIGN];      \
+        const T lr = (T)lr_k, dec = (T)dec_k;                                                            \
+        (void)keep; (void)gain; (void)mu; (void)buf; (void)dec;                                          \
+        for (int64_t j = a; j < b; j++) {                                                                \
+            T gj = g[j] * sign;                                                                          \
+            T wj = p[j];                                                                                 \
+            if (FORM == FORM_L2) gj = gj + wj * dec;                                                     \
+            T u = gj;                                                                                    \
+            if (MOM) {                                                                                   \
+                T bj = buf[j] * keep + gj * gain;                                                        \
+                buf[j] = bj;                                                                             \
+                u = NES ? gj + bj * mu : bj;                                                             \
+            }                                                                                            \
+            if (FORM == FORM_DECOUPLED || FORM == FORM_STABLE) wj = wj - wj * dec;                       \
+            if (FORM == FORM_CAUTIOUS) wj = wj - wj * (T)(u * wj >= 0) * dec;                            \
+            wj = wj - u * lr;                                                                            \
+            if (FORM == FORM_PROX || FORM == FORM_PROX_EUCLID) wj = wj / dec;                            \
+            p[j] = wj;                                                                                   \
+        }                                                                                                \
+    }
+
+#define SGD_FORMS(T, MOM, NES)                                                                           \
+    SGD_LOOP(T, 0, MOM, NES) SGD_LOOP(T, 1, MOM, NES) SGD_LOOP(T, 2, MOM, NES)                           \
+    SGD_LOOP(T, 3, MOM, NES) SGD_LOOP(T, 4, MOM, NES) SGD_LOOP(T, 5, MOM, NES)
+#define SGD_ALL(T) SGD_FORMS(T, 0, 0) SGD_FORMS(T, 1, 0) SGD_FORMS(T, 1, 1)
+
+SGD_ALL(float)
+SGD_ALL(double)
+
+typedef void (*sgd_float)(int64_t, int64_t, float *, const float *, float *, const double *, double, double);
+typedef void (*sgd_double)(int64_t, int64_t, double *, const double *, double *, const double *, double, double);
+
+#define SGD_TABLE(T, MOM, NES)                                                                           \
+    {sgd_##T##_0_##MOM##_##NES, sgd_##T##_1_##MOM##_##NES, sgd_##T##_2_##MOM##_##NES,                    \
+     sgd_##T##_3_##MOM##_##NES, sgd_##T##_4_##MOM##_##NES, sgd_##T##_5_##MOM##_##NES}
+static const sgd_float SGD_LOOPS_float[3][6] = {SGD_TABLE(float, 0, 0), SGD_TABLE(float, 1, 0),
+                                                SGD_TABLE(float, 1, 1)};
+static const sgd_double SGD_LOOPS_double[3][6] = {SGD_TABLE(double, 0, 0), SGD_TABLE(double, 1, 0),
+                                                  SGD_TABLE(double, 1, 1)};
+
+/* variant: 0 no momentum, 1 momentum, 2 Nesterov momentum */
+#define SGD_STEP(T)                                                                                      \
+    int decaylab_sgd_##T(int64_t n, void **ptrs, const int64_t *per_model, const int64_t *models,        \
+                         const int64_t *rows, const double *coef, const double *lr, const double *dec,   \
+                         int form, int variant, int nthreads) {                                          \
+        item_t *items;                                                                                   \
+        int64_t count = make_items(n, per_model, models, &items);                                        \
+        if (count < 0) return -1;                                                                        \
+        int64_t total = 0;                                                                               \
+        for (int64_t i = 0; i < n; i++) total += per_model[i] * models[i];                               \
+        int nt = threads_for(total, nthreads);                                                           \
+        const sgd_##T fn = SGD_LOOPS_##T[variant][form];                                                 \
+        _Pragma("omp parallel for schedule(static) num_threads(nt) if (nt > 1)")                        \
+        for (int64_t c = 0; c < count; c++) {                                                            \
+            const item_t it = items[c];                                                                  \
+            T **t = (T **)(ptrs + 3 * it.tensor);                                                        \
+            fn(it.start, it.stop, t[0], t[1], t[2], coef + NSGD * rows[it.tensor], lr[it.model],         \
+               dec[it.model]);                                                                           \
+        }                                                                                                \
+        free(items);                                                                                     \
+        return 0;                                                                                        \
+    }
+
+SGD_STEP(float)
+SGD_STEP(double)
+
+int decaylab_native_abi(void) { return 3; }

@@ -486,8 +486,8 @@ def fused_update(spec: Spec, params, states, hp, pp) -> None:
 
 def nativable_spec(spec: Spec) -> str | None:
     """Why ``spec`` cannot run on the native step, or None when it can."""
-    if spec.direction != "adam":
-        return "the direction is not Adam"
+    if spec.direction not in ("adam", "sgd"):
+        return f"the direction {spec.direction!r} has no native step"
     if spec.to_init:
         return "decay_to='init'"
     if spec.low_precision != "none":
@@ -597,8 +597,45 @@ def _bump_versions(tensors: list[Tensor]) -> None:
             torch.autograd.graph.increment_version(t)
 
 
+def _native_sgd_call(spec: Spec, params, grads, states, hp, pp) -> None:
+    n, k = len(params), _models(spec, params)
+    grads = [g if g.is_contiguous() else g.contiguous() for g in grads]  # held until the call returns
+    bufs = states.get("momentum_buffer") or [None] * n
+    ptrs = (ctypes.c_void_p * (3 * n))()
+    ptrs[0::3] = [t.data_ptr() for t in params]
+    ptrs[1::3] = [t.data_ptr() for t in grads]
+    ptrs[2::3] = [None if t is None else t.data_ptr() for t in bufs]
+    # one coefficient row per distinct (keep, gain): a buffer's first step or a later one
+    sign = -1.0 if spec.maximize else 1.0
+    values, rows, firsts = array.array("d"), [], {}
+    pairs = zip(pp["keep"], pp["gain"], strict=True) if spec.momentum else [(None, None)] * n
+    for keep, gain in pairs:
+        key = (id(keep), id(gain))
+        if key not in firsts:
+            firsts[key] = len(values) // native.NSGD
+            values.extend((0.0, 1.0, 0.0, sign) if keep is None else (float(keep), float(gain), spec.momentum, sign))
+        rows.append(firsts[key])
+    coef = (ctypes.c_double * len(values)).from_buffer(values)
+    decay = None
+    if spec.form == "stable":  # SGDS: s_t·λ·(1 − δ)/(1 − μ), through the constant mean the optimizer passes
+        root = math.sqrt(float(hp["mean_vhat"])) + 0.0
+        decay = [si * li / root for si, li in zip(_floats(hp["s"], k), _floats(hp["lam"], k), strict=True)]
+    elif spec.form == "prox_euclid":  # D = 1 for SGD: the Euclidean prox is prox
+        decay = [1 + si * li for si, li in zip(_floats(hp["s"], k), _floats(hp["lam"], k), strict=True)]
+    variant = 0 if spec.momentum == 0 else (2 if spec.nesterov else 1)
+    status = _native_fn("sgd", params[0].dtype)(
+        n, ptrs, *_native_sizes(spec, params, rows), coef, *_native_models(spec, hp, k, decay),
+        native.FORMS.index(spec.form), variant, torch.get_num_threads())
+    if status != 0:
+        raise MemoryError("decaylab's native SGD step could not allocate its work list")
+    _bump_versions([*params, *(t for t in bufs if t is not None)])
+
+
 def native_step(spec: Spec, params, grads, states, hp, pp) -> None:
-    _native_call(spec, params, grads, states, hp, pp)
+    if spec.direction == "sgd":
+        _native_sgd_call(spec, params, grads, states, hp, pp)
+    else:
+        _native_call(spec, params, grads, states, hp, pp)
 
 
 def native_moments(spec: Spec, params, grads, states, hp, pp):

@@ -4,7 +4,8 @@ torch's fused Adam kernel expresses only the decay rules that are an AdamW step 
 (:mod:`decaylab.optim.kernels`, the ``fused`` backend). The others — ``prox_euclid``, ``cautious`` and
 ``stable`` — and stacked models with one lr and λ each need their own loop. ``_native.c`` is that
 loop: every form, amsgrad and maximize, float32 and float64, one call per bucket, one pass over
-memory (``stable`` adds one read of the gradients for its global mean).
+memory (``stable`` adds one read of the gradients for its global mean); and the same for SGD with
+momentum, dampening and Nesterov.
 
 The library is built at first use: ``cc -O3 -march=native -fopenmp`` (OpenMP when the compiler has
 it, else one thread) into ``$DECAYLAB_CACHE_DIR`` (default ``~/.cache/decaylab``), keyed by the
@@ -28,9 +29,10 @@ import warnings
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("_native.c")
-ABI = 2
+ABI = 3
 FORMS = ("l2", "decoupled", "prox", "prox_euclid", "cautious", "stable")  # the order of _native.c's FORM_*
-NCOEF = 7  # columns of a coefficient row (_native.c: C_*)
+NCOEF = 7  # columns of an Adam coefficient row (_native.c: C_*)
+NSGD = 4  # columns of an SGD coefficient row (_native.c: S_*)
 BASE_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
               "-std=gnu11", "-shared", "-fPIC"]
 _lock = threading.Lock()
@@ -122,6 +124,10 @@ def _load() -> ctypes.CDLL | None:
         return None
     i64p, dp, vpp = ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_void_p)
     for name in ("decaylab_adam_float", "decaylab_adam_double"):
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_int64, vpp, i64p, i64p, i64p, dp, dp, dp, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        fn.restype = ctypes.c_int
+    for name in ("decaylab_sgd_float", "decaylab_sgd_double"):
         fn = getattr(lib, name)
         fn.argtypes = [ctypes.c_int64, vpp, i64p, i64p, i64p, dp, dp, dp, ctypes.c_int, ctypes.c_int, ctypes.c_int]
         fn.restype = ctypes.c_int

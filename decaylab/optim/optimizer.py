@@ -90,10 +90,11 @@ class DecayOptimizer(torch.optim.Optimizer):
     * ``decay_to`` — ``"zero"`` or ``"init"`` (decay toward the weights at construction, L2-SP).
     * ``backend`` — ``"auto"``, ``"reference"``, ``"foreach"``, ``"compiled"``, ``"fused"``
       (torch's fused Adam kernels, for the rules they express exactly; :mod:`decaylab.optim.kernels`),
-      ``"native"`` (decaylab's own C step for Adam with every form, K stacked models in one call;
-      :mod:`decaylab.optim.native`). On CPU fp32/fp64 ``"auto"`` takes ``"fused"`` for one model's
-      ``l2``, ``decoupled`` and ``prox``, ``"native"`` for the other Adam forms and for stacked
-      models, else ``"compiled"`` for buckets of at least 2²⁰ elements and ``"foreach"`` below.
+      ``"native"`` (decaylab's own C step for every form, K stacked models in one call;
+      :mod:`decaylab.optim.native`; also SGD). On CPU fp32/fp64 ``"auto"`` takes ``"fused"`` for one
+      Adam model's ``l2``, ``decoupled`` and ``prox``, ``"native"`` for the other Adam forms, for SGD
+      and for stacked models, else ``"compiled"`` for buckets of at least 2²⁰ elements and
+      ``"foreach"`` below.
     * ``low_precision`` — ``"kahan"`` (default), ``"stochastic"`` or ``"none"``, for bf16/fp16
       parameters (see :mod:`decaylab.optim.precision`).
 
@@ -174,9 +175,9 @@ class DecayOptimizer(torch.optim.Optimizer):
                 why = native.why_not()
             if why:
                 raise ValueError(
-                    f"backend='native' cannot run this param group: {why}. It runs decaylab's C loop for Adam with "
-                    "every decay form toward zero on CPU fp32/fp64 tensors; use backend='auto' (it picks 'native' "
-                    "wherever it can) or 'compiled'"
+                    f"backend='native' cannot run this param group: {why}. It runs decaylab's C loop for Adam and "
+                    "SGD with every decay form toward zero on CPU fp32/fp64 tensors; use backend='auto' (it picks "
+                    "'native' wherever it can) or 'compiled'"
                 )
 
     def _resolve_max_lr(self, group: dict[str, Any]) -> None:
