@@ -148,4 +148,6 @@ def test_stacked_adam_on_cpu_uses_the_native_step_not_a_compile(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(loop, "_can_compile", lambda device: True)
     assert loop._stacked_backend(engine, 10_000, cpu, TrainConfig()) == "auto"  # auto: native, no compile
-    assert loop._stacked_backend(engine, 10_000, cpu, TrainConfig(optimizer="sgd")) == "compiled"
+    assert loop._stacked_backend(engine, 10_000, cpu, TrainConfig(optimizer="sgd")) == "auto"
+    # bf16 parameters: no native step, the long run compiles
+    assert loop._stacked_backend(engine, 10_000, cpu, TrainConfig(precision="bf16")) == "compiled"

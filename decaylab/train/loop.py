@@ -335,11 +335,11 @@ STACKED_COMPILE_MIN_WORK = 1 << 29
 def _stacked_backend(engine, steps: int, device: torch.device, config: TrainConfig | None = None) -> str:
     """``"compiled"`` for long stacked runs where ``torch.compile`` works on ``device``, else ``"auto"``.
 
-    Adam on CPU fp32/fp64 stays ``"auto"`` whenever decaylab's native step is built: it runs all K
-    models in one call per bucket with no compile (:mod:`decaylab.optim.native`).
+    Adam and SGD on CPU fp32/fp64 stay ``"auto"`` whenever decaylab's native step is built: it runs
+    all K models in one call per bucket with no compile (:mod:`decaylab.optim.native`).
     """
-    if (config is not None and device.type == "cpu" and config.optimizer == "adam" and config.precision != "bf16"
-            and native.available()):
+    if (config is not None and device.type == "cpu" and config.optimizer in ("adam", "sgd")
+            and config.precision != "bf16" and native.available()):
         return "auto"
     work = steps * sum(p.numel() for p in engine.parameters())
     return "compiled" if work >= STACKED_COMPILE_MIN_WORK and _can_compile(device) else "auto"
