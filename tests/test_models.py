@@ -470,3 +470,30 @@ def test_mlp_stacked_forward_twice_differentiable():
 
     torch.autograd.gradcheck(loss, (params["head.weight"].detach().clone().requires_grad_(),))
     torch.autograd.gradgradcheck(loss, (params["head.weight"].detach().clone().requires_grad_(),))
+
+
+def test_mlp_stacked_forward_under_bf16_autocast():
+    """Under autocast the stacked forward matches vmap(functional_call) and backpropagates (fp32 weights)."""
+    from decaylab.models.mnist1d import MLP
+
+    torch.manual_seed(0)
+    models = [MLP(in_features=12, hidden=(16, 8)) for _ in range(3)]
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    x = torch.randn(3, 5, 12)
+    out = {}
+    for name in ("vmap", "stacked"):
+        p = {n: t.detach().clone().requires_grad_() for n, t in params.items()}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if name == "vmap":
+                logits = vmap(lambda pp, bb, xx: functional_call(base, (pp, bb), (xx,)))(p, buffers, x)
+            else:
+                logits = models[0].stacked_forward(p, x)
+        logits.float().square().sum().backward()
+        out[name] = (logits.float().detach(), {n: t.grad for n, t in p.items()})
+    assert out["stacked"][0].dtype == torch.float32
+    bf16 = dict(rtol=3e-2, atol=2e-2)  # two bf16 roundings of the same products (bf16 resolution 2^-8)
+    assert_close(out["stacked"][0], out["vmap"][0], **bf16)
+    for n in params:
+        assert out["stacked"][1][n].dtype == torch.float32
+        assert_close(out["stacked"][1][n], out["vmap"][1][n], **bf16, msg=n)

@@ -89,7 +89,10 @@ def test_cli_prints_verdict_wall_time_and_report(monkeypatch, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "decoupling: HELD — numbers" in out and "wall time 12 s" in out and "report.html" in out
     assert calls == [("decoupling", {"scale": "small", "store": str(tmp_path / "s.sqlite"), "out": None, "stack": 4,
-                                     "progress": False, "processes": 3})]
+                                     "progress": False, "processes": 3, "retry_failed": False})]
+    calls.clear()
+    assert main(["reproduce", "bf16", "--quiet", "--retry-failed"]) == 0  # what a failed run's message advises
+    assert calls[0][1]["retry_failed"] is True
     calls.clear()
     assert main(["reproduce", "all", "--store", str(tmp_path), "--out", str(tmp_path / "reports"), "--quiet"]) == 0
     assert [name for name, _ in calls] == list(REGISTRY)

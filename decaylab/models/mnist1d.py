@@ -103,14 +103,22 @@ class MLP(nn.Module):
         act = ACTIVATIONS[self.activation]
         k = params["head.weight"].shape[0]
         h = x.flatten(1).expand(k, -1, -1) if shared else x.flatten(2)
+        # Under autocast the matmuls run in another dtype than the saved weights: autograd's own
+        # baddbmm handles that; the hand-written backward is for the plain (one-dtype) case.
+        linear = _baddbmm if torch.is_autocast_enabled(h.device.type) else _StackedLinear.apply
         for i, skip in enumerate(self._skip):
             w, b = params[f"hidden.{i}.weight"], params[f"hidden.{i}.bias"]
             if self.activation == "relu" and not skip:
-                h = _StackedLinear.apply(h, w, b, True)
+                h = linear(h, w, b, True)
             else:
-                z = _StackedLinear.apply(h, w, b, False)
+                z = linear(h, w, b, False)
                 h = h + act(z) if skip else act(z)
-        return _StackedLinear.apply(h, params["head.weight"], params["head.bias"], False)
+        return linear(h, params["head.weight"], params["head.bias"], False)
+
+
+def _baddbmm(h: Tensor, w: Tensor, b: Tensor, relu: bool) -> Tensor:
+    z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+    return torch.relu(z) if relu else z
 
 
 class _StackedLinear(torch.autograd.Function):

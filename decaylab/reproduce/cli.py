@@ -47,6 +47,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
                         help="train up to K runs at once as one stacked model (default: the sweep runner's)")
     parser.add_argument("--processes", type=_positive_int("--processes"), default=None, metavar="N",
                         help="training processes side by side, one torch thread each (default: one per core, up to 4)")
+    parser.add_argument("--retry-failed", action="store_true", help="train the runs that failed before again")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run_command)
     return parser
@@ -88,7 +89,8 @@ def run_command(args: argparse.Namespace) -> int:
                 out = Path(out) / name if out else None
             print(f"reproduce {name} ({args.scale}): {get(name).title}", file=sys.stderr)
             verdict = get(name).run(scale=args.scale, store=store, out=out, stack=args.stack,
-                                    progress=not args.quiet, processes=args.processes)
+                                    progress=not args.quiet, processes=args.processes,
+                                    retry_failed=args.retry_failed)
             verdicts.append(verdict)
             print(verdict.line)
             print(f"  wall time {verdict.wall_s:.0f} s; report: {verdict.report}")

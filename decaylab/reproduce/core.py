@@ -90,11 +90,12 @@ class Reproduction:
 
     def run(self, *, scale: str = "small", store: str | Path | None = None, out: str | Path | None = None,
             stack: int | None = None, progress: bool = True, report: bool = True,
-            processes: int | None = None) -> Verdict:
+            processes: int | None = None, retry_failed: bool = False) -> Verdict:
         """Run (or finish) the sweep of ``scale`` into ``store`` (default ``runs/reproduce-NAME[-paper].sqlite``),
         judge it, and write the report with the verdict's sections (into ``out``, default
         ``report-<sweep>`` beside the store) and ``verdict.json``. A second call skips finished runs.
-        ``processes`` train side by side on the store (default: one per core, up to 4)."""
+        ``processes`` train side by side on the store (default: one per core, up to 4);
+        ``retry_failed`` trains the runs that failed in an earlier call again."""
         from ..report import build_report
         from ..sweep import run_sweep
         from ..sweep.runner import DEFAULT_STACK, default_processes
@@ -108,7 +109,8 @@ class Reproduction:
         store = Path(store) if store is not None else default_store(self.name, scale)
         store.parent.mkdir(parents=True, exist_ok=True)
         processes = default_processes() if processes is None else processes
-        run_sweep(spec, store, stack=stack or self.stack or DEFAULT_STACK, progress=progress, processes=processes)
+        run_sweep(spec, store, stack=stack or self.stack or DEFAULT_STACK, progress=progress, processes=processes,
+                  retry_failed=retry_failed)
         extra = {"progress": progress} if "progress" in inspect.signature(self.analyze).parameters else {}
         verdict = self.analyze(store, spec, scale, **extra)
         if report:

@@ -85,7 +85,8 @@ class _TwoStage(Reproduction):
     """Runs the spec, then the spec with the effective-lr control added (see the module docs)."""
 
     def run(self, *, scale: str = "small", store: str | Path | None = None, stack: int | None = None,
-            progress: bool = True, processes: int | None = None, **kwargs: Any) -> Verdict:
+            progress: bool = True, processes: int | None = None, retry_failed: bool = False,
+            **kwargs: Any) -> Verdict:
         from decaylab.sweep import run_sweep
         from decaylab.sweep.runner import DEFAULT_STACK, default_processes
 
@@ -93,11 +94,12 @@ class _TwoStage(Reproduction):
         store.parent.mkdir(parents=True, exist_ok=True)
         stack = stack or self.stack or DEFAULT_STACK
         processes = default_processes() if processes is None else processes
-        run_sweep(Reproduction.spec(self, scale), store, stack=stack, progress=progress, processes=processes)
+        run_sweep(Reproduction.spec(self, scale), store, stack=stack, progress=progress, processes=processes,
+                  retry_failed=retry_failed)
         self._with_control = spec_with_control(store, Reproduction.spec(self, scale))
         try:
             return super().run(scale=scale, store=store, stack=stack, progress=progress, processes=processes,
-                               **kwargs)
+                               retry_failed=retry_failed, **kwargs)
         finally:
             self._with_control = None
 
