@@ -151,3 +151,19 @@ def test_stacked_adam_on_cpu_uses_the_native_step_not_a_compile(monkeypatch):
     assert loop._stacked_backend(engine, 10_000, cpu, TrainConfig(optimizer="sgd")) == "auto"
     # bf16 parameters: no native step, the long run compiles
     assert loop._stacked_backend(engine, 10_000, cpu, TrainConfig(precision="bf16")) == "compiled"
+
+
+@pytest.mark.parametrize("precision", ["bf16-autocast", "bf16"])
+def test_stacked_mlp_trains_in_low_precision(precision):
+    """The MLP's batched forward under autocast and with bf16 weights: K stacked runs end close to K
+    separate ones (bf16 arithmetic: loose tolerance) with finite losses. In float32, as users run it:
+    autocast leaves float64 alone."""
+    torch.set_default_dtype(torch.float32)  # the autouse fixture restores it
+    data = tiny_data((40,))
+    base = TrainConfig(model="mlp", steps=6, batch_size=16, precision=precision, schedule="constant")
+    configs = three(base)
+    separate = [train(c, data=data) for c in configs]
+    stacked = train_stacked(configs, data=data)
+    for a, b in zip(separate, stacked, strict=True):
+        assert torch.isfinite(torch.tensor(b.final["test_loss"]))
+        assert abs(a.final["test_loss"] - b.final["test_loss"]) < 0.05 * abs(a.final["test_loss"]) + 0.05
