@@ -42,10 +42,24 @@ typedef struct {
     int64_t tensor, model, start, stop;
 } item_t;
 
-/* Cut the bucket into chunks; returns how many (the caller frees *out). */
-static int64_t make_items(int64_t n, const int64_t *per_model, const int64_t *models, item_t **out) {
-    int64_t count = 0;
-    for (int64_t i = 0; i < n; i++) count += models[i] * ((per_model[i] + CHUNK - 1) / CHUNK);
+static int threads_for(int64_t total, int nthreads) {
+    /* at least 32k elements per thread, as torch's at::parallel_for grain (the OpenMP runtime is
+     * torch's own: libgomp.so.1 is loaded once per process, so the two share one thread pool) */
+    int64_t most = total / 32768;
+    if (most < 1) most = 1;
+    return nthreads < most ? nthreads : (int)most;
+}
+
+/* Cut the bucket into chunks; returns how many (the caller frees *out), or −1 when out of memory, and
+ * in *nt how many threads share them. */
+static int64_t make_items(int64_t n, const int64_t *per_model, const int64_t *models, int nthreads, item_t **out,
+                          int *nt) {
+    int64_t count = 0, total = 0;
+    for (int64_t i = 0; i < n; i++) {
+        count += models[i] * ((per_model[i] + CHUNK - 1) / CHUNK);
+        total += per_model[i] * models[i];
+    }
+    *nt = threads_for(total, nthreads);
     item_t *items = (item_t *)malloc(sizeof(item_t) * (count > 0 ? count : 1));
     if (!items) return -1;
     int64_t c = 0;
@@ -68,13 +82,6 @@ static void reduce_items(int64_t count, const item_t *items, const double *parti
     for (int64_t c = 0; c < count; c++) sums[rows_out[items[c].tensor] + items[c].model] += partial[c];
 }
 
-static int threads_for(int64_t total, int nthreads) {
-    /* at least 32k elements per thread, as torch's at::parallel_for grain (the OpenMP runtime is
-     * torch's own: libgomp.so.1 is loaded once per process, so the two share one thread pool) */
-    int64_t most = total / 32768;
-    if (most < 1) most = 1;
-    return nthreads < most ? nthreads : (int)most;
-}
 
 /* Σ x² over x[0:n] in float64: blocks of 512 squares summed in T over 16 lanes (32 terms per lane), the
  * blocks in 8 float64 lanes: a vectorizable sum that needs no reassociation by the compiler. */
@@ -182,11 +189,9 @@ static const loop_double LOOPS_double[2][6] = {
                           const int64_t *rows, const double *coef, const double *lr, const double *dec,  \
                           int form, int amsgrad, int nthreads) {                                         \
         item_t *items;                                                                                   \
-        int64_t count = make_items(n, per_model, models, &items);                                        \
+        int nt;                                                                                          \
+        int64_t count = make_items(n, per_model, models, nthreads, &items, &nt);                         \
         if (count < 0) return -1;                                                                        \
-        int64_t total = 0;                                                                               \
-        for (int64_t i = 0; i < n; i++) total += per_model[i] * models[i];                               \
-        int nt = threads_for(total, nthreads);                                                           \
         const loop_##T fn = LOOPS_##T[amsgrad ? 1 : 0][form];                                            \
         _Pragma("omp parallel for schedule(static) num_threads(nt) if (nt > 1)")                        \
         for (int64_t r = 0; r < count; r++) {                                                            \
@@ -235,16 +240,14 @@ ADAM_STEP(double)
                           const int64_t *rows, const double *coef, const int *modes, double *sums,       \
                           const int64_t *sum_rows, int nthreads) {                                       \
         item_t *items;                                                                                   \
-        int64_t count = make_items(n, per_model, models, &items);                                        \
+        int nt;                                                                                          \
+        int64_t count = make_items(n, per_model, models, nthreads, &items, &nt);                         \
         if (count < 0) return -1;                                                                        \
         double *partial = (double *)calloc(count > 0 ? count : 1, sizeof(double));                       \
         if (!partial) {                                                                                  \
             free(items);                                                                                 \
             return -1;                                                                                   \
         }                                                                                                \
-        int64_t total = 0;                                                                               \
-        for (int64_t i = 0; i < n; i++) total += per_model[i] * models[i];                               \
-        int nt = threads_for(total, nthreads);                                                           \
         /* groups of 4 items: four mode-0 items (Σ g²) run as four streams, any others one by one */    \
         int64_t groups = (count + 3) / 4;                                                                \
         _Pragma("omp parallel for schedule(static) num_threads(nt) if (nt > 1)")                        \
@@ -338,11 +341,9 @@ static const sgd_double SGD_LOOPS_double[3][6] = {SGD_TABLE(double, 0, 0), SGD_T
                          const int64_t *rows, const double *coef, const double *lr, const double *dec,   \
                          int form, int variant, int nthreads) {                                          \
         item_t *items;                                                                                   \
-        int64_t count = make_items(n, per_model, models, &items);                                        \
+        int nt;                                                                                          \
+        int64_t count = make_items(n, per_model, models, nthreads, &items, &nt);                         \
         if (count < 0) return -1;                                                                        \
-        int64_t total = 0;                                                                               \
-        for (int64_t i = 0; i < n; i++) total += per_model[i] * models[i];                               \
-        int nt = threads_for(total, nthreads);                                                           \
         const sgd_##T fn = SGD_LOOPS_##T[variant][form];                                                 \
         _Pragma("omp parallel for schedule(static) num_threads(nt) if (nt > 1)")                        \
         for (int64_t c = 0; c < count; c++) {                                                            \

@@ -647,6 +647,7 @@ def native_moments(spec: Spec, params, grads, states, hp, pp):
     """
     n, k = len(params), _models(spec, params)
     grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
+    pp["grad"] = grads  # the update reads them again: copy a non-contiguous one once
     v, vmax = states["exp_avg_sq"], states.get("max_exp_avg_sq") or [None] * n
     carried = [None if spec.amsgrad else _carried_sum(t) for t in v]
     modes = [2 if spec.amsgrad else (0 if c is not None else 1) for c in carried]
