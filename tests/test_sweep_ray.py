@@ -17,6 +17,8 @@ import time
 
 import pytest
 import ray
+from test_sweep_integration import SPEC as TINY_SPEC
+from test_sweep_runner import SPEC as SMALL_SPEC
 
 from decaylab.sweep import Store, SweepAborted, load_spec, run_sweep
 from decaylab.sweep.cli import main as sweep_cli
@@ -25,41 +27,8 @@ from decaylab.sweep.store import process_alive
 from decaylab.sweep.testing import FakeTrainer, fake_metrics
 from decaylab.train import TrainConfig
 
-REAL = """
-name = "tiny"
-[base]
-dataset = "mnist1d"
-model = "mlp"
-steps = 12
-batch_size = 64
-eval_every = 6
-schedule = "cosine"
-[grid]
-lr = [3e-3, 1e-2]
-weight_decay = [0.0, 0.1]
-[[methods]]
-label = "AdamW (torch)"
-decay = "decoupled"
-[[methods]]
-label = "ProxAdam"
-decay = "prox"
-"""  # 2 methods × 4 runs of the real trainer, 12 steps each
-
-FAKE = """
-name = "fake"
-[base]
-epochs = 1
-[grid]
-lr = { log = [1e-3, 1e-1], num = 3 }
-weight_decay = [0.0, 0.1]
-seed = [0, 1]
-[[methods]]
-label = "A"
-decay = "decoupled"
-[[methods]]
-label = "B"
-decay = "l2"
-"""  # 2 methods × 12 runs for FakeTrainer (the real TrainConfig, never trained)
+REAL = TINY_SPEC  # 2 methods × 4 runs of the real trainer, 12 steps each
+FAKE = SMALL_SPEC.replace('name = "small"', 'name = "fake"')  # 2 methods × 12 runs for FakeTrainer (never trained)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -36,21 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA", "Run", "SweepData", "load_sweep", "load_curves", "sweep_names"]
+from decaylab._store_schema import SCHEMA, STATUSES
 
-#: The store's schema as the contract states it (tests build stores with it).
-SCHEMA = """
-CREATE TABLE runs (
-  id INTEGER PRIMARY KEY, sweep TEXT NOT NULL, key TEXT NOT NULL,
-  config TEXT NOT NULL,
-  label TEXT NOT NULL,
-  status TEXT NOT NULL CHECK (status IN ('pending','running','done','failed')),
-  final TEXT,
-  error TEXT, started REAL, finished REAL, UNIQUE (sweep, key));
-CREATE TABLE curves (run_id INTEGER NOT NULL REFERENCES runs(id), step INTEGER NOT NULL,
-  metric TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (run_id, step, metric));
-CREATE TABLE sweeps (name TEXT PRIMARY KEY, spec TEXT NOT NULL, created REAL NOT NULL);
-"""
+__all__ = ["SCHEMA", "Run", "SweepData", "load_sweep", "load_curves", "sweep_names"]
 
 # Columns the report reads; a table missing one of them is not a decaylab store.
 _REQUIRED = {
@@ -58,7 +46,6 @@ _REQUIRED = {
     "curves": {"run_id", "step", "metric", "value"},
     "sweeps": {"name", "spec", "created"},
 }
-STATUSES = ("pending", "running", "done", "failed")
 
 
 @dataclass(frozen=True)

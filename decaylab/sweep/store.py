@@ -36,25 +36,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from decaylab._store_schema import SCHEMA, STATUSES
+
 __all__ = ["Store", "SCHEMA", "STATUSES"]
 
-STATUSES = ("pending", "running", "done", "failed")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-  id INTEGER PRIMARY KEY, sweep TEXT NOT NULL, key TEXT NOT NULL,
-  config TEXT NOT NULL,
-  label TEXT NOT NULL,
-  status TEXT NOT NULL CHECK (status IN ('pending','running','done','failed')),
-  final TEXT,
-  error TEXT, started REAL, finished REAL, UNIQUE (sweep, key));
-CREATE TABLE IF NOT EXISTS curves (run_id INTEGER NOT NULL REFERENCES runs(id), step INTEGER NOT NULL,
-  metric TEXT NOT NULL, value REAL NOT NULL, PRIMARY KEY (run_id, step, metric));
-CREATE TABLE IF NOT EXISTS sweeps (name TEXT PRIMARY KEY, spec TEXT NOT NULL, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS leases (run_id INTEGER PRIMARY KEY REFERENCES runs(id), host TEXT NOT NULL,
-  pid INTEGER NOT NULL, proc_start INTEGER, heartbeat REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS runs_by_status ON runs (sweep, status);
-"""
 RUNS_COLUMNS = ("id", "sweep", "key", "config", "label", "status", "final", "error", "started", "finished")
 BUSY_TIMEOUT_S = 60.0
 STALE_AFTER_S = 600.0
