@@ -316,6 +316,59 @@ def test_native_with_an_empty_parameter(form):
     assert_same(*runs["reference"], *runs["native"])
 
 
+# Lengths that reach every part of the pre-pass's sum: below one 512-block, whole blocks, the four
+# interleaved quarters (from 2048 elements) with a block and a scalar tail after them, more than one
+# chunk (65536 elements) with a partial last one.
+SUM_LENGTHS = (1, 37, 511, 512, 2047, 2048, 2085, 5000, 65536, 67621, 200_003)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pre_pass_sums_every_square_once(dtype):
+    """Σg² of the stable form's pre-pass, called directly: exact on small integers (every partial sum is
+    representable), so an element skipped or counted twice anywhere shows."""
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randint(-7, 8, (n,), generator=gen).to(dtype) for n in SUM_LENGTHS]
+    grads.append(torch.randint(-7, 8, (3, 4099), generator=gen).to(dtype))  # 3 stacked models
+    models = [1] * len(SUM_LENGTHS) + [3]
+    n = len(grads)
+    ptrs = (ctypes.c_void_p * (3 * n))()
+    ptrs[0::3] = [g.data_ptr() for g in grads]
+    per_model = (ctypes.c_int64 * n)(*(g.numel() // k for g, k in zip(grads, models, strict=True)))
+    rows_out = list(itertools.accumulate([0, *models[:-1]]))
+    sums = (ctypes.c_double * sum(models))()
+    coef = (ctypes.c_double * native.NCOEF)(1.0, 1.0, 0.1, 0.999, 0.001, 1e-8, 1.0)
+    fn = kernels._native_fn("sums", dtype)
+    for threads in (1, 2):
+        status = fn(n, ptrs, per_model, (ctypes.c_int64 * n)(*models), (ctypes.c_int64 * n)(*([0] * n)), coef,
+                    (ctypes.c_int * n)(*([0] * n)), sums, (ctypes.c_int64 * n)(*rows_out), threads)
+        assert status == 0
+        want = [int((g.long() ** 2).sum()) for g in grads[:-1]]
+        want += [int((row.long() ** 2).sum()) for row in grads[-1]]
+        assert list(sums) == want, threads
+        for i in range(len(sums)):
+            sums[i] = 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_stable_on_long_tensors_equals_reference(dtype):
+    """The stable form on tensors long enough for every part of the pre-pass and for several chunks."""
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(n, generator=gen, dtype=dtype) for n in (67621, 5000, 2085, 37)]
+    grads = [[torch.randn(w.shape, generator=gen, dtype=dtype) for w in start] for _ in range(3)]
+    runs = {}
+    for backend in ("reference", "native"):
+        ps = [torch.nn.Parameter(w.clone()) for w in start]
+        opt = Adam(ps, lr=0.01, weight_decay=0.5, decay="stable", backend=backend)
+        for step_grads in grads:
+            for p, g in zip(ps, step_grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        runs[backend] = (opt, ps)
+    # float32: both paths sum in float64, in another order, and the mean enters a float32 step
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float32 else {}
+    assert_same(*runs["reference"], *runs["native"], **tol)
+
+
 # --------------------------------------------------------------------------- SGD
 
 

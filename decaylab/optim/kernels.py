@@ -443,7 +443,9 @@ def _carry_sum(v: Tensor, total: list[float]) -> None:
     if len(_V_SUMS) > 4096:  # drop the entries of tensors that are gone
         for key in [k for k, e in _V_SUMS.items() if e[0]() is None]:
             del _V_SUMS[key]
-    _V_SUMS[id(v)] = (weakref.ref(v), v._version, total)
+    entry = _V_SUMS.get(id(v))
+    ref = entry[0] if entry is not None and entry[0]() is v else weakref.ref(v)
+    _V_SUMS[id(v)] = (ref, v._version, total)
 
 
 def _sum_of_squares(g: Tensor) -> Tensor:
@@ -557,6 +559,18 @@ def _native_models(spec: Spec, hp, k: int, decay: list[float] | None = None):
     return (ctypes.c_double * k).from_buffer(lr_a), (ctypes.c_double * k).from_buffer(dec_a)
 
 
+def _native_layout(spec: Spec, params, hp, pp):
+    """The coefficient table and the bucket's sizes for ``_native.c``: ``coef, (per_model, models, rows)``.
+
+    Made once per bucket and step (kept in ``pp``: the stable form's pre-pass and update share it).
+    """
+    layout = pp.get("_native_layout")
+    if layout is None:
+        coef, rows = _native_rows(spec, hp, pp)
+        layout = pp["_native_layout"] = (coef, _native_sizes(spec, params, rows))
+    return layout
+
+
 def _native_sizes(spec: Spec, params, rows):
     n, k = len(params), _models(spec, params)
     per_model = (ctypes.c_int64 * n)(*(p.numel() // k for p in params))
@@ -579,9 +593,9 @@ def _native_call(spec: Spec, params, grads, states, hp, pp, decay=None) -> None:
     ptrs[2::5] = [t.data_ptr() for t in m]
     ptrs[3::5] = [t.data_ptr() for t in v]
     ptrs[4::5] = [None if t is None else t.data_ptr() for t in vmax]
-    coef, rows = _native_rows(spec, hp, pp)
+    coef, sizes = _native_layout(spec, params, hp, pp)
     status = _native_fn("adam", params[0].dtype)(
-        n, ptrs, *_native_sizes(spec, params, rows), coef, *_native_models(spec, hp, k, decay),
+        n, ptrs, *sizes, coef, *_native_models(spec, hp, k, decay),
         native.FORMS.index(spec.form), int(spec.amsgrad), torch.get_num_threads())
     if status != 0:
         raise MemoryError("decaylab's native Adam step could not allocate its work list")
@@ -655,23 +669,24 @@ def native_moments(spec: Spec, params, grads, states, hp, pp):
     ptrs[0::3] = [t.data_ptr() for t in grads]
     ptrs[1::3] = [t.data_ptr() for t in v]
     ptrs[2::3] = [None if t is None else t.data_ptr() for t in vmax]
-    coef, rows = _native_rows(spec, hp, pp)
+    coef, sizes = _native_layout(spec, params, hp, pp)
     sums = (ctypes.c_double * (n * k))()
     status = _native_fn("sums", params[0].dtype)(
-        n, ptrs, *_native_sizes(spec, params, rows), coef, (ctypes.c_int * n)(*modes), sums,
+        n, ptrs, *sizes, coef, (ctypes.c_int * n)(*modes), sums,
         (ctypes.c_int64 * n)(*range(0, n * k, k)), torch.get_num_threads())
     if status != 0:
         raise MemoryError("decaylab's native pre-pass could not allocate its work list")
     beta2 = float(hp["beta2"])
-    c2 = [float(c) for c in pp["inv_bias_correction2_sqrt"]]
+    c2 = {id(c): float(c) for c in pp["inv_bias_correction2_sqrt"]}  # one per distinct step count
     totals = [0.0] * k
     new = []
-    for i in range(n):
-        row = list(sums[i * k:(i + 1) * k])
-        if modes[i] == 0:
-            row = [beta2 * before + (1 - beta2) * gg for before, gg in zip(carried[i], row, strict=True)]
+    for i, (c, before) in enumerate(zip(pp["inv_bias_correction2_sqrt"], carried, strict=True)):
+        row = sums[i * k:(i + 1) * k]
+        if before is not None:  # mode 0: the pre-pass summed g²
+            row = [beta2 * b + (1 - beta2) * gg for b, gg in zip(before, row, strict=True)]
         new.append(row)
-        totals = [t + x * c2[i] * c2[i] for t, x in zip(totals, row, strict=True)]
+        cc = c2[id(c)]
+        totals = [t + x * cc * cc for t, x in zip(totals, row, strict=True)]
     pp["_v_sums"] = None if spec.amsgrad else new
     return torch.tensor(totals if spec.stacked else totals[0], dtype=torch.float64)
 

@@ -45,8 +45,12 @@ def local_shard(t: Tensor) -> Tensor:
 
 
 def local_shards(params: Sequence[Tensor], grads: Sequence[Tensor], states: dict[str, list[Tensor]]):
-    """:func:`local_shard` of a bucket's parameters, gradients and state lists."""
-    if not any(is_dtensor(p) for p in params):
+    """:func:`local_shard` of a bucket's parameters, gradients and state lists.
+
+    A bucket holds either only DTensors or none (the optimizer buckets by :func:`shard_key`), so its
+    first parameter answers for all.
+    """
+    if not params or not is_dtensor(params[0]):
         return params, grads, states
     return (
         [local_shard(p) for p in params],
