@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from decaylab.report.store import Run, load_curves, load_sweep
+
 MIN_SEEDS = 3
 
 
@@ -88,20 +90,9 @@ def _json(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-@dataclass(frozen=True)
-class Run:
-    id: int
-    label: str
-    config: dict[str, Any]
-    final: dict[str, Any]
-
-
 def finished_runs(store_path: str | Path, sweep: str) -> list[Run]:
     """The sweep's finished runs (status ``done``)."""
-    from decaylab.report.store import load_sweep
-
-    data = load_sweep(store_path, sweep)
-    return [Run(r.id, r.label, r.config, r.final) for r in data.runs]
+    return load_sweep(store_path, sweep).runs
 
 
 def by_cell(runs: Sequence[Run], key: Callable[[Run], Any]) -> dict[Any, list[Run]]:
@@ -113,8 +104,6 @@ def by_cell(runs: Sequence[Run], key: Callable[[Run], Any]) -> dict[Any, list[Ru
 
 
 def curves_of(store_path: str | Path, runs: Sequence[Run]) -> dict[int, dict[str, list[tuple[int, float]]]]:
-    from decaylab.report.store import load_curves
-
     return load_curves(store_path, [r.id for r in runs])
 
 
