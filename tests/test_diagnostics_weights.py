@@ -34,14 +34,7 @@ from decaylab.diagnostics.weights import (
 from decaylab.optim import SGD, SGDW, Adam, AdamW
 from decaylab.schedules import EarlyDecay
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest (and most reproducibly) on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(dtype=torch.float64, seed=0) -> nn.Module:

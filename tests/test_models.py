@@ -59,13 +59,8 @@ PARAMETER_COUNTS = {
 NO_BN = ("resnet20-nobn", "preact-resnet18-nobn", "vgg16")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions are dominated by thread start-up; one thread keeps this file fast and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small convolutions are dominated by thread start-up: one thread keeps this file fast and steady.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def example_input(name: str, batch: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:

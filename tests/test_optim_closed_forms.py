@@ -32,13 +32,7 @@ LAM = {"lr": 0.3, "schedule": 0.3, "corrected": 0.3, "constant": 0.01}
 ADAM_EUCLID_EPS = 0.5  # D_t = ε with v = 0: a large ε keeps s_t·λ/ε well inside (0, 1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronization (and contention on a busy CI box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 DIRECTIONS = {

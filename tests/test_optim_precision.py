@@ -22,14 +22,9 @@ LR, LAM, STEPS = 1e-3, 0.1, 1000
 EXPECTED = (1 - LR * LAM) ** STEPS  # 0.9048...
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These (256, 256) steps are above torch's intra-op grain size; on a busy 2-core machine two
-    spinning OpenMP threads make them 20x slower than one thread. Results do not depend on it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# These (256, 256) steps are above torch's intra-op grain size; on a busy 2-core machine two
+# spinning OpenMP threads make them 20x slower than one thread. Results do not depend on it.
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def initial_weights(dtype: torch.dtype, shape=(256, 256)) -> torch.Tensor:

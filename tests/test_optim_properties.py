@@ -17,13 +17,7 @@ SETTINGS = settings(max_examples=25, deadline=None, database=None)
 BACKENDS = ("reference", "foreach")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add synchronization (and contention on a busy CI box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def logistic_problem(seed: int, n: int = 24, d: int = 5):

@@ -19,12 +19,7 @@ from decaylab.train import RunResult, TrainConfig, train
 MINE = ("decoupling", "early-decay", "scale-free")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------- registry and CLI

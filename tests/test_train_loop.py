@@ -10,13 +10,7 @@ from decaylab.diagnostics import WeightNorm
 from decaylab.train import TrainConfig, train, train_stacked
 from decaylab.train.data import build_model
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_data(shape=(40,), n=64, n_test=32, classes=4, seed=0, dtype=torch.float32) -> TensorData:

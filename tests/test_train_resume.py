@@ -12,12 +12,7 @@ from decaylab.train import TrainConfig, train, train_stacked
 N = 7  # steps between checkpoints; the epoch is 4 steps, so the checkpoint falls mid-epoch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_data(shape=(40,)) -> TensorData:
