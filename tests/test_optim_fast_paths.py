@@ -321,7 +321,7 @@ def test_plain_sgd_l2_equals_decoupled():
         assert_close(pa, pb, **TOL)
 
 
-def test_compiled_hyperparameters_not_taken_from_another_graph(monkeypatch):
+def test_compiled_hyperparameters_not_taken_from_another_graph():
     """Optimizers that differ only in beta2 or eps, compiled one after the other in one process.
 
     With torch's default caches each must still use its own hyperparameters. (Regression: when
@@ -329,9 +329,6 @@ def test_compiled_hyperparameters_not_taken_from_another_graph(monkeypatch):
     its first value into ``β2 ** step``; the FX graph cache, keyed on the graph without that value,
     then gave the second optimizer the first one's bias correction, off by 10x for β2 = 0.99.)
     """
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", True)
-    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", True)
-
     def factory(backend, betas, eps):
         def make(groups_params):
             return Adam([{"params": ps} for ps in groups_params], lr=LRS[0], betas=betas, eps=eps,
@@ -341,8 +338,15 @@ def test_compiled_hyperparameters_not_taken_from_another_graph(monkeypatch):
 
     # Start from a clean dynamo state and an empty cache (as a fresh process on a fresh machine
     # does): what earlier compiles leave behind can change how dynamo treats float arguments.
+    # torch's caches switched on the way torch's config modules intend: their own ``patch`` context
+    # managers restore every entry on exit. (monkeypatch.setattr on a config module is not undone
+    # cleanly: with pytest 9 it left ``enable_autograd_cache`` hidden for the rest of the process.)
     torch._dynamo.reset()
-    with fresh_cache():
+    with (
+        torch._inductor.config.patch(fx_graph_cache=True),
+        torch._functorch.config.patch(enable_autograd_cache=True),
+        fresh_cache(),
+    ):
         # eps = 3e-8 and 1e-3 keep these specs apart from every other test's compiled graphs.
         for betas, eps in (((0.9, 0.999), 3e-8), ((0.9, 0.99), 3e-8), ((0.9, 0.99), 1e-3)):
             ref_opt, ref_params = run(factory("reference", betas, eps), [make_params()[0]])
