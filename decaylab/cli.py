@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--stack", type=_positive_int("--stack"), default=24, help="runs trained together (default 24)")
     demo.add_argument("--processes", type=_positive_int("--processes"), default=None,
                       help="training processes side by side, one torch thread each (default: one per core, up to 4)")
+    from .advise import add_cli as add_advise_cli
     from .report.cli import add_cli as add_report_cli
     from .reproduce.cli import add_cli as add_reproduce_cli
     from .sweep.cli import add_cli as add_sweep_cli
@@ -71,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_cli(sub)
     add_report_cli(sub)
     add_reproduce_cli(sub)
+    add_advise_cli(sub)
     return parser
 
 
