@@ -13,5 +13,6 @@ from . import scale_free  # noqa: E402,F401
 from . import overtraining  # noqa: F401,E402  (registers itself)
 from . import undertraining  # noqa: F401,E402  (registers itself)
 from . import bf16  # noqa: F401,E402  (registers itself)
+from . import timescale  # noqa: F401,E402  (registers itself)
 
 __all__ = ["REGISTRY", "SCALES", "Reproduction", "Verdict", "describe", "get", "register"]
