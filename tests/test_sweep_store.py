@@ -128,11 +128,12 @@ def test_finish_writes_final_and_curves(tmp_path):
     run, other = store.claim("s", 2, group=first_group)
     curves = [{"step": 0, "test_loss": 2.3, "lr": 0.1}, {"step": 5, "test_loss": float("nan"), "test_acc": None},
               {"step": 5, "test_loss": 1.0, "lr": 0.05}]  # a later point at the same step wins
-    assert store.finish(run["id"], {"test_acc": 0.8, "test_loss": float("inf")}, curves)
+    # a non-finite metric that is not a loss (a diverged run's loss nulls every metric: test_hostile_report)
+    assert store.finish(run["id"], {"test_acc": 0.8, "grad_norm": float("inf")}, curves)
     done = store.runs(status="done")[0]
-    assert done["final"]["test_acc"] == 0.8 and math.isnan(done["final"]["test_loss"])
+    assert done["final"]["test_acc"] == 0.8 and math.isnan(done["final"]["grad_norm"]) and done["diverged"] is None
     assert json.loads(sqlite3.connect(store.path).execute("SELECT final FROM runs WHERE id = ?", (run["id"],))
-                      .fetchone()[0]) == {"test_acc": 0.8, "test_loss": None}  # strict JSON in the file
+                      .fetchone()[0]) == {"test_acc": 0.8, "grad_norm": None}  # strict JSON in the file
     assert store.curves(run["id"]) == {"lr": [(0, 0.1), (5, 0.05)], "test_loss": [(0, 2.3), (5, 1.0)]}
     assert done["finished"] >= done["started"] > 0
     assert not store.finish(run["id"], {"test_acc": 0.1}, curves)  # done exactly once

@@ -6,17 +6,22 @@
 ::
 
     decaylab sweep SPEC.toml [--store PATH] [--stack K | --no-stack] [--limit N] [--retry-failed] [--quiet]
-                             [--backend {local,ray}] [--address ADDR] [--workers N]
+                             [--yes] [--allow-spec-change] [--backend {local,ray}] [--address ADDR] [--workers N]
     decaylab status STORE [--sweep NAME]
+
+Exit status: 0; 1 when a run of the spec is left failed (or the sweep stopped); 2 for bad input (a
+spec, a store, an argument), with one line that names it; 130 when interrupted (Ctrl-C or SIGTERM).
+``status`` opens the store read-only and never changes it.
 """
 from __future__ import annotations
 
 import argparse
 import signal
+import sqlite3
 import sys
 from typing import Any
 
-__all__ = ["add_cli", "main", "DEFAULT_STORE"]
+__all__ = ["add_cli", "main", "DEFAULT_STORE", "Terminated"]
 
 from ..cli import _positive_int  # the one positive-int argument parser of the CLI
 
@@ -36,7 +41,8 @@ def add_cli(subparsers: Any) -> None:
     sweep.add_argument("spec", metavar="SPEC",
                        help="the sweep spec: a .toml file, or the name of a checked-in spec (e.g. demo)")
     sweep.add_argument("--store", default=DEFAULT_STORE, metavar="PATH",
-                       help=f"the SQLite store the runs go to (default {DEFAULT_STORE}; created if missing)")
+                       help=f"the SQLite store the runs go to (default {DEFAULT_STORE}; created if missing or an "
+                            "empty file; any other file must be a decaylab store)")
     how = sweep.add_mutually_exclusive_group()
     how.add_argument("--stack", type=_positive_int("--stack"), default=DEFAULT_STACK, metavar="K",
                      help=f"train up to K runs at once as one stacked model (default {DEFAULT_STACK})")
@@ -47,6 +53,12 @@ def add_cli(subparsers: Any) -> None:
                        help="local backend: train in N processes on this store, one torch thread each (default 1)")
     sweep.add_argument("--retry-failed", action="store_true", help="train the runs that failed before again")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.add_argument("--yes", action="store_true",
+                       help="confirm a large sweep (more runs than a sweep may start unasked; the spec may confirm "
+                            "its own size with max_runs)")
+    sweep.add_argument("--allow-spec-change", action="store_true",
+                       help="accept a spec that labels runs the store holds under this sweep's name differently "
+                            "(a renamed method): trained runs keep their labels, pending ones take the new ones")
     sweep.add_argument("--backend", choices=("local", "ray"), default="local",
                        help="where the runs train: in this process (local, the default) or as Ray tasks, one "
                             "group of stacked runs per task (ray; pip install 'decaylab[ray]'). The store "
@@ -73,12 +85,17 @@ def _error(command: str, message: Any) -> int:
     return 2
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it stops as after Ctrl-C (and can say which)."""
+
+
 def _stop_on_sigterm() -> Any:
     """Make SIGTERM (a cluster scheduler's or ``kill``'s) stop a sweep like Ctrl-C, so the runs in
-    flight go back to pending at once; returns the previous handler (None if it could not be set)."""
+    flight go back to pending at once (it raises :class:`Terminated`, a ``KeyboardInterrupt``);
+    returns the previous handler (None if it could not be set)."""
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     try:
         return signal.signal(signal.SIGTERM, interrupt)
@@ -86,10 +103,15 @@ def _stop_on_sigterm() -> Any:
         return None
 
 
+def stopped_how(error: KeyboardInterrupt) -> str:
+    """``"interrupted by SIGTERM"`` or ``"interrupted"`` (Ctrl-C), for the message a command prints."""
+    return "interrupted by SIGTERM" if isinstance(error, Terminated) else "interrupted"
+
+
 def run_sweep_command(args: argparse.Namespace) -> int:
     from .runner import SweepAborted, run_sweep
     from .spec import find_spec, load_spec
-    from .store import Store
+    from .store import Store, describe_error
 
     backend = getattr(args, "backend", "local")
     if backend != "ray":
@@ -108,20 +130,24 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         store = Store(args.store)
     except (OSError, ValueError) as error:
         return _error("sweep", f"--store {args.store}: {error}")
+    except sqlite3.DatabaseError as error:
+        return _error("sweep", describe_error(args.store, error))
     stack = 1 if args.no_stack else args.stack
     previous = _stop_on_sigterm()
     where = "" if backend == "local" else f", on Ray ({args.address or 'a local instance'})"
     print(f"sweep {spec.name!r}: {len(spec)} runs ({len(spec.methods)} methods), stack {stack}, store {args.store}"
           f"{where}", file=sys.stderr)
     try:
+        confirm = {"yes": getattr(args, "yes", False), "allow_spec_change": getattr(args, "allow_spec_change", False)}
         if backend == "ray":
             from .ray_backend import run_sweep_ray
 
             summary = run_sweep_ray(spec, store, address=args.address, workers=args.workers, stack=stack,
-                                    limit=args.limit, retry_failed=args.retry_failed, progress=not args.quiet)
+                                    limit=args.limit, retry_failed=args.retry_failed, progress=not args.quiet,
+                                    **confirm)
         else:
             summary = run_sweep(spec, store, stack=stack, limit=args.limit, retry_failed=args.retry_failed,
-                                progress=not args.quiet, processes=getattr(args, "processes", 1))
+                                progress=not args.quiet, processes=getattr(args, "processes", 1), **confirm)
     except ModuleNotFoundError as error:
         if backend != "ray" or not str(error).startswith("the Ray backend"):
             raise
@@ -130,32 +156,42 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         if backend != "ray":
             raise
         return _error("sweep", f"--address {args.address}: {error}")
-    except KeyboardInterrupt:
-        print(f"interrupted: the runs in flight went back to pending; every finished run is kept in {args.store}. "
-              "Run the same command again to go on.", file=sys.stderr)
+    except KeyboardInterrupt as error:
+        print(f"{stopped_how(error)}: the runs in flight went back to pending; every finished run is kept in "
+              f"{args.store}. Run the same command again to go on.", file=sys.stderr)
         return 130
     except SweepAborted as error:
         print(f"decaylab sweep: stopped: {error}", file=sys.stderr)
         return 1
+    except sqlite3.DatabaseError as error:  # a store damaged or made unwritable under the sweep
+        return _error("sweep", describe_error(args.store, error))
+    except ValueError as error:  # the runs cannot train here, a relabelling spec, an unconfirmed large sweep
+        return _error("sweep", error)
     finally:
         store.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     print(summary, file=sys.stderr)
     print(f"progress: decaylab status {args.store}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    return 1 if summary.left_failed else 0
 
 
 def status_command(args: argparse.Namespace) -> int:
     from .status import format_status
-    from .store import Store
+    from .store import Store, describe_error
 
-    try:
-        store = Store(args.store, create=False)
+    try:  # read-only: a reader never changes the file (not even to a store, not even its journal mode)
+        store = Store(args.store, readonly=True)
     except (OSError, ValueError) as error:
         return _error("status", f"STORE: {error}")
+    except sqlite3.DatabaseError as error:
+        return _error("status", describe_error(args.store, error))
     try:
         print(format_status(store, args.sweep))
+    except ValueError as error:  # a row a store cannot hold (an unknown status, a config that is not JSON)
+        return _error("status", f"STORE {args.store}: {error}")
+    except sqlite3.DatabaseError as error:
+        return _error("status", describe_error(args.store, error))
     finally:
         store.close()
     return 0

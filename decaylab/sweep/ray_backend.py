@@ -41,23 +41,27 @@ from .runner import (
     DEFAULT_STACK,
     HEARTBEAT_EVERY_S,
     MAX_FAILED_GROUPS_IN_A_ROW,
+    WRITE_RETRY_S,
     SweepSummary,
     _aborted,
     _check_arguments,
     _check_count,
     _claim,
+    _confirm,
     _count,
     _describe,
     _fail_group,
     _Heartbeat,
+    _preflight,
     _progress_bar,
     _register,
+    _summary,
     _trainers,
     _write_results,
     train_group,
 )
 from .spec import Spec, load_spec
-from .store import Store
+from .store import MAX_DEATHS, Store
 
 __all__ = ["run_sweep_ray", "check_reachable", "DEFAULT_MAX_RETRIES"]
 
@@ -169,12 +173,18 @@ def run_sweep_ray(
     progress: bool = True,
     heartbeat_every: float = HEARTBEAT_EVERY_S,
     max_failed_groups: int = MAX_FAILED_GROUPS_IN_A_ROW,
+    yes: bool = False,
+    allow_spec_change: bool = False,
+    max_deaths: int = MAX_DEATHS,
+    write_retry_s: float = WRITE_RETRY_S,
 ) -> SweepSummary:
     """Train every run of ``spec`` not yet done in ``store`` on Ray workers; returns a :class:`SweepSummary`.
 
     ``spec``, ``store``, ``stack``, ``limit``, ``retry_failed``, ``train_fn``, ``train_stacked_fn``,
-    ``progress``, ``heartbeat_every`` and ``max_failed_groups`` are as in :func:`run_sweep`; the
-    trainers are pickled to the workers (decaylab must be installed there).
+    ``progress``, ``heartbeat_every``, ``max_failed_groups``, ``yes``, ``allow_spec_change``,
+    ``max_deaths`` and ``write_retry_s`` are as in :func:`run_sweep`; the trainers are pickled to the
+    workers (decaylab must be installed there). The runs are checked on the driver before any task
+    starts (a dataset that only the workers have is left to them).
 
     ``address``: the Ray cluster to join (``"auto"``, ``"HOST:6379"`` on a cluster node, or
     ``"ray://HOST:10001"`` through Ray Client); None: the Ray instance this process is already
@@ -205,6 +215,9 @@ def run_sweep_ray(
                          f"got {address!r}")
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
+    seconds = (_preflight(spec, stack, 1, data_required=False)
+               if train_fn is None and train_stacked_fn is None else None)
+    _confirm(spec, yes, seconds)
     train_fn, train_stacked_fn = _trainers(stack, train_fn, train_stacked_fn)
     ray = _import_ray()
     own_store = not isinstance(store, Store)
@@ -213,7 +226,7 @@ def run_sweep_ray(
     own_ray = False
     started = time.time()
     try:
-        configs, stack_keys = _register(spec, store, retry_failed)
+        configs, stack_keys = _register(spec, store, retry_failed, allow_spec_change, max_deaths)
         own_ray = _connect(ray, address)
         num_gpus, workers = _task_resources(ray, num_cpus, num_gpus, workers)
         task = ray.remote(_train_on_worker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
@@ -222,7 +235,7 @@ def run_sweep_ray(
         bar = _progress_bar(spec.name, total=len(configs), initial=skipped, enabled=progress)
         heartbeat = _Heartbeat(store.path, heartbeat_every)
         in_flight: dict[Any, list[dict]] = {}  # task's ObjectRef -> its claimed runs
-        trained = failed = failed_groups = 0
+        trained = failed = failed_groups = diverged = 0
         try:
             while True:
                 while len(in_flight) < workers:  # top up: one group per free worker
@@ -230,7 +243,7 @@ def run_sweep_ray(
                     if limit is not None and trained + failed + flying >= limit:
                         break
                     want = stack if limit is None else min(stack, limit - trained - failed - flying)
-                    store.requeue_stale(spec.name)
+                    store.requeue_stale(spec.name, max_deaths=max_deaths)
                     group = _claim(store, spec.name, want, configs, stack_keys)
                     if not group:
                         break
@@ -247,12 +260,14 @@ def run_sweep_ray(
                     results = ray.get(ready)
                 except Exception as error:  # the trainer raised, or the worker died max_retries + 1 times
                     cause, text = _error_parts(error)
-                    ok, bad, message = _fail_group(store, group, cause, bar, text=text)
+                    ok, bad, message = _fail_group(store, group, cause, bar, text=text, write_retry_s=write_retry_s)
+                    div = 0
                 else:
-                    ok, bad, message = _write_results(store, group, [configs[run["key"]][1] for run in group],
-                                                      results, bar)
+                    ok, bad, message, div = _write_results(store, group, [configs[run["key"]][1] for run in group],
+                                                           results, bar, write_retry_s)
                 trained += ok
                 failed += bad
+                diverged += div
                 failed_groups = failed_groups + 1 if bad and not ok else 0
                 bar.update(max(0, _count(store, spec.name, configs, ("done",)) - bar.n))
                 if failed_groups >= max_failed_groups:
@@ -266,9 +281,11 @@ def run_sweep_ray(
                         ray.cancel(ref)
                     except Exception:  # already finished or gone: nothing to stop
                         pass
-                store.release(run["id"] for group in in_flight.values() for run in group)
-        remaining = _count(store, spec.name, configs, ("pending", "running"))
-        return SweepSummary(spec.name, len(configs), skipped, trained, failed, remaining, time.time() - started)
+                try:
+                    store.release(run["id"] for group in in_flight.values() for run in group)
+                except Exception:  # the store cannot be written: the runs go back as stale ones
+                    pass
+        return _summary(store, spec, configs, skipped, trained, failed, diverged, started)
     finally:
         if own_ray:
             ray.shutdown()

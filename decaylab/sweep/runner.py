@@ -12,7 +12,14 @@ and writes every finished run at once. So:
   N cores that is faster than one process with N threads for the small models of a sweep);
 - an exception in one group marks that group's runs ``failed`` (with the traceback) and the
   sweep goes on; ``KeyboardInterrupt`` puts the group back to ``pending`` and stops. Finished
-  runs are never lost. Failed runs are retried with ``retry_failed=True``.
+  runs are never lost. Failed runs are retried with ``retry_failed=True``;
+- a run whose process dies ``max_deaths`` times (killed by the out-of-memory killer, say) is
+  marked ``failed`` with that reason, not trained again for ever; before anything trains, the
+  default trainer's runs are checked (:func:`decaylab.train.preflight.check_runs`: the data loads,
+  a batch fits its dataset, a group of stacked runs fits in memory);
+- a result the store cannot take at once (a full disk) is kept in memory and written again, for up
+  to ``write_retry_s`` seconds; a sweep of more than :data:`~decaylab.sweep.spec.CONFIRM_RUNS`
+  runs needs ``yes=True`` (or ``max_runs`` in its spec).
 """
 from __future__ import annotations
 
@@ -30,14 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .spec import Spec, load_spec
-from .store import Store
+from decaylab._store_schema import divergence
 
-__all__ = ["run_sweep", "SweepSummary", "SweepAborted", "DEFAULT_STACK", "default_processes"]
+from .spec import CONFIRM_RUNS, Spec, load_spec
+from .status import format_duration
+from .store import MAX_DEATHS, Store, is_transient
+
+__all__ = ["run_sweep", "SweepSummary", "SweepAborted", "SweepTooLarge", "DEFAULT_STACK", "default_processes"]
 
 DEFAULT_STACK = 16
 HEARTBEAT_EVERY_S = 30.0
 MAX_FAILED_GROUPS_IN_A_ROW = 3
+WRITE_RETRY_S = 600.0  # how long a trained result waits in memory for the store to take it
+_FIRST_RETRY_DELAY_S = 1.0  # then doubling, up to a minute
 
 
 def default_processes(limit: int = 4) -> int:
@@ -47,15 +59,24 @@ def default_processes(limit: int = 4) -> int:
 
 
 class SweepAborted(RuntimeError):
-    """Several groups in a row failed: the trainer or the spec is broken, so the sweep stops
-    (finished runs are kept; the failed ones are retried with ``retry_failed=True``)."""
+    """Several groups in a row failed (the trainer or the spec is broken), or the store could not be
+    written for ``write_retry_s`` seconds, so the sweep stops (finished runs are kept; the failed
+    ones are retried with ``retry_failed=True``)."""
+
+
+class SweepTooLarge(ValueError):
+    """A sweep of more than :data:`~decaylab.sweep.spec.CONFIRM_RUNS` runs without a confirmation."""
 
 
 @dataclass
 class SweepSummary:
     """What one :func:`run_sweep` call did: runs in the spec (``total``), done before it started
-    (``skipped``), trained now (``trained``), failed now (``failed``), left pending or running
-    elsewhere (``remaining``), and its wall time."""
+    (``skipped``), trained now (``trained``, of which ``diverged`` diverged), failed now
+    (``failed``), done meanwhile by other processes (``by_others``), left failed from before
+    (``failed_before``: earlier sweeps, other processes, runs whose process died too often), left
+    pending or running elsewhere (``remaining``), and its wall time. Every run of the spec is in
+    exactly one of ``skipped``, ``trained``, ``by_others``, ``failed``, ``failed_before`` and
+    ``remaining``."""
 
     sweep: str
     total: int
@@ -64,10 +85,22 @@ class SweepSummary:
     failed: int
     remaining: int
     wall_s: float
+    failed_before: int = 0
+    by_others: int = 0
+    diverged: int = 0
+
+    @property
+    def left_failed(self) -> int:
+        """Runs of the spec that are failed now (``decaylab sweep`` then exits with status 1)."""
+        return self.failed + self.failed_before
 
     def __str__(self) -> str:
-        return (f"sweep {self.sweep!r}: {self.trained} trained, {self.failed} failed, {self.skipped} were already "
-                f"done, {self.remaining} left, of {self.total} runs ({self.wall_s:.1f} s)")
+        trained = f"{self.trained} trained" + (f" ({self.diverged} diverged)" if self.diverged else "")
+        others = f", {self.by_others} by other processes" if self.by_others else ""
+        before = (f", {self.failed_before} failed before (--retry-failed trains them again)"
+                  if self.failed_before else "")
+        return (f"sweep {self.sweep!r}: {trained}, {self.failed} failed, {self.skipped} were already done{others}"
+                f"{before}, {self.remaining} left, of {self.total} runs ({self.wall_s:.1f} s)")
 
 
 class _Heartbeat:
@@ -124,6 +157,10 @@ def run_sweep(
     heartbeat_every: float = HEARTBEAT_EVERY_S,
     max_failed_groups: int = MAX_FAILED_GROUPS_IN_A_ROW,
     processes: int = 1,
+    yes: bool = False,
+    allow_spec_change: bool = False,
+    max_deaths: int = MAX_DEATHS,
+    write_retry_s: float = WRITE_RETRY_S,
 ) -> SweepSummary:
     """Train every run of ``spec`` not yet done in ``store``; returns a :class:`SweepSummary`.
 
@@ -136,19 +173,33 @@ def run_sweep(
     train in this many processes on one store (this one and ``processes − 1`` helpers running
     ``decaylab sweep``), each with one torch thread; the call returns when all are done. It needs
     the default trainers and no ``limit``; the summary counts this process's runs.
+    ``yes``: confirm a sweep of more than :data:`~decaylab.sweep.spec.CONFIRM_RUNS` runs (a spec may
+    confirm its own size with ``max_runs``). ``allow_spec_change``: accept a spec that relabels runs
+    the store holds under this sweep's name (:meth:`Store.register`). ``max_deaths``: a run whose
+    process died this many times is marked failed. ``write_retry_s``: how long a trained result
+    is kept in memory while the store cannot take it (a full disk).
 
     Raises:
-        ValueError: a bad argument (named, with what is allowed), before anything runs.
+        ValueError: a bad argument (named, with what is allowed), a run that cannot train here (its
+            dataset is missing, its batch is larger than the dataset, its group would not fit in
+            memory), a spec that relabels stored runs (:class:`~decaylab.sweep.store.SpecConflictError`)
+            or an unconfirmed large sweep (:class:`SweepTooLarge`): all before anything trains.
         KeyboardInterrupt: after putting the runs in flight back to pending.
-        SweepAborted: ``max_failed_groups`` groups in a row failed.
+        SweepAborted: ``max_failed_groups`` groups in a row failed, or the store could not be
+            written for ``write_retry_s`` seconds.
     """
     _check_arguments(stack, limit, max_failed_groups, heartbeat_every)
     _check_count("processes", processes)
+    _check_count("max_deaths", max_deaths)
+    if isinstance(write_retry_s, bool) or not isinstance(write_retry_s, (int, float)) or not write_retry_s >= 0:
+        raise ValueError(f"write_retry_s must be a number of seconds >= 0, got {write_retry_s!r}")
     if processes > 1 and (limit is not None or train_fn is not None or train_stacked_fn is not None):
         raise ValueError("processes must be 1 with limit, train_fn or train_stacked_fn: helper processes run "
                          f"`decaylab sweep` with the default trainers and no limit; got processes={processes}")
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
+    seconds = _preflight(spec, stack, processes) if train_fn is None and train_stacked_fn is None else None
+    _confirm(spec, yes, seconds)
     train_fn, train_stacked_fn = _trainers(stack, train_fn, train_stacked_fn)
     own_store = not isinstance(store, Store)
     if own_store:
@@ -158,13 +209,13 @@ def run_sweep(
     helpers: list[subprocess.Popen] = []
     threads = None
     try:
-        configs, stack_keys = _register(spec, store, retry_failed)
+        configs, stack_keys = _register(spec, store, retry_failed, allow_spec_change, max_deaths)
         if processes > 1:
             import torch
 
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
-            helpers = _start_helpers(spec, Path(store.path), processes - 1, stack)
+            helpers = _start_helpers(spec, Path(store.path), processes - 1, stack, allow_spec_change)
 
         def done_count() -> int:
             return _count(store, spec.name, configs, ("done",))
@@ -172,21 +223,22 @@ def run_sweep(
         skipped = done_count()
         bar = _progress_bar(spec.name, total=len(configs), initial=skipped, enabled=progress)
         heartbeat = _Heartbeat(store.path, heartbeat_every)
-        trained = failed = failed_groups = 0
+        trained = failed = failed_groups = diverged = 0
         try:
             while limit is None or trained + failed < limit:
                 want = stack if limit is None else min(stack, limit - trained - failed)
-                store.requeue_stale(spec.name)
+                store.requeue_stale(spec.name, max_deaths=max_deaths)
                 group = _claim(store, spec.name, want, configs, stack_keys)
                 if not group:
                     break
                 bar.set_postfix_str(_describe(group), refresh=True)
                 heartbeat.ids = [run["id"] for run in group]
-                ok, bad, error = _train_group(store, group, [configs[run["key"]][1] for run in group],
-                                              stack, train_fn, train_stacked_fn, bar)
+                ok, bad, error, div = _train_group(store, group, [configs[run["key"]][1] for run in group],
+                                                   stack, train_fn, train_stacked_fn, bar, write_retry_s)
                 heartbeat.ids = []
                 trained += ok
                 failed += bad
+                diverged += div
                 failed_groups = failed_groups + 1 if bad and not ok else 0
                 bar.update(max(0, done_count() - bar.n))  # other processes' runs count too
                 if failed_groups >= max_failed_groups:
@@ -204,8 +256,7 @@ def run_sweep(
             heartbeat.stop()
             bar.close()
         _report_helpers(helpers, Path(store.path))
-        remaining = _count(store, spec.name, configs, ("pending", "running"))
-        return SweepSummary(spec.name, len(configs), skipped, trained, failed, remaining, time.time() - started)
+        return _summary(store, spec, configs, skipped, trained, failed, diverged, started)
     finally:
         if threads is not None:
             import torch
@@ -215,19 +266,58 @@ def run_sweep(
             store.close()
 
 
+def _summary(store: Store, spec: Spec, configs: dict[str, Any], skipped: int, trained: int, failed: int,
+             diverged: int, started: float) -> SweepSummary:
+    """The summary from the store's counts at the end, so that every run of the spec is counted once."""
+    counts = dict.fromkeys(("pending", "running", "done", "failed"), 0)
+    for key, status in store.statuses(spec.name).items():
+        if key in configs:
+            counts[status] = counts.get(status, 0) + 1
+    return SweepSummary(spec.name, len(configs), skipped, trained, failed, counts["pending"] + counts["running"],
+                        time.time() - started, failed_before=max(0, counts["failed"] - failed),
+                        by_others=max(0, counts["done"] - skipped - trained), diverged=diverged)
+
+
+def _preflight(spec: Spec, stack: int, processes: int, *, data_required: bool = True) -> float | None:
+    """Check the spec's runs with the default trainer's :func:`~decaylab.train.preflight.check_runs`
+    (ValueError before anything trains); returns its estimate of the sweep's wall time, or None.
+    Trainers that do not offer the check (a stand-in ``decaylab.train``) skip it."""
+    try:
+        import decaylab.train as trainer
+    except ImportError:
+        return None
+    check = getattr(trainer, "check_runs", None)
+    if check is None:
+        return None
+    return check([config for _, config in spec.configs()], stack=stack, processes=processes,
+                 data_required=data_required)
+
+
+def _confirm(spec: Spec, yes: bool, seconds: float | None) -> None:
+    """Refuse a sweep of more than CONFIRM_RUNS runs that neither ``yes`` nor its spec's ``max_runs`` confirms."""
+    n = len(spec)
+    if n <= CONFIRM_RUNS or yes or (spec.max_runs is not None and n <= spec.max_runs):
+        return
+    took = f", about {format_duration(seconds)} of training on this machine (a rough estimate)" if seconds else ""
+    raise SweepTooLarge(f"sweep {spec.name!r} has {n:,} runs{took}; a sweep of more than {CONFIRM_RUNS:,} runs needs "
+                        f"--yes (yes=True), or max_runs = {n} at the top of its spec")
+
+
 def _helper_log(store_path: Path, i: int) -> Path:
     return store_path.with_name(f"{store_path.name}.helper{i}.log")
 
 
-def _start_helpers(spec: Spec, store_path: Path, n: int, stack: int) -> list[subprocess.Popen]:
-    """``n`` processes running ``decaylab sweep`` on the same spec and store, one torch thread each."""
+def _start_helpers(spec: Spec, store_path: Path, n: int, stack: int,
+                   allow_spec_change: bool = False) -> list[subprocess.Popen]:
+    """``n`` processes running ``decaylab sweep`` on the same spec and store, one torch thread each
+    (this process has checked and confirmed the spec: they are told so)."""
     spec_file = spec.path
     if spec_file is None or load_spec(spec_file).text != spec.text:
         spec_file = store_path.with_name(f"{store_path.name}.{spec.name}.toml")
         spec_file.write_text(spec.text)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     command = [sys.executable, "-m", "decaylab.sweep.cli", "sweep", str(spec_file), "--store", str(store_path),
-               "--stack", str(stack), "--quiet"]
+               "--stack", str(stack), "--quiet", "--yes"] + (["--allow-spec-change"] if allow_spec_change else [])
     helpers = []
     for i in range(n):
         with open(_helper_log(store_path, i + 1), "w") as log:
@@ -275,19 +365,23 @@ def _trainers(stack: int, train_fn: Callable[..., Any] | None,
     return train_fn, train_stacked_fn
 
 
-def _register(spec: Spec, store: Store, retry_failed: bool) -> tuple[dict[str, tuple[str, Any]], dict[str, Any]]:
+def _register(spec: Spec, store: Store, retry_failed: bool, allow_spec_change: bool = False,
+              max_deaths: int = MAX_DEATHS) -> tuple[dict[str, tuple[str, Any]], dict[str, Any]]:
     """Record ``spec``'s runs in ``store`` (pending), requeue runs of dead processes and, with
-    ``retry_failed``, failed runs; returns ``key -> (label, config)`` and ``key -> stack key``."""
+    ``retry_failed``, failed runs; returns ``key -> (label, config)`` and ``key -> stack key``.
+    A spec that relabels stored runs raises :class:`~decaylab.sweep.store.SpecConflictError`
+    unless ``allow_spec_change``."""
     configs = {c.key(): (label, c) for label, c in spec.configs()}
     stack_keys = {key: c.stack_key() for key, (_, c) in configs.items()}
-    before = {sweep["name"]: sweep["spec"] for sweep in store.sweeps()}
-    if spec.name in before and before[spec.name] != spec.text:
+    versions = store.spec_versions(spec.name)
+    added = store.register(spec.name, spec.text, spec.configs(), allow_spec_change=allow_spec_change)
+    if versions and all(v["spec"] != spec.text for v in versions):
         others = sum(1 for key in store.statuses(spec.name) if key not in configs)
         print(f"note: sweep {spec.name!r} is in {store.path} from a different spec text; the store keeps its "
-              f"runs ({others} of them not in this spec), adds this spec's new runs and now holds this spec's "
-              "text. Give the spec a new name (or use a new store) to keep sweeps apart.", file=sys.stderr)
-    store.register(spec.name, spec.text, spec.configs())
-    store.requeue_stale(spec.name)
+              f"runs ({others} of them not in this spec) and every spec text it was run with (this one is version "
+              f"{len(versions) + 1}), and adds this spec's {added} new runs. Give the spec a new name (or use a new "
+              "store) to keep sweeps apart.", file=sys.stderr)
+    store.requeue_stale(spec.name, max_deaths=max_deaths)
     if retry_failed:
         store.retry_failed(spec.name, configs)
     return configs, stack_keys
@@ -344,9 +438,9 @@ def _accepted(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _train_group(store: Store, runs: list[dict], configs: list[Any], stack: int,
                  train_fn: Callable[..., Any] | None, train_stacked_fn: Callable[..., Sequence[Any]] | None,
-                 bar: Any) -> tuple[int, int, str]:
+                 bar: Any, write_retry_s: float = WRITE_RETRY_S) -> tuple[int, int, str, int]:
     """Train one claimed group and write each run; returns (runs done, runs failed, the last
-    error's one-line summary or "")."""
+    error's one-line summary or "", runs that diverged)."""
     fn = train_fn if stack == 1 else train_stacked_fn
     written = False
     try:
@@ -354,45 +448,79 @@ def _train_group(store: Store, runs: list[dict], configs: list[Any], stack: int,
             results = train_group(configs, stack, train_fn, train_stacked_fn,
                                   on_step=_step_progress(fn, bar, _describe(runs)))
         except Exception as error:
-            outcome = _fail_group(store, runs, error, bar)
+            outcome = (*_fail_group(store, runs, error, bar, write_retry_s=write_retry_s), 0)
         else:
-            outcome = _write_results(store, runs, configs, results, bar)
+            outcome = _write_results(store, runs, configs, results, bar, write_retry_s)
         written = True
         return outcome
     finally:
-        if not written:  # interrupted (KeyboardInterrupt, SystemExit): give the runs in flight back
-            store.release(run["id"] for run in runs)  # (runs already written stay done or failed)
+        if not written:  # interrupted (KeyboardInterrupt, SystemExit), or the store is unwritable:
+            try:  # give the runs in flight back (runs already written stay done or failed)
+                store.release(run["id"] for run in runs)
+            except Exception:  # the store still cannot be written: they go back as stale runs
+                pass
+
+
+def _write_with_retry(action: Callable[[], Any], what: str, bar: Any, retry_s: float) -> Any:
+    """``action()`` (a store write), tried again while it fails in a way that may pass (a full disk,
+    an I/O error, a lock held too long) for up to ``retry_s`` seconds; then :class:`SweepAborted`.
+    Whatever was trained waits in memory meanwhile."""
+    deadline = time.monotonic() + retry_s
+    delay = _FIRST_RETRY_DELAY_S
+    while True:
+        try:
+            return action()
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise SweepAborted(f"could not write {what} to the store for {retry_s:.0f} s "
+                                   f"({type(error).__name__}: {error}); free the disk (or fix the store) and run "
+                                   "the same command again: the runs in flight go back to pending") from error
+            bar.write(f"note: could not write {what} to the store ({error}); the result is kept in memory, "
+                      f"trying again in {delay:.0f} s")
+            time.sleep(delay)
+            delay = min(2 * delay, 60.0)
 
 
 def _fail_group(store: Store, runs: list[dict], error: BaseException, bar: Any,
-                text: str | None = None) -> tuple[int, int, str]:
+                text: str | None = None, write_retry_s: float = WRITE_RETRY_S) -> tuple[int, int, str]:
     """Mark a whole group failed with ``text`` (default: ``error``'s traceback); returns
     (0, runs failed, ``error``'s one-line summary)."""
-    store.fail([run["id"] for run in runs], _error_text(error) if text is None else text)
+    message = _error_text(error) if text is None else text
+    _write_with_retry(lambda: store.fail([run["id"] for run in runs], message), "the failure of a group", bar,
+                      write_retry_s)
     summary = f"{type(error).__name__}: {error}"
     bar.write(f"failed: {_describe(runs)}: {summary} (marked failed; --retry-failed runs them again)")
     return 0, len(runs), summary
 
 
 def _write_results(store: Store, runs: list[dict], configs: list[Any], results: Sequence[Any],
-                   bar: Any) -> tuple[int, int, str]:
-    """Write each run's result (a result the store cannot take fails only that run); returns
-    (runs done, runs failed, the last error's summary or "")."""
-    done = failed = 0
+                   bar: Any, write_retry_s: float = WRITE_RETRY_S) -> tuple[int, int, str, int]:
+    """Write each run's result (a result the store cannot take fails only that run; a store that
+    cannot take anything for a while is waited for); returns (runs done, runs failed, the last
+    error's summary or "", runs that diverged)."""
+    done = failed = diverged = 0
     summary = ""
     for run, config, result in zip(runs, configs, results, strict=True):
         try:
             got = getattr(result, "config", config)
             if got is not None and hasattr(got, "key") and got.key() != run["key"]:
                 raise RuntimeError(f"the trainer returned a result for another config ({got!r})")
-            store.finish(run["id"], result)
+            _write_with_retry(lambda run=run, result=result: store.finish(run["id"], result),
+                              f"run {run['id']}", bar, write_retry_s)
             done += 1
+            final = getattr(result, "final", result)
+            diverged += isinstance(final, dict) and divergence(final) is not None
+        except SweepAborted:
+            raise
         except Exception as error:  # a result the store cannot take: this run fails, the others stay
-            store.fail(run["id"], _error_text(error))
+            _write_with_retry(lambda run=run, error=error: store.fail(run["id"], _error_text(error)),
+                              f"the failure of run {run['id']}", bar, write_retry_s)
             summary = f"{type(error).__name__}: {error}"
             bar.write(f"failed: {run['label']} (run {run['id']}): {summary}")
             failed += 1
-    return done, failed, summary
+    return done, failed, summary, diverged
 
 
 def _step_progress(fn: Callable[..., Any], bar: Any, what: str) -> Callable[[int], None] | None:

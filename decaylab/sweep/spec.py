@@ -6,6 +6,7 @@ shares (``[base]``), lists the axes to cross (``[grid]``) and the methods to com
 
     name = "demo"                         # the sweep's name in the store
     description = "lr × λ for five decay treatments"   # optional, free text
+    max_runs = 20000                      # optional: the most runs it may expand to (see below)
 
     [base]                                # TrainConfig fields shared by every run
     dataset = "mnist1d"
@@ -45,6 +46,11 @@ list or helper table replaces (or adds) that axis for this method only. ``betas`
 ``betas = [0.9, 0.99]`` is one value and ``betas = [[0.9, 0.99], [0.9, 0.999]]`` an axis.
 
 ``steps`` and ``grad_clip`` default to none: leave them out for none (TOML has no null).
+
+Size: the number of runs is counted before anything is expanded; a spec may expand to at most
+:data:`MAX_RUNS` (100,000) runs, and a sweep of more than :data:`CONFIRM_RUNS` (5,000) needs
+``--yes`` (``run_sweep(yes=True)``) unless the spec's ``max_runs`` covers it. ``max_runs`` is also
+a cap: a spec that expands to more runs than its ``max_runs`` is an error.
 
 Every key and value is checked before anything runs: an unknown key raises a ``ValueError`` that
 names it, its section, the allowed keys and the closest match; a bad value names the field and
@@ -90,12 +96,17 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
                                   "pip install tomli") from error
 
 __all__ = ["Spec", "load_spec", "find_spec", "available_specs", "log_grid", "linear_grid", "TOP_LEVEL_KEYS",
-           "GRID_HELPERS"]
+           "GRID_HELPERS", "MAX_RUNS", "CONFIRM_RUNS"]
 
-TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "methods")
+TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "methods", "max_runs")
 METHOD_KEYS = ("label",)
 GRID_HELPERS = ("log", "linear", "range")
 SIGNIFICANT_DIGITS = 6
+#: The most runs one spec may expand to: its configs are held in memory and registered in the store
+#: before the first run trains (10⁵ runs take about 0.5 GB and 100 MB of store).
+MAX_RUNS = 100_000
+#: A sweep of more runs than this needs a confirmation (``--yes``, or ``max_runs`` in the spec).
+CONFIRM_RUNS = 5_000
 SPECS_DIR = Path(__file__).parent / "specs"
 
 # Allowed values of the TrainConfig fields that have a fixed set (decaylab.train's contract).
@@ -143,6 +154,9 @@ def _check_helper_args(helper: str, low: Any, high: Any, num: Any, *, positive: 
     at = f" in {where}" if where else ""
     if isinstance(num, bool) or not isinstance(num, int) or num < 1:
         raise ValueError(f"{helper} grid{at}: num must be an integer >= 1, got {num!r}")
+    if num > MAX_RUNS:  # checked before a list of num values is made: num = 10**12 would never finish
+        raise ValueError(f"{helper} grid{at}: num must be at most {MAX_RUNS:,} (the most runs a sweep may have), "
+                         f"got {num:,}")
     for name, value in (("low", low), ("high", high)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{helper} grid{at}: bounds must be finite numbers, got {name}={value!r}")
@@ -320,13 +334,15 @@ class Spec:
     """A parsed, validated sweep spec. :meth:`configs` expands it into runs.
 
     ``name``: the sweep's name in the store; ``text``: the TOML source (stored with the runs);
-    ``methods``: the labels in file order; ``path``: the file it came from, if any.
+    ``methods``: the labels in file order; ``path``: the file it came from, if any; ``max_runs``:
+    the spec's own confirmation of its size (None when it gives none).
     """
 
     name: str
     text: str
     description: str = ""
     path: Path | None = None
+    max_runs: int | None = None
     methods: list[str] = field(default_factory=list)
     _runs: list[tuple[str, Any]] = field(default_factory=list, repr=False)
 
@@ -348,15 +364,20 @@ def load_spec(source: str | os.PathLike[str], *, config_class: type | None = Non
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the TOML does not parse, or a key or value is not allowed (the message names it,
-            where it is, and what is allowed).
+        ValueError: the file is not UTF-8, the TOML does not parse, a key or value is not allowed (the
+            message names it, where it is, and what is allowed), or the spec expands to more than
+            :data:`MAX_RUNS` runs (or its own ``max_runs``); the count comes before any expansion.
     """
     path: Path | None = None
     if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source and "=" not in source):
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"sweep spec file {str(path)!r} does not exist")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"sweep spec file {str(path)!r} is not UTF-8 text (byte {error.object[error.start]:#04x} "
+                             f"at offset {error.start}); save it as UTF-8") from None
     elif isinstance(source, str):
         text = source
     else:
@@ -445,9 +466,12 @@ def _axis(info: _FieldInfo, value: Any, where: str) -> list[Any]:
             else:
                 raise ValueError(f"{at}: range must be an integer n or a pair of integers [start, stop], "
                                  f"got {bounds!r}")
-            values: list[Any] = list(range(start, stop))
-            if not values:
+            if stop <= start:
                 raise ValueError(f"{at}: range {bounds!r} is empty (stop must be greater than start)")
+            if stop - start > MAX_RUNS:  # counted before a list is made: range = 10**20 would never finish
+                raise ValueError(f"{at}: range {bounds!r} has {stop - start:,} values; a sweep may have at most "
+                                 f"{MAX_RUNS:,} runs")
+            values: list[Any] = list(range(start, stop))
         else:
             if not isinstance(bounds, list) or len(bounds) != 2:
                 raise ValueError(f"{at}: {helper} must be a pair [low, high], got {bounds!r}")
@@ -504,12 +528,17 @@ def _build(data: dict[str, Any], text: str, path: Path | None, config_class: typ
             raise ValueError(f"{key} is set in both [base] and [grid]; keep it in one of them")
         grid[key] = _axis(infos[key], value, "[grid]")
 
+    max_runs = data.get("max_runs")
+    if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, int)
+                                 or not 1 <= max_runs <= MAX_RUNS):
+        raise ValueError(f"max_runs (the most runs the spec may expand to) must be an integer from 1 to "
+                         f"{MAX_RUNS:,}, got {max_runs!r}")
+
     methods = data.get("methods", [{"label": name}])
     if not isinstance(methods, list) or not methods or not all(isinstance(m, dict) for m in methods):
         raise ValueError("methods must be one or more [[methods]] tables, each with a label")
     labels: list[str] = []
-    runs: list[tuple[str, Any]] = []
-    owner: dict[str, str] = {}
+    plans: list[tuple[str, str, dict[str, Any], dict[str, list[Any]]]] = []
     for i, method in enumerate(methods):
         label = method.get("label")
         where = f"methods[{i}]"
@@ -533,6 +562,18 @@ def _build(data: dict[str, Any], text: str, path: Path | None, config_class: typ
             else:
                 fixed[key] = _check_value(infos[key], value, where)
                 axes.pop(key, None)
+        plans.append((label, where, fixed, axes))
+    # Counted before any run is made: a 1000 × 1000 grid is refused at once, not after minutes and gigabytes.
+    sizes = {label: math.prod(len(values) for values in axes.values()) for label, _, _, axes in plans}
+    total = sum(sizes.values())
+    cap, what = (max_runs, "its max_runs") if max_runs is not None else (MAX_RUNS, "the most a sweep may have")
+    if total > cap:
+        per_method = ", ".join(f"{label!r} {n:,}" for label, n in list(sizes.items())[:5])
+        raise ValueError(f"the spec expands to {total:,} runs ({per_method}{', ...' if len(sizes) > 5 else ''}), "
+                         f"more than {cap:,}, {what}; use fewer grid values, or split it into several specs")
+    runs: list[tuple[str, Any]] = []
+    owner: dict[str, str] = {}
+    for label, where, fixed, axes in plans:
         names = list(axes)
         for combo in itertools.product(*(axes[n] for n in names)):
             values = {**fixed, **dict(zip(names, combo, strict=True))}
@@ -547,7 +588,8 @@ def _build(data: dict[str, Any], text: str, path: Path | None, config_class: typ
                                  "each run must belong to one method (give them different settings)")
             owner[key] = label
             runs.append((label, config))
-    return Spec(name=name, text=text, description=description, path=path, methods=labels, _runs=runs)
+    return Spec(name=name, text=text, description=description, path=path, max_runs=max_runs, methods=labels,
+                _runs=runs)
 
 
 @dataclass(frozen=True)

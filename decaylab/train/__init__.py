@@ -9,14 +9,16 @@
 Modules: :mod:`~decaylab.train.config` (the config and the result), :mod:`~decaylab.train.schedules`
 (lr multipliers, weight-decay schedules), :mod:`~decaylab.train.data` (data order, evaluation
 sets), :mod:`~decaylab.train.engines` (one model or K stacked), :mod:`~decaylab.train.loop`
-(the loop, checkpoints, progress).
+(the loop, checkpoints, progress), :mod:`~decaylab.train.preflight` (what can be checked and
+estimated before a run trains).
 """
 from .config import DECAY_SCHEDULES, OPTIMIZERS, PRECISIONS, SCHEDULES, RunResult, TrainConfig
 from .loop import stack_groups, total_steps, train, train_stacked
+from .preflight import check_runs
 from .schedules import DecaySchedule, LRSchedule, decay_schedule, lr_schedule
 
 __all__ = [
-    "TrainConfig", "RunResult", "train", "train_stacked", "total_steps", "stack_groups",
+    "TrainConfig", "RunResult", "train", "train_stacked", "total_steps", "stack_groups", "check_runs",
     "LRSchedule", "DecaySchedule", "lr_schedule", "decay_schedule",
     "OPTIMIZERS", "SCHEDULES", "PRECISIONS", "DECAY_SCHEDULES",
 ]

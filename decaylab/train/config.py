@@ -39,6 +39,9 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "restarts")
 PRECISIONS = ("fp32", "bf16-autocast", "bf16")
 DECAY_SCHEDULES = ("constant", "early", "late")
 
+#: The largest seed: torch's generators take 64-bit seeds, and a store or JSON reader may hold only int64.
+MAX_SEED = 2**63 - 1
+
 # Fields that may differ between configs trained together as one stacked model.
 _PER_MODEL = ("lr", "weight_decay", "seed")
 
@@ -127,7 +130,7 @@ class TrainConfig:
         set_("warmup_steps", _int("warmup_steps", self.warmup_steps, low=0))
         if self.schedule == "warmup_cosine" and self.warmup_steps == 0:
             raise ValueError("warmup_steps must be an int >= 1 with schedule='warmup_cosine'; got 0")
-        set_("seed", _int("seed", self.seed, low=0))
+        set_("seed", _int("seed", self.seed, low=0, high=MAX_SEED))
         _bool("no_decay_bias_norm", self.no_decay_bias_norm)
         set_("eval_every", _int("eval_every", self.eval_every, low=0))
         _choice("precision", self.precision, PRECISIONS)
@@ -298,10 +301,12 @@ def _real(name: str, value: Any, *, low: float, high: float | None = None, stric
     return float(value)
 
 
-def _int(name: str, value: Any, *, low: int, none_ok: bool = False) -> int:
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+def _int(name: str, value: Any, *, low: int, high: int | None = None, none_ok: bool = False) -> int:
+    ok = (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+          and (high is None or value <= high))
     if not ok:
-        raise ValueError(f"{name} must be an int >= {low}{' or None' if none_ok else ''}; got {value!r}")
+        allowed = f"an int >= {low}" + (f" and <= {high}" if high is not None else "")
+        raise ValueError(f"{name} must be {allowed}{' or None' if none_ok else ''}; got {value!r}")
     return int(value)
 
 

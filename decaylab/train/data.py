@@ -79,9 +79,19 @@ def build_model(config: TrainConfig, data: TensorData | TextData) -> nn.Module:
 
 
 def steps_per_epoch(config: TrainConfig, data: TensorData | TextData) -> int:
-    """Optimizer steps in one pass over the training data."""
+    """Optimizer steps in one pass over the training data.
+
+    Raises ``ValueError`` when one batch is larger than the training data: ``batch_size`` examples,
+    or for text ``batch_size × block_size`` tokens (such a batch only repeats the data, at the cost
+    of memory the machine may not have)."""
     if isinstance(data, TextData):
-        return max(1, len(data.train) // (config.batch_size * config.block_size))
+        tokens = config.batch_size * config.block_size
+        if tokens > len(data.train):
+            raise ValueError(
+                f"batch_size × block_size must be at most the number of training tokens ({len(data.train):,}) of "
+                f"{data.name!r}; got {config.batch_size} × {config.block_size} = {tokens:,}"
+            )
+        return max(1, len(data.train) // tokens)
     if config.batch_size > data.n_train:
         raise ValueError(
             f"batch_size must be at most the number of training examples ({data.n_train}) of {data.name!r}; "
