@@ -77,6 +77,8 @@ def check_schema(conn: sqlite3.Connection, where: str, *, empty_ok: bool = False
         shapes = {t: tuple(row[1] for row in conn.execute(f"PRAGMA table_info({t})")) for t in tables
                   if t in COLUMNS}
     except sqlite3.DatabaseError as error:
+        if "not a database" not in str(error) and "encrypted" not in str(error):
+            raise  # an I/O error, a lock, a damaged file: the caller says what (describe_error)
         raise NotAStoreError(f"{where} is not a decaylab store (not an SQLite database: {error})") from None
     if app_id not in (0, APPLICATION_ID):
         raise NotAStoreError(f"{where} is not a decaylab store: it is another program's SQLite database "
@@ -114,8 +116,10 @@ def describe_error(path: str | os.PathLike[str], error: sqlite3.Error) -> str:
         advice = "a sweep writes the store: check the permissions of the file and its folder"
     elif "full" in lower:
         advice = "free some space and run the same command again"
-    elif "unable to open" in lower:
-        advice = "check that the folder exists and can be written (SQLite keeps -wal and -shm files beside it)"
+    elif "unable to open" in lower or "i/o" in lower:
+        advice = "check the disk, and that the folder can be written (SQLite keeps -wal and -shm files beside it)"
+    elif "locked" in lower or "busy" in lower:
+        advice = "another process holds the store locked for too long; try again"
     else:
         advice = "see the SQLite documentation of this error"
     return f"store {os.fspath(path)!r}: SQLite says {text!r}: {advice}"

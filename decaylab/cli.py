@@ -76,6 +76,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _demo(args: argparse.Namespace) -> int:
+    """``decaylab demo``: one line and exit 2 for bad input (a store or folder that cannot be used, found
+    before training), 1 when the report cannot be written, 130 when interrupted."""
+    import sqlite3
+
+    from . import demo
+    from ._paths import describe_os_error
+    from ._store_schema import describe_error
+    from .sweep.cli import _stop_on_sigterm, stopped_how
+    from .sweep.runner import SweepAborted
+
+    def error(message: object, status: int = 2) -> int:
+        print(f"decaylab demo: error: {message}", file=sys.stderr)
+        return status
+
+    previous = _stop_on_sigterm()
+    try:
+        demo.run(store=args.store, out=args.out, stack=args.stack, processes=args.processes)
+    except KeyboardInterrupt as stop:
+        print(f"{stopped_how(stop)}: every finished run is kept in {args.store}; run the same command again to go "
+              "on.", file=sys.stderr)
+        return 130
+    except SweepAborted as problem:
+        return error(problem, 1)
+    except sqlite3.DatabaseError as problem:
+        return error(describe_error(args.store, problem))
+    except ValueError as problem:
+        return error(problem)
+    except OSError as problem:  # a write that failed midway (a full disk): the runs stay in the store
+        return error(f"{describe_os_error(problem)}: {problem.filename or problem}; every finished run is kept in "
+                     f"{args.store}", 1)
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # its '--field value' overrides are free-form: decaylab.train.distributed parses them
@@ -95,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         quickstart.run(seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size, weight_decay=args.weight_decay)
         return 0
     if args.command == "demo":
-        from . import demo
-
-        demo.run(store=args.store, out=args.out, stack=args.stack, processes=args.processes)
-        return 0
+        return _demo(args)
     if getattr(args, "handler", None) is not None:
         return args.handler(args)
     parser.print_help()

@@ -21,7 +21,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ._paths import check_output_dir
 from .report import build_report
+from .report.build import default_out_dir
 from .sweep import find_spec, load_spec, run_sweep
 from .sweep.runner import default_processes
 
@@ -31,12 +33,18 @@ def run(store: str | Path = "runs/demo.sqlite", out: str | Path | None = None, s
     """Run (or finish) the demo sweep, build its report and print the table; returns the summary.
 
     ``processes`` (default: one per core, up to 4) processes train the groups side by side, each
-    with one torch thread.
+    with one torch thread. The store's folder and the report's are checked before anything trains
+    (``ValueError`` naming ``--store`` or ``--out``): a report that cannot be written is found out
+    now, not after the 360 runs.
     """
     start = time.perf_counter()
     spec = load_spec(find_spec("demo"))
     store = Path(store)
-    store.parent.mkdir(parents=True, exist_ok=True)
+    check_output_dir(store.parent, f"--store {store}: its folder")
+    if out is not None:
+        check_output_dir(out, "--out")
+    else:
+        check_output_dir(default_out_dir(store, spec.name), "--out (default: beside the store)")
     n = len(spec.configs())
     processes = default_processes() if processes is None else processes
     print(f"decaylab demo: {spec.name} — {n} runs ({spec.description}); store {store}; "

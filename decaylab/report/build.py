@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from .._paths import check_output_dir
 from . import figures as fig
 from .analysis import MethodGrid, build_grids, choose_metric, method_summary
 from .html import HtmlFigure, definitions_html, figure_html, page, prose_html, slug, table_html, unique_slugs
 from .store import SweepData, load_curves, load_sweep
 
-__all__ = ["Section", "ReportResult", "build_report", "format_table", "SEPARABILITY_TEXT", "DEFAULT_DELTA"]
+__all__ = ["Section", "ReportResult", "build_report", "default_out_dir", "format_table", "SEPARABILITY_TEXT",
+           "DEFAULT_DELTA"]
 
 #: Tolerance of the good region, in the metric's units (0.01 = 1 percentage point of test error).
 DEFAULT_DELTA = 0.01
@@ -169,6 +171,11 @@ def _section_figure(caption: str, source: Any) -> bytes:
                     f"got {type(source).__name__}")
 
 
+def default_out_dir(store_path: str | os.PathLike, sweep: str) -> Path:
+    """Where a sweep's report goes when no folder is given: ``report-<sweep>`` beside the store."""
+    return Path(store_path).resolve().parent / f"report-{slug(sweep)}"
+
+
 def build_report(
     store_path: str | os.PathLike,
     sweep: str | None = None,
@@ -189,7 +196,9 @@ def build_report(
     return one.
 
     Raises :class:`FileNotFoundError` for a missing store and :class:`ValueError` for a file that is
-    not a store, an unknown sweep (the message lists those available), or a sweep with no finished run.
+    not a store, an unknown sweep (the message lists those available), a sweep with no finished run,
+    or an output folder that cannot be written (a file, no permission); an :class:`OSError` when a
+    write fails midway (a full disk).
     """
     if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta >= 0):
         raise ValueError(f"delta must be a finite number >= 0 (in the metric's units), got {delta!r}")
@@ -198,8 +207,8 @@ def build_report(
     grids = build_grids(data.runs, metric)
     names = [grid.name for grid in grids]
     slugs = unique_slugs(names)
-    out = Path(out_dir) if out_dir is not None else Path(store_path).resolve().parent / f"report-{slug(data.name)}"
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(store_path, data.name)
+    check_output_dir(out, "out_dir" if out_dir is not None else "out_dir (default: beside the store)")
 
     rows = []
     for grid in grids:
@@ -280,6 +289,7 @@ def build_report(
         "generated": generated,
         "decaylab": __version__,
         "status_counts": data.status_counts,
+        "diverged_runs": data.diverged,
         "color_range": [vmin, vmax],
         "methods": {row["method"]: row for row in rows},
     }
@@ -293,7 +303,8 @@ def _html(
     data: SweepData, summary: dict[str, Any], rows: list[dict[str, Any]], heatmaps: list[HtmlFigure],
     curve_figures: list[HtmlFigure], extra: list[tuple[Section, str, list[HtmlFigure]]], metric: str, delta: float,
 ) -> str:
-    counts = ", ".join(f"{n} {status}" for status, n in data.status_counts.items() if n)
+    counts = ", ".join(f"{n} {status}" + (f" ({data.diverged} diverged)" if status == "done" and data.diverged else "")
+                       for status, n in data.status_counts.items() if n)
     meta = (f"store <code>{escape(data.store_path)}</code> · {escape(counts)} · metric: "
             f"{escape(fig.metric_title(metric))} · generated {escape(summary['generated'])} by decaylab "
             f"{escape(__version__)}")
@@ -334,7 +345,15 @@ def _html(
             cols = list(section.table[0])
             inner += "\n" + table_html(cols, [[r.get(c, "") for c in cols] for r in section.table])
         body.append((f"section-{key}", section.title, inner))
-    spec = data.spec if data.spec else "(the store has no spec text for this sweep)"
-    body.append(("spec", "Sweep spec", f"<pre>{escape(spec)}</pre>"))
+    versions = data.spec_versions or [(1, data.spec)]
+    if len(versions) == 1:
+        spec = versions[0][1] or "(the store has no spec text for this sweep)"
+        body.append(("spec", "Sweep spec", f"<pre>{escape(spec)}</pre>"))
+    else:  # the sweep ran with several spec texts: each run keeps the label of the one it ran with
+        parts = [f"<h3>Version {v}{' (latest)' if k == len(versions) - 1 else ''}</h3>\n<pre>{escape(text)}</pre>"
+                 for k, (v, text) in enumerate(versions)]
+        intro = prose_html(f"This sweep was run with {len(versions)} versions of its spec; every run keeps the "
+                           "label of the version it was run with.")
+        body.append(("spec", "Sweep spec", intro + "\n" + "\n".join(parts)))
     return page(f"decaylab report: {data.name}", meta, body)
 

@@ -8,6 +8,7 @@ Wire it into the main parser with :func:`add_cli` (it sets ``handler`` on the pa
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 
 from .build import DEFAULT_DELTA
@@ -51,14 +52,28 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the report; print the table and where the files are. Bad input: message on stderr, exit 2."""
+    """Build the report; print the table and where the files are. Bad input (a store that is missing,
+    damaged or not a store, an output folder that cannot be written): one line on stderr, exit 2; a
+    write that fails midway (a full disk): one line, exit 1."""
+    from .._paths import check_output_dir, describe_os_error
+    from .._store_schema import describe_error
     from .build import build_report
 
+    def error(message: object, status: int = 2) -> int:
+        print(f"decaylab report: error: {message}", file=sys.stderr)
+        return status
+
     try:
+        if args.out is not None:
+            check_output_dir(args.out, "--out")
         result = build_report(args.store, args.sweep, args.out, metric=args.metric, delta=args.delta)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"decaylab report: error: {error}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as problem:
+        return error(problem)
+    except sqlite3.DatabaseError as problem:  # a store damaged under the reader
+        return error(describe_error(args.store, problem))
+    except OSError as problem:
+        where = f"--out {args.out}" if args.out is not None else "the report folder"
+        return error(f"{where}: could not write the report ({describe_os_error(problem)}: {problem.filename})", 1)
     summary = result.summary
     print(f"sweep {summary['sweep']!r}: metric {summary['metric']}, good region within {summary['delta']:g}")
     print(result.table_text)

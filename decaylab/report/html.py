@@ -14,13 +14,15 @@ external resource, so the file opens offline and can be mailed or attached to an
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-__all__ = ["HtmlFigure", "slug", "unique_slugs", "table_html", "prose_html", "definitions_html", "figure_html", "page"]
+__all__ = ["HtmlFigure", "SLUG_MAX", "slug", "unique_slugs", "table_html", "prose_html", "definitions_html",
+           "figure_html", "page"]
 
 
 @dataclass(frozen=True)
@@ -33,9 +35,23 @@ class HtmlFigure:
     png: bytes
 
 
+#: The longest slug: slugs name files (``heatmap-<slug>.png``), and a file name may have 255 bytes.
+SLUG_MAX = 60
+
+
 def slug(text: str) -> str:
-    """A lower-case id made of ``a-z0-9`` and ``-`` (``"x"`` when nothing is left)."""
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+    """A lower-case id made of ``a-z0-9`` and ``-`` (``"x"`` when nothing is left), at most
+    :data:`SLUG_MAX` characters: a longer one is cut and ends in a hash of the whole text, so that
+    two long labels that start alike still differ.
+
+    >>> len(slug("a" * 300)), slug("a" * 300)[-9:] == slug("a" * 300 + "b")[-9:]
+    (60, False)
+    """
+    out = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+    if len(out) <= SLUG_MAX:
+        return out
+    digest = hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return out[:SLUG_MAX - 9].rstrip("-") + "-" + digest
 
 
 def unique_slugs(texts: Sequence[str]) -> list[str]:

@@ -7,7 +7,10 @@ only the store's schema (the contract between the three)::
     curves (run_id, step, metric, value)
     sweeps (name, spec, created)
 
-The store is opened read-only, so a report can be drawn while a sweep is still writing to it.
+The store is opened read-only, so a report can be drawn while a sweep is still writing to it, and a
+file that is not a store (:func:`decaylab._store_schema.check_schema`) is refused unchanged. A run
+that diverged (its loss not finite) has every final metric ``None``: the heatmaps mark its cell
+``div``.
 
 >>> import json, os, sqlite3, tempfile
 >>> path = os.path.join(tempfile.mkdtemp(), "store.db")
@@ -36,26 +39,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from decaylab._store_schema import SCHEMA, STATUSES
+from decaylab._store_schema import SCHEMA, STATUSES, NotAStoreError, check_schema, divergence
 
 __all__ = ["SCHEMA", "Run", "SweepData", "load_sweep", "load_curves", "sweep_names"]
-
-# Columns the report reads; a table missing one of them is not a decaylab store.
-_REQUIRED = {
-    "runs": {"id", "sweep", "config", "label", "status", "final", "error"},
-    "curves": {"run_id", "step", "metric", "value"},
-    "sweeps": {"name", "spec", "created"},
-}
 
 
 @dataclass(frozen=True)
 class Run:
-    """One finished run: its store id, method label, config and final metrics (both decoded JSON)."""
+    """One finished run: its store id, method label, config and final metrics (both decoded JSON), and
+    why it diverged (None if it did not; then every metric in ``final`` is None)."""
 
     id: int
     label: str
     config: dict[str, Any]
     final: dict[str, Any]
+    diverged: str | None = None
 
 
 @dataclass
@@ -75,39 +73,35 @@ class SweepData:
     status_counts: dict[str, int]
     label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     first_error: str | None = None
+    spec_versions: list[tuple[int, str]] = field(default_factory=list)  # (version, text): every spec it ran with
+
+    @property
+    def diverged(self) -> int:
+        """How many finished runs diverged."""
+        return sum(run.diverged is not None for run in self.runs)
 
 
 def _connect(store_path: str | os.PathLike) -> sqlite3.Connection:
     path = Path(store_path)
+    where = repr(os.fspath(store_path))
     if not path.is_file():
         raise FileNotFoundError(
             f"run store not found: {os.fspath(store_path)!r} (give the path of a sweep's store file)"
         )
+    if path.stat().st_size == 0:
+        raise NotAStoreError(f"{where} is not a decaylab store: it is an empty file (0 bytes)")
     # Read-only: never create a file or change a store that a sweep may be writing.
     db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
     try:
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as error:
+        check_schema(db, where)
+    except BaseException:
         db.close()
-        raise ValueError(
-            f"{os.fspath(store_path)!r} is not a decaylab run store (not an SQLite database: {error})"
-        ) from None
-    missing = sorted(set(_REQUIRED) - tables)
-    if missing:
-        db.close()
-        raise ValueError(
-            f"{os.fspath(store_path)!r} is not a decaylab run store: it lacks the table(s) {', '.join(missing)} "
-            f"(a store has the tables runs, curves and sweeps written by decaylab.sweep)"
-        )
-    for table, columns in _REQUIRED.items():
-        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        if not columns <= have:
-            db.close()
-            raise ValueError(
-                f"{os.fspath(store_path)!r} is not a decaylab run store: table {table} lacks the column(s) "
-                f"{', '.join(sorted(columns - have))}"
-            )
+        raise
     return db
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 def sweep_names(store_path: str | os.PathLike) -> list[str]:
@@ -162,6 +156,11 @@ def load_sweep(store_path: str | os.PathLike, sweep: str | None = None) -> Sweep
             )
         row = db.execute("SELECT spec, created FROM sweeps WHERE name = ?", (sweep,)).fetchone()
         spec, created = (row[0], row[1]) if row else ("", None)
+        tables = _tables(db)
+        versions = []
+        if "spec_versions" in tables:
+            versions = db.execute("SELECT version, spec FROM spec_versions WHERE sweep = ? ORDER BY version",
+                                  (sweep,)).fetchall()
 
         counts = dict.fromkeys(STATUSES, 0)
         label_counts: dict[str, dict[str, int]] = {}
@@ -176,10 +175,12 @@ def load_sweep(store_path: str | os.PathLike, sweep: str | None = None) -> Sweep
         ).fetchone()
         first_error = error_row[0] if error_row else None
 
+        meta = ("m.diverged", " LEFT JOIN run_meta m ON m.run_id = r.id") if "run_meta" in tables else ("NULL", "")
         runs = [
-            Run(id=run_id, label=label, config=_decode(config, "config", run_id), final=_decode(final, "final", run_id))
-            for run_id, label, config, final in db.execute(
-                "SELECT id, label, config, final FROM runs WHERE sweep = ? AND status = 'done' ORDER BY id", (sweep,)
+            _run(run_id, label, _decode(config, "config", run_id), _decode(final, "final", run_id), diverged)
+            for run_id, label, config, final, diverged in db.execute(
+                f"SELECT r.id, r.label, r.config, r.final, {meta[0]} FROM runs r{meta[1]} "
+                "WHERE r.sweep = ? AND r.status = 'done' ORDER BY r.id", (sweep,)
             )
         ]
     finally:
@@ -193,7 +194,17 @@ def load_sweep(store_path: str | os.PathLike, sweep: str | None = None) -> Sweep
     return SweepData(
         store_path=os.fspath(store_path), name=sweep, spec=spec, created=created, runs=runs,
         status_counts=counts, label_counts=label_counts, first_error=first_error,
+        spec_versions=[(int(v), text) for v, text in versions] or ([(1, spec)] if spec else []),
     )
+
+
+def _run(run_id: int, label: str, config: dict[str, Any], final: dict[str, Any], diverged: str | None) -> Run:
+    """A finished run; one that diverged (recorded, or a loss stored as null by a store from before
+    divergence was recorded) has every metric None."""
+    diverged = diverged or divergence(final)
+    if diverged:
+        final = dict.fromkeys(final)
+    return Run(id=run_id, label=label, config=config, final=final, diverged=diverged)
 
 
 def load_curves(store_path: str | os.PathLike, run_ids: list[int]) -> dict[int, dict[str, list[tuple[int, float]]]]:

@@ -4,6 +4,8 @@ failed, the best result so far, the elapsed time and an ETA (``decaylab status S
 The ETA divides the runs left by the recent rate: runs finished in the last ten minutes of the
 sweep's activity (or since it started), so idle gaps between invocations do not slow the estimate.
 It assumes the sweep keeps running as it did; ``(idle)`` marks a sweep with no run in progress.
+The elapsed time of a sweep (or method) with no run in progress ends at its last finished run (done
+or failed), so it stops growing once the sweep stops.
 """
 from __future__ import annotations
 
@@ -44,7 +46,9 @@ class _Row:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
     started: list[float] = field(default_factory=list)
     finished: list[float] = field(default_factory=list)  # of done runs
+    ended: list[float] = field(default_factory=list)  # of done and failed runs
     best: tuple[str, float, dict] | None = None  # metric, value, config
+    diverged: int = 0
 
     active: int = 0  # running runs whose process is alive
 
@@ -54,10 +58,14 @@ class _Row:
             self.active += 1
         if run["started"] is not None:
             self.started.append(run["started"])
+        if run["status"] in ("done", "failed") and run["finished"] is not None:
+            self.ended.append(run["finished"])
         if run["status"] != "done":
             return
         if run["finished"] is not None:
             self.finished.append(run["finished"])
+        if run.get("diverged"):
+            self.diverged += 1
         final = run["final"] or {}
         for metric, better in BEST_METRICS:
             value = final.get(metric)
@@ -81,9 +89,11 @@ def _rate(finished: list[float], first_start: float | None) -> float | None:
 
 def status_rows(store: Store, sweep: str | None = None, *, now: float | None = None) -> list[dict[str, Any]]:
     """One dict per (sweep, method label) and one per sweep (label ``None``): ``sweep``, ``label``,
-    the four status counts, ``total``, ``best`` (metric, value, config) or None, ``elapsed_s`` and
-    ``eta_s`` (None when unknown or nothing is left), ``idle`` (runs are left but no live process
-    is training any: running runs whose process is gone do not count)."""
+    the four status counts, ``total``, ``diverged`` (done runs whose loss was not finite), ``best``
+    (metric, value, config) or None, ``elapsed_s`` (from the first start to now while a run is in
+    progress, else to the last finished run) and ``eta_s`` (None when unknown or nothing is left),
+    ``idle`` (runs are left but no live process is training any: running runs whose process is
+    gone do not count)."""
     now = time.time() if now is None else now
     rows: dict[tuple[str, str | None], _Row] = {}
     stale = set(store.stale(sweep))
@@ -102,10 +112,10 @@ def status_rows(store: Store, sweep: str | None = None, *, now: float | None = N
             elapsed = None
         elif row.active:
             elapsed = now - mine_first
-        else:
-            elapsed = (max(row.finished) if row.finished else now) - mine_first
+        else:  # nothing in progress: the time up to the last run that ended (it no longer grows)
+            elapsed = max(row.ended) - mine_first if row.ended else None
         out.append({"sweep": name, "label": label, **row.counts, "total": sum(row.counts.values()),
-                    "best": row.best, "elapsed_s": elapsed,
+                    "diverged": row.diverged, "best": row.best, "elapsed_s": elapsed,
                     "eta_s": (left / rate if rate else None) if left else None,
                     "idle": left > 0 and whole.active == 0})
     out.sort(key=lambda r: (r["sweep"], r["label"] is None))  # stable: methods in first-run order
@@ -150,4 +160,8 @@ def format_status(store: Store, sweep: str | None = None, *, now: float | None =
     if stale:
         lines.append(f"{stale} of the running runs were left by a process that is gone; the next "
                      "`decaylab sweep` of their spec trains them again.")
+    diverged = sum(r["diverged"] for r in rows if r["label"] is None)
+    if diverged:
+        lines.append(f"{diverged} of the done runs diverged (a loss that is not finite): their metrics are null, "
+                     "and the report marks their cells 'div'.")
     return "\n".join(lines)

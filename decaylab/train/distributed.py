@@ -201,9 +201,14 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
     values: dict[str, Any] = {}
     if path is not None:
         try:
-            values = tomllib.loads(Path(path).read_text())
+            values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ValueError(f"config: no such file {str(path)!r}") from None
+        except IsADirectoryError:
+            raise ValueError(f"config: {str(path)!r} is a folder; give a TOML file of TrainConfig fields") from None
+        except UnicodeDecodeError as error:
+            raise ValueError(f"config: {str(path)!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
+                             f"offset {error.start}); save it as UTF-8") from None
         except tomllib.TOMLDecodeError as error:
             raise ValueError(f"config: {path} is not valid TOML: {error}") from None
     overrides = list(overrides)
@@ -259,8 +264,17 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "python -m decaylab.train.distributed") -> int:
     """Parse ``[CONFIG.toml] [--field value ...] [options]``, train, write the result (rank 0).
 
-    Exit status 0, or 2 for bad input (the message names the field or option).
+    Exit status 0; 2 for bad input, found before training (a field or option, a config file that is
+    not UTF-8 TOML, an ``--out`` or ``--checkpoint-dir`` that cannot be written, a checkpoint that
+    cannot be read, a dataset that is missing); 1 when a write fails after training has begun (a
+    full disk: the result then goes to stdout); 130 when interrupted (Ctrl-C or SIGTERM). Each is
+    one line that names the cause.
     """
+    from decaylab._paths import check_output_dir, check_output_file, describe_os_error
+    from decaylab._store_schema import divergence, json_safe
+    from decaylab.data import DataFileError
+    from decaylab.sweep.cli import _stop_on_sigterm, stopped_how
+
     argv = list(sys.argv[1:] if argv is None else argv)
     options, overrides, i = [], [], 0
     while i < len(argv):
@@ -279,20 +293,81 @@ def main(argv: list[str] | None = None, prog: str = "python -m decaylab.train.di
             overrides += argv[i:i + 2]
             i += 2
     args = _parser(prog).parse_args(options)
-    try:
+
+    def error(message: object, status: int = 2) -> int:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return status
+
+    writes = world()[0] == 0
+    try:  # everything that can be found out before training, so that no run is trained for nothing
         config = load_config(args.config, overrides)
+        if writes and args.out is not None:
+            check_output_file(args.out, "--out")
+        if args.checkpoint_dir is not None:
+            check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
+            if args.resume:
+                _check_checkpoint(config, args.checkpoint_dir)
+    except ValueError as problem:
+        return error(problem)
+    steps = [0]
+    previous = _stop_on_sigterm()
+    try:
         result = train_distributed(config, progress=not args.quiet, checkpoint_dir=args.checkpoint_dir,
-                                   checkpoint_every=args.checkpoint_every, resume=args.resume)
-    except ValueError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-    if world()[0] == 0:
+                                   checkpoint_every=args.checkpoint_every, resume=args.resume,
+                                   on_step=lambda step: steps.__setitem__(0, step))
+    except KeyboardInterrupt as stop:
+        saved = (f"--resume with --checkpoint-dir {args.checkpoint_dir} goes on from its last checkpoint"
+                 if args.checkpoint_dir is not None else "nothing was saved (--checkpoint-dir keeps checkpoints)")
+        print(f"{prog}: {stopped_how(stop)}: stopped at step {steps[0]}; {saved}", file=sys.stderr)
+        return 130
+    except DataFileError as problem:  # a dataset that is missing or damaged (and could not be downloaded)
+        return error(f"dataset {config.dataset!r}: {problem}")
+    except ValueError as problem:
+        return error(problem)
+    except OSError as problem:  # a checkpoint that could not be written (a full disk)
+        return error(f"{describe_os_error(problem)}: {problem.filename or problem}", 1)
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
+    if writes:
+        payload = result.to_dict()
+        reason = divergence(payload["final"])
+        if reason:  # as a sweep stores it: a diverged run's metrics mean nothing
+            payload["final"] = dict.fromkeys(payload["final"])
+        payload["diverged"] = reason
+        text = json.dumps(json_safe(payload), indent=1, allow_nan=False)  # null, never a bare NaN
         if args.out is not None:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(result.to_dict(), indent=1))
+            try:
+                Path(args.out).write_text(text)
+            except OSError as problem:  # keep the result: it goes to stdout
+                print(text)
+                return error(f"--out {args.out}: could not write the result ({describe_os_error(problem)}); it "
+                             "was printed to stdout instead", 1)
         final = " ".join(f"{k}={v:.4g}" for k, v in result.final.items())
-        print(f"{prog}: {config.model}/{config.dataset} {final}")
+        print(f"{prog}: {config.model}/{config.dataset} {final}" + (f" (diverged: {reason})" if reason else ""))
     return 0
+
+
+def _check_checkpoint(config: TrainConfig, checkpoint_dir: str) -> None:
+    """With ``--resume``: the run's checkpoint, when there is one, must load (as data only: no code
+    from a file is ever run) and be a decaylab checkpoint; else ``ValueError`` naming the file."""
+    from .loop import CHECKPOINT_FORMAT, _checkpoint_path
+
+    path = _checkpoint_path(checkpoint_dir, [config], False)
+    if not path.exists():
+        return
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as problem:  # truncated (EOFError, zip errors), garbage (UnpicklingError), foreign globals
+        first = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
+        raise ValueError(f"--resume: the checkpoint {path} cannot be read ({type(problem).__name__}: {first}); "
+                         "it is truncated, damaged or not a decaylab checkpoint: delete it to start the run "
+                         "over") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"--resume: {path} is not a decaylab checkpoint of format {CHECKPOINT_FORMAT}; delete it to "
+                         "start the run over")
 
 
 if __name__ == "__main__":
