@@ -41,9 +41,9 @@ import torch
 from _machine import cpu_model, git_revision  # benchmarks/_machine.py
 
 import decaylab
-from decaylab.optim import SGDW, Adam, kernels, native
+from decaylab.optim import FORMS, SGDW, Adam, dispatch
+from decaylab.optim.executors import compiled
 
-FORMS = ("l2", "decoupled", "prox", "prox_euclid", "cautious", "stable")
 TARGET = 1.10
 LR = 1e-3
 WEIGHT_DECAY = 1e-2
@@ -167,20 +167,15 @@ def torch_sgd_fused_works(device: torch.device) -> bool:
     return True
 
 
-def decaylab_backend(requested: str, numel: int, spec: kernels.Spec, device: torch.device) -> tuple[str, bool]:
-    """What decaylab will run for one fp32 bucket of ``numel`` elements, and whether that compiles."""
-    fusable = kernels.fusable_spec(spec) is None and device.type == "cpu"
-    nativable = kernels.nativable_spec(spec) is None and device.type == "cpu" and native.available()
-    if requested == "auto" and fusable and not spec.stacked and spec.form in ("l2", "decoupled", "prox"):
-        return "auto→fused", False
-    if requested in ("auto", "native") and nativable:
-        return ("auto→native" if requested == "auto" else "native"), False
-    if requested in ("auto", "fused") and fusable:
-        return ("auto→fused" if requested == "auto" else "fused"), False
-    if requested in ("auto", "fused", "native"):
-        chosen = "compiled" if numel >= kernels.AUTO_COMPILE_MIN_NUMEL else "foreach"
-        return f"{requested}→{chosen}", chosen == "compiled"
-    return requested, requested == "compiled"
+def decaylab_backend(make: Callable, numel: int, device: torch.device) -> tuple[str, bool]:
+    """What decaylab's dispatcher runs for one fp32 bucket of ``numel`` elements (it says so itself:
+    ``optimizer.explain()``), and whether that compiles."""
+    p = torch.nn.Parameter(torch.empty(numel, device=device))
+    p.grad = torch.empty_like(p)
+    opt = make([p])
+    (row,) = opt.explain()
+    requested, chosen = opt.param_groups[0]["backend"], row["executor"]
+    return (chosen if requested == chosen else f"{requested}→{chosen}"), chosen == "compiled"
 
 
 def contenders(forms: list[str], backends: list[str], numel: int, device: torch.device) -> list[Contender]:
@@ -198,13 +193,11 @@ def contenders(forms: list[str], backends: list[str], numel: int, device: torch.
                               lambda ps: AdamWThenReadGrads(ps, **adamw), BYTES_ADAM + 4))
     for backend in backends:
         for form in forms:
-            label, compiles = decaylab_backend(backend, numel, kernels.Spec("adam", form), device)
-            rows.append(Contender(
-                f"decaylab Adam {form}", "adam", label,
-                lambda ps, form=form, backend=backend: Adam(
-                    ps, lr=LR, weight_decay=WEIGHT_DECAY, decay=form, backend=backend),
-                BYTES_ADAM, counted=backend == "auto", compiles=compiles,
-            ))
+            make = lambda ps, form=form, backend=backend: Adam(  # noqa: E731
+                ps, lr=LR, weight_decay=WEIGHT_DECAY, decay=form, backend=backend)
+            label, compiles = decaylab_backend(make, numel, device)
+            rows.append(Contender(f"decaylab Adam {form}", "adam", label, make, BYTES_ADAM,
+                                  counted=backend == "auto", compiles=compiles))
     if "foreach" not in backends:
         rows.append(Contender(
             "decaylab Adam decoupled", "adam", "foreach",
@@ -218,11 +211,9 @@ def contenders(forms: list[str], backends: list[str], numel: int, device: torch.
         BYTES_SGD_MOMENTUM, anchor=True,
     ))
     for backend in dict.fromkeys(["auto", "foreach", *(b for b in backends if b not in ("fused", "native"))]):
-        label, compiles = decaylab_backend(backend, numel, kernels.Spec("sgd", "decoupled", momentum=MOMENTUM), device)
-        rows.append(Contender(
-            "decaylab SGDW", "sgd", label,
-            lambda ps, backend=backend: SGDW(ps, backend=backend, **sgd), BYTES_SGD_MOMENTUM, compiles=compiles,
-        ))
+        make = lambda ps, backend=backend: SGDW(ps, backend=backend, **sgd)  # noqa: E731
+        label, compiles = decaylab_backend(make, numel, device)
+        rows.append(Contender("decaylab SGDW", "sgd", label, make, BYTES_SGD_MOMENTUM, compiles=compiles))
     return rows
 
 
@@ -354,9 +345,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad:
         ap.error(f"--forms: unknown form(s) {bad}; choose from {FORMS}")
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    bad = [b for b in args.backends if b not in kernels.BACKENDS]
+    bad = [b for b in args.backends if b not in dispatch.BACKENDS]
     if bad:
-        ap.error(f"--backends: unknown backend(s) {bad}; choose from {kernels.BACKENDS}")
+        ap.error(f"--backends: unknown backend(s) {bad}; choose from {dispatch.BACKENDS}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is available")
     cuda = args.device.startswith("cuda")
@@ -404,7 +395,7 @@ def main(argv: list[str] | None = None) -> dict:
         "steps_per_round": args.steps or f"calibrated to {args.min_time} s", "rounds": args.rounds, "seed": args.seed,
         "load_average_start": os.getloadavg(),
         "inductor_cache": inductor_cache_state(),
-        "auto_compile_min_numel": kernels.AUTO_COMPILE_MIN_NUMEL, "compile_chunk": kernels.COMPILE_CHUNK,
+        "auto_compile_min_numel": dispatch.AUTO_COMPILE_MIN_NUMEL, "compile_chunk": compiled.COMPILE_CHUNK,
     }
     peak = None
     if device.type == "cuda":
@@ -422,10 +413,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'hparams':>10}: lr={LR}, weight_decay={WEIGHT_DECAY} for every contender; SGD momentum={MOMENTUM}")
     steps = f"{args.steps} steps" if args.steps else f"~{args.min_time:g} s of steps"
     print(f"{'timing':>10}: {args.rounds} interleaved rounds x {steps} per contender, order shuffled each round")
-    print(f"{'decaylab':>10}: auto runs torch's fused kernels for Adam with decay in {kernels.FUSED_FORMS} on CPU, "
-          "else "
-          f"compiles buckets >= {kernels.AUTO_COMPILE_MIN_NUMEL:,} elements, "
-          f"{kernels.COMPILE_CHUNK} tensors per compiled call; inductor cache {run_info['inductor_cache']}")
+    print(f"{'decaylab':>10}: auto picks per bucket (decaylab.optim.dispatch; the table's backend column says what "
+          f"it picked); it compiles buckets >= {dispatch.AUTO_COMPILE_MIN_NUMEL:,} elements, "
+          f"{compiled.COMPILE_CHUNK} tensors per compiled call; inductor cache {run_info['inductor_cache']}")
     load = run_info["load_average_start"]
     print(f"{'load':>10}: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (1/5/15 min) at start", end="")
     busy = device.type == "cpu" and load[0] > 0.5

@@ -42,12 +42,10 @@ import time
 import torch
 
 from decaylab.data import TensorData, load
-from decaylab.models import num_parameters
-from decaylab.optim import native
+from decaylab.optim import Adam
 from decaylab.train import TrainConfig, train, train_stacked
 from decaylab.train.data import build_model
 from decaylab.train.engines import StackedModels
-from decaylab.train.loop import STACKED_COMPILE_MIN_WORK, _stacked_backend
 
 
 def grid(k: int, base: TrainConfig) -> list[TrainConfig]:
@@ -110,15 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     print("configs: lr ∈ {" + ", ".join(f"{lr:.3g}" for lr in sorted({c.lr for c in configs})) + "} × λ ∈ {"
           + ", ".join(f"{w:g}" for w in sorted({c.weight_decay for c in configs})) + f"}}, seeds 0..{args.models - 1}")
 
-    work = steps * args.models * num_parameters(build_model(base, data))
-    engine = StackedModels([build_model(base, data) for _ in range(2)])
-    if _stacked_backend(engine, steps, device, base) == "auto" and device.type == "cpu" and native.available():
-        picks = "the optimizer's auto: decaylab's native step, all K models in one call per bucket"
-    elif work >= STACKED_COMPILE_MIN_WORK:
-        picks = f"compiled ({work:.2e} element-steps, compiled from {STACKED_COMPILE_MIN_WORK:.2e})"
-    else:
-        picks = f"the optimizer's auto ({work:.2e} element-steps, compiled from {STACKED_COMPILE_MIN_WORK:.2e})"
-    print(f"train_stacked(backend='auto') picks {picks}")
+    # what the dispatcher picks for this stacked run (decaylab.optim.dispatch: one policy, asked directly)
+    engine = StackedModels([build_model(base, data).to(device) for _ in range(args.models)])
+    stacked_lr = torch.full((args.models,), base.lr, dtype=torch.float64, device=device)
+    probe = Adam(engine.parameters(), lr=stacked_lr, weight_decay=0.0, decay="decoupled")
+    probe.dispatcher.expected_steps = steps
+    picks = sorted({row["executor"] for row in probe.explain()})
+    print(f"train_stacked(backend='auto') runs the optimizer step on {', '.join(picks)} "
+          f"({steps * sum(p.numel() for p in engine.parameters()):.2e} element-steps)")
+    del engine, probe
 
     # The anchor: the same runs one after the other with torch.optim.AdamW (torch's defaults), as a
     # training script would; beside it the same with decaylab's AdamW (auto: torch's fused kernel).

@@ -48,3 +48,23 @@ def _torch_config_left_intact(request):
                 broken.append(f"{name}.{key}")
     if broken:
         pytest.fail(f"{request.module.__name__} left torch config entries unreadable: {', '.join(broken)}")
+
+
+@pytest.fixture
+def executors(monkeypatch):
+    """Record which executor ran each bucket: a list of (executor name, the bucket's parameter shapes)."""
+    from decaylab.optim.executors import EXECUTORS
+
+    calls: list[tuple[str, tuple]] = []
+
+    def wrap(name, fn):
+        def inner(bucket):
+            calls.append((name, tuple(tuple(p.shape) for p in bucket.params)))
+            return fn(bucket)
+
+        return inner
+
+    for name, executor in EXECUTORS.items():
+        for method in ("step", "moments", "update"):
+            monkeypatch.setattr(executor, method, wrap(name, getattr(executor, method)))
+    return calls

@@ -408,5 +408,5 @@ def test_tensor_lr_with_torch_scheduler_keeps_max_lr(backend):
         factor *= 1 - float(opt.param_groups[0]["lr"]) / ALPHA * 0.3
         opt.step()
         sched.step()
-    assert float(opt.param_groups[0]["max_lr"]) == pytest.approx(ALPHA)
+    assert float(opt.param_groups[0]["decay_max_lr"]) == pytest.approx(ALPHA)
     torch.testing.assert_close(w.detach(), torch.full_like(w, factor), rtol=1e-12, atol=0)

@@ -21,7 +21,8 @@ def param(*shape, dtype=torch.float64):
 
 def one_of(name: str, allowed) -> str:
     """The message of an unknown name: it names the argument and lists every allowed value."""
-    return rf"^{name} must be one of " + re.escape(", ".join(repr(a) for a in allowed)) + r"; got 'bogus'$"
+    listed = ", ".join(repr(a) for a in allowed) + (", or a DecayRule" if name == "decay" else "")
+    return rf"^{name} must be one of " + re.escape(listed) + r"; got 'bogus'$"
 
 
 # --------------------------------------------------------------------------- constructor arguments

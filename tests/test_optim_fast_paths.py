@@ -27,9 +27,9 @@ from torch._dynamo.utils import counters
 from torch._inductor.utils import fresh_cache
 from torch.testing import assert_close
 
-from decaylab.optim import SGD, Adam, kernels
+from decaylab.optim import FORMS, RULES, SGD, Adam
+from decaylab.optim.executors import EXECUTORS, BucketSpec
 
-FORMS = ("l2", "decoupled", "prox", "prox_euclid", "cautious", "stable")
 STEPS = 6
 LRS = (0.05, 0.03, 0.08, 0.02, 0.04, 0.01)  # a new lr every step
 TOL = dict(rtol=1e-13, atol=1e-15)
@@ -113,23 +113,6 @@ def assert_same(opt_a, params_a, opt_b, params_b, **tol):
             assert_close(sa[key], sb[key], **tol, msg=lambda m, i=i, key=key: f"param {i} state {key!r}: {m}")
     for ga, gb in zip(opt_a.param_groups, opt_b.param_groups, strict=True):
         assert ga["step"] == gb["step"]
-
-
-@pytest.fixture
-def executors(monkeypatch):
-    """Record which executor ran each bucket: a list of (backend, param shapes)."""
-    calls: list[tuple[str, tuple]] = []
-
-    def wrap(name, fn):
-        def inner(spec, params, *args, **kwargs):
-            calls.append((name, tuple(tuple(p.shape) for p in params)))
-            return fn(spec, params, *args, **kwargs)
-
-        return inner
-
-    for name, fns in list(kernels.EXECUTORS.items()):
-        monkeypatch.setitem(kernels.EXECUTORS, name, tuple(wrap(name, fn) for fn in fns))
-    return calls
 
 
 def adam_factory(backend, form, decay_to="zero", amsgrad=False, maximize=False):
@@ -357,8 +340,15 @@ def test_compiled_hyperparameters_not_taken_from_another_graph():
 # --------------------------------------------------------------------------- fused: torch's kernels, rule folded in
 
 
+def fused_forms() -> list[str]:
+    """The rules the fused executor takes for Adam (their fused lowering), read from the registry."""
+    adam = Adam([torch.nn.Parameter(torch.zeros(1))]).direction
+    return [name for name, rule in RULES.items()
+            if EXECUTORS["fused"].why_not_spec(BucketSpec(adam, rule, options=(("amsgrad", False),))) is None]
+
+
 def _fused_cases():
-    for form in kernels.FUSED_FORMS:
+    for form in fused_forms():
         for scale in (("lr",) if form == "l2" else ("lr", "schedule", "corrected", "constant")):
             for amsgrad, maximize in itertools.product([False, True], repeat=2):
                 if form == "stable" and amsgrad:

@@ -18,11 +18,10 @@ import warnings
 
 import pytest
 import torch
-from test_optim_fast_paths import (  # noqa: F401 (executors: a fixture)
+from test_optim_fast_paths import (
     LRS,
     SGD_VARIANTS,
     assert_same,
-    executors,
     make_params,
     run,
     sgd_factory,
@@ -30,10 +29,10 @@ from test_optim_fast_paths import (  # noqa: F401 (executors: a fixture)
 from test_optim_stacked import adam, check_stacked_equals_separate, initial, sgd
 from torch.testing import assert_close
 
-from decaylab.optim import SGD, Adam, AdamW, kernels, native
-
-FORMS = ("l2", "decoupled", "prox", "prox_euclid", "cautious", "stable")
-SCALES = ("lr", "schedule", "corrected", "constant")
+from decaylab.optim import FORMS, SCALES, SGD, Adam, AdamW
+from decaylab.optim.executors import EXECUTORS
+from decaylab.optim.executors import native as native_executor
+from decaylab.optim.executors.native import build as native
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +57,7 @@ def _cases():
 
 
 @pytest.mark.parametrize(("form", "scale", "amsgrad", "maximize"), list(_cases()))
-def test_native_equals_reference(form, scale, amsgrad, maximize, executors):  # noqa: F811
+def test_native_equals_reference(form, scale, amsgrad, maximize, executors):
     ref_opt, ref_params = run(factory("reference", form, scale, amsgrad=amsgrad, maximize=maximize),
                               list(make_params()))
     del executors[:]
@@ -99,16 +98,17 @@ def test_native_float32_close_to_reference(form):
 def test_native_stacked_equals_separate(form, flags):
     """One call for all K models, each with its own lr and λ (model 0 has λ = 0), equals K separate runs."""
     calls = []
-    original = kernels.EXECUTORS["native"]
-    kernels.EXECUTORS["native"] = tuple(lambda *a, fn=fn, **k: (calls.append(1), fn(*a, **k))[1] for fn in original)
+    original = EXECUTORS["native"].step, EXECUTORS["native"].update
+    EXECUTORS["native"].step = lambda bucket: (calls.append(1), original[0](bucket))[1]
+    EXECUTORS["native"].update = lambda bucket: (calls.append(1), original[1](bucket))[1]
     try:
         check_stacked_equals_separate(*adam("native", form, **flags))
     finally:
-        kernels.EXECUTORS["native"] = original
+        del EXECUTORS["native"].step, EXECUTORS["native"].update
     assert calls
 
 
-def test_auto_runs_stacked_models_native(executors):  # noqa: F811
+def test_auto_runs_stacked_models_native(executors):
     stacked, _ = adam("auto", "decoupled")
     params = [torch.nn.Parameter(w.clone()) for w in initial()]
     opt = stacked(params, torch.tensor([0.01, 0.03, 0.05, 0.02], dtype=torch.float64))
@@ -262,7 +262,7 @@ def test_build_is_cached_per_machine(fresh_native):
     assert ctypes.CDLL(str(built[0])).decaylab_native_abi() == native.ABI
 
 
-def test_broken_compiler_falls_back_with_one_warning(fresh_native, monkeypatch, executors):  # noqa: F811
+def test_broken_compiler_falls_back_with_one_warning(fresh_native, monkeypatch, executors):
     fake = fresh_native / "cc"
     fake.write_text("#!/bin/sh\necho 'cc: error: no such compiler' >&2\nexit 1\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
@@ -337,7 +337,7 @@ def test_pre_pass_sums_every_square_once(dtype):
     rows_out = list(itertools.accumulate([0, *models[:-1]]))
     sums = (ctypes.c_double * sum(models))()
     coef = (ctypes.c_double * native.NCOEF)(1.0, 1.0, 0.1, 0.999, 0.001, 1e-8, 1.0)
-    fn = kernels._native_fn("sums", dtype)
+    fn = native_executor._fn("sums", dtype)
     for threads in (1, 2):
         status = fn(n, ptrs, per_model, (ctypes.c_int64 * n)(*models), (ctypes.c_int64 * n)(*([0] * n)), coef,
                     (ctypes.c_int * n)(*([0] * n)), sums, (ctypes.c_int64 * n)(*rows_out), threads)
@@ -375,7 +375,7 @@ def test_native_stable_on_long_tensors_equals_reference(dtype):
 @pytest.mark.parametrize("maximize", [False, True])
 @pytest.mark.parametrize("variant", [*SGD_VARIANTS, "dampening"])
 @pytest.mark.parametrize("form", FORMS)
-def test_native_sgd_equals_reference(form, variant, maximize, executors):  # noqa: F811
+def test_native_sgd_equals_reference(form, variant, maximize, executors):
     def factory(backend):
         if variant != "dampening":
             return sgd_factory(backend, form, variant, maximize=maximize)
@@ -393,7 +393,7 @@ def test_native_sgd_equals_reference(form, variant, maximize, executors):  # noq
     assert ("native", ((4, 3), (7,), (2, 3, 2), ())) in executors, executors
 
 
-def test_auto_runs_sgd_native(executors):  # noqa: F811
+def test_auto_runs_sgd_native(executors):
     ref_opt, ref_params = run(sgd_factory("reference", "decoupled"), list(make_params()))
     del executors[:]
     opt, params = run(sgd_factory("auto", "decoupled"), list(make_params()))

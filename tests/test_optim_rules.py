@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from decaylab.optim import directions, rules
-from decaylab.optim.kernels import _expand
+from decaylab.optim.executors.base import expand as _expand
 from decaylab.optim.tensorlist import TensorList
 
 

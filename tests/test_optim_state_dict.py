@@ -13,14 +13,17 @@
 from __future__ import annotations
 
 import copy
+import math
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch.testing import assert_close
 
 from decaylab import optim as dl
-from decaylab.schedules import SCHEDULE_CLASSES, ConstantDecay, EarlyDecay
+from decaylab.schedules import SCHEDULE_CLASSES, ConstantDecay, EarlyDecay, FollowSchedule
 
 DT = torch.float64
 TOL = dict(rtol=1e-12, atol=1e-14)
@@ -205,7 +208,8 @@ def test_torch_adamw_checkpoint_into_decaylab_adam_resumes_decoupled(tmp_path):
     # so two optimizers loading the same dict object would share and double-count them.
     ours_params, theirs_params = _clone(src_params), _clone(src_params)
     ours = dl.Adam(ours_params, backend="foreach")
-    ours.load_state_dict(_save_load(src.state_dict(), tmp_path, "ours.pt"))
+    with pytest.warns(dl.CheckpointFormWarning, match="saved with decay='decoupled'.*built with decay='l2'"):
+        ours.load_state_dict(_save_load(src.state_dict(), tmp_path, "ours.pt"))
     theirs = torch.optim.Adam(theirs_params)
     theirs.load_state_dict(_save_load(src.state_dict(), tmp_path, "theirs.pt"))
     assert ours.param_groups[0]["decay"] == "decoupled"
@@ -232,7 +236,8 @@ def test_torch_adam_l2_checkpoint_into_decaylab_adamw_resumes_l2(tmp_path):
 
     ours_params = _clone(src_params)
     ours = dl.AdamW(ours_params, backend="foreach")
-    ours.load_state_dict(sd)
+    with pytest.warns(dl.CheckpointFormWarning, match="saved with decay='l2'.*built with decay='decoupled'"):
+        ours.load_state_dict(sd)
     assert ours.param_groups[0]["decay"] == "l2"
     _run(src, src_params, 5, 10)
     _run(ours, ours_params, 5, 10)
@@ -258,7 +263,8 @@ def test_decaylab_checkpoint_keeps_its_form_across_classes(src_cls, src_kw, dst_
     _run(src, src_params, 0, 3)
     dst_params = _clone(src_params)
     dst = dst_cls(dst_params, backend="foreach")
-    dst.load_state_dict(_save_load(src.state_dict(), tmp_path))
+    with pytest.warns(dl.CheckpointFormWarning, match=f"saved with decay='{form}'"):
+        dst.load_state_dict(_save_load(src.state_dict(), tmp_path))
     assert dst.param_groups[0]["decay"] == form
     _run(src, src_params, 3, 6)
     _run(dst, dst_params, 3, 6)
@@ -358,7 +364,7 @@ def test_round_trip_with_lr_scheduler_and_corrected_scale(backend, tmp_path):
     b, b_sched = make(b_params)
     b.load_state_dict(ckpt["opt"])
     b_sched.load_state_dict(ckpt["sched"])
-    assert b.param_groups[0]["max_lr"] == 5e-2
+    assert b.param_groups[0]["decay_max_lr"] == 5e-2
     assert b.param_groups[0]["lr"] < 5e-2
     _run(b, b_params, K, N, scheduler=b_sched)
     assert b.param_groups[0]["lr"] == full.param_groups[0]["lr"]
@@ -375,7 +381,6 @@ def test_group_step_survives_so_early_decay_stops_at_the_same_step(backend, tmp_
     With zero gradients Adam's direction is 0, so each step is pure decay ``w ← w·(1 − lr·λ_t)``
     and the trajectory is known in closed form.
     """
-    torch.serialization.add_safe_globals(list(SCHEDULE_CLASSES))
     lr, lam = 0.1, 0.1
     make = lambda ps: dl.AdamW(ps, lr=lr, weight_decay=EarlyDecay(lam, until=3), backend=backend)
     w0 = [p.detach().clone() for p in _params()]
@@ -410,7 +415,6 @@ def test_group_step_survives_so_early_decay_stops_at_the_same_step(backend, tmp_
 
 @pytest.mark.parametrize("backend", FAST_BACKENDS)
 def test_early_decay_resume_with_real_gradients(backend, tmp_path, schedule_globals_reset):
-    torch.serialization.add_safe_globals(list(SCHEDULE_CLASSES))
     make = lambda ps: dl.AdamW(ps, lr=3e-2, weight_decay=EarlyDecay(0.5, until=3), backend=backend)
     full_params = _params()
     full = make(full_params)
@@ -452,50 +456,72 @@ def test_plain_weight_decay_checkpoint_loads_with_weights_only(tmp_path, schedul
     sd = _save_load(opt.state_dict(), tmp_path)  # would raise if anything needed an allow-list
     group = sd["param_groups"][0]
     assert group["weight_decay"] == 0.1 and group["decay_scale"] == "schedule" and group["step"] == 3
-    assert group["max_lr"] == 1e-2 and group["decay_to"] == "init"
+    assert group["decay_max_lr"] == 1e-2 and group["decay_to"] == "init"
     assert torch.equal(sd["state"][0]["exp_avg"], opt.state[ps[0]]["exp_avg"])
 
 
-def test_schedule_weight_decay_needs_an_allow_list_to_load(tmp_path, schedule_globals_reset):
-    """A schedule object in ``weight_decay`` is pickled as a decaylab class.
-
-    ``torch.load`` (weights_only=True by default) refuses it; it loads with ``weights_only=False``,
-    inside ``torch.serialization.safe_globals(...)``, or after
-    ``torch.serialization.add_safe_globals(list(decaylab.schedules.SCHEDULE_CLASSES))``.
-    """
+def test_schedule_weight_decay_loads_with_weights_only(tmp_path, schedule_globals_reset):
+    """A decaylab schedule in ``weight_decay`` is saved as plain data: ``torch.load`` with its default
+    ``weights_only=True`` reads it with no allow-list, and ``load_state_dict`` makes the schedule again."""
     ps = _params()
     opt = dl.AdamW(ps, lr=0.1, weight_decay=EarlyDecay(0.1, until=3), backend="foreach")
     _run(opt, ps, 0, 2)
     path = tmp_path / "ckpt.pt"
     torch.save(opt.state_dict(), path)
+    assert opt.param_groups[0]["weight_decay"] == EarlyDecay(0.1, until=3)  # the optimizer keeps its object
 
-    with pytest.raises(pickle.UnpicklingError, match="decaylab.schedules.EarlyDecay"):
-        torch.load(path)
-
-    unsafe = torch.load(path, weights_only=False)
-    assert unsafe["param_groups"][0]["weight_decay"] == EarlyDecay(0.1, until=3)
-
-    with torch.serialization.safe_globals([EarlyDecay]):
-        scoped = torch.load(path)
-    assert scoped["param_groups"][0]["weight_decay"] == EarlyDecay(0.1, until=3)
-    with pytest.raises(pickle.UnpicklingError):  # the context manager does not leak
-        torch.load(path)
-
-    torch.serialization.add_safe_globals(list(SCHEDULE_CLASSES))
-    sd = torch.load(path)
-    wd = sd["param_groups"][0]["weight_decay"]
-    assert type(wd) is EarlyDecay and wd == EarlyDecay(0.1, until=3)
-    assert [wd(t) for t in range(5)] == [0.1, 0.1, 0.1, 0.0, 0.0]
+    sd = torch.load(path)  # weights_only=True, nothing allow-listed
+    saved = sd["param_groups"][0]["weight_decay"]
+    assert saved == {"decaylab_schedule": "EarlyDecay", "module": "decaylab.optim.schedules",
+                     "fields": {"weight_decay": 0.1, "until": 3}}
 
     b_params = _clone(ps)
     b = dl.AdamW(b_params, backend="foreach")  # default λ=0.01: the checkpoint's schedule replaces it
     b.load_state_dict(sd)
-    assert b.param_groups[0]["weight_decay"] == EarlyDecay(0.1, until=3)
+    wd = b.param_groups[0]["weight_decay"]
+    assert type(wd) is EarlyDecay and wd == EarlyDecay(0.1, until=3)
+    assert [wd(t) for t in range(5)] == [0.1, 0.1, 0.1, 0.0, 0.0]
     assert torch.equal(b.state[b_params[0]]["exp_avg"], opt.state[ps[0]]["exp_avg"])
 
 
+def test_a_schedule_that_is_not_plain_data_stays_an_object(tmp_path, schedule_globals_reset):
+    """A lambda (or a FollowSchedule of a function) cannot be plain data: it is pickled as it is, and a
+    weights_only load refuses it, as torch does for any object."""
+    ps = _params()
+    opt = dl.AdamW(ps, lr=0.1, weight_decay=FollowSchedule(0.1, math.sqrt), backend="foreach")
+    _run(opt, ps, 0, 1)
+    path = tmp_path / "ckpt.pt"
+    torch.save(opt.state_dict(), path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path)
+    assert torch.load(path, weights_only=False)["param_groups"][0]["weight_decay"] == FollowSchedule(0.1, math.sqrt)
+
+
+def test_state_dict_with_a_schedule_loads_in_a_fresh_process(tmp_path):
+    """HF Trainer and Lightning resume with torch.load(weights_only=True) in a new process, before any
+    decaylab schedule class is imported: the train loop's DecaySchedule too."""
+    from decaylab.train.schedules import DecaySchedule
+
+    ps = _params()
+    opt = dl.AdamW(ps, lr=0.1, weight_decay=DecaySchedule(0.2, "early", 4), backend="foreach")
+    _run(opt, ps, 0, 2)
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    code = (
+        "import torch\n"
+        f"sd = torch.load({str(tmp_path / 'opt.pt')!r})\n"
+        "from decaylab.optim import AdamW\n"
+        "ps = [torch.zeros(s, dtype=torch.float64, requires_grad=True) for s in [(6, 4), (6,), (3, 6), (3,)]]\n"
+        "opt = AdamW(ps)\n"
+        "opt.load_state_dict(sd)\n"
+        "wd = opt.param_groups[0]['weight_decay']\n"
+        "print(type(wd).__name__, wd(3), wd(4))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["DecaySchedule", "0.2", "0.0"]
+
+
 def test_constant_decay_schedule_round_trip_equals_float(tmp_path, schedule_globals_reset):
-    torch.serialization.add_safe_globals(list(SCHEDULE_CLASSES))
     plain_params, sched_params = _params(), _params()
     plain = dl.AdamW(plain_params, lr=1e-2, weight_decay=0.4, backend="foreach")
     sched = dl.AdamW(sched_params, lr=1e-2, weight_decay=ConstantDecay(0.4), backend="foreach")

@@ -125,32 +125,41 @@ def test_one_config_stacked_equals_train():
     assert_same_runs([train(config, data=data)], train_stacked([config], data=data))
 
 
-def test_auto_backend_compiles_only_long_stacked_runs(monkeypatch):
+def _stacked_executors(steps, *, sgd=False, dtype=torch.float32):
+    """What the optimizer's dispatcher runs for 16 stacked MLPs trained ``steps`` steps (as train_stacked sets it)."""
     from decaylab.models import build
-    from decaylab.train import loop
+    from decaylab.optim import SGD, Adam
 
     torch.manual_seed(0)
-    engine = StackedModels([build("mlp") for _ in range(16)])  # 16 × 15,210 entries
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(loop, "_can_compile", lambda device: True)
-    assert loop._stacked_backend(engine, 1000, cpu) == "auto"  # short: the optimizer's own choice
-    assert loop._stacked_backend(engine, 3000, cpu) == "compiled"
-    monkeypatch.setattr(loop, "_can_compile", lambda device: False)
-    assert loop._stacked_backend(engine, 10_000, cpu) == "auto"
+    engine = StackedModels([build("mlp").to(dtype) for _ in range(16)])  # 16 × 15,210 entries
+    lr = torch.full((16,), 1e-3, dtype=torch.float64)
+    opt = (SGD if sgd else Adam)(engine.parameters(), lr=lr, weight_decay=0.0)
+    opt.dispatcher.expected_steps = steps
+    return {row["executor"] for row in opt.explain()}
+
+
+def test_auto_backend_compiles_only_long_stacked_runs(monkeypatch):
+    from decaylab.optim.executors import EXECUTORS, compiled
+
+    monkeypatch.setattr(EXECUTORS["native"], "why_not", lambda bucket: "switched off for this test")
+    monkeypatch.setattr(compiled, "compiler_available", lambda device_type: None)
+    assert _stacked_executors(1000) == {"fused"}  # short: compiling would not pay; torch's kernel per model
+    assert _stacked_executors(3000) == {"compiled"}  # one graph for all K models
+    assert _stacked_executors(1000, sgd=True) == {"foreach"}
+    assert _stacked_executors(3000, sgd=True) == {"compiled"}
+    monkeypatch.setattr(compiled, "compiler_available", lambda device_type: "no compiler in this test")
+    assert _stacked_executors(10_000) == {"fused"}
+    assert _stacked_executors(10_000, sgd=True) == {"foreach"}
 
 
 def test_stacked_adam_on_cpu_uses_the_native_step_not_a_compile(monkeypatch):
-    from decaylab.models import build
-    from decaylab.train import loop
+    from decaylab.optim.executors import compiled
 
-    torch.manual_seed(0)
-    engine = StackedModels([build("mlp") for _ in range(16)])
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(loop, "_can_compile", lambda device: True)
-    assert loop._stacked_backend(engine, 10_000, cpu, TrainConfig()) == "auto"  # auto: native, no compile
-    assert loop._stacked_backend(engine, 10_000, cpu, TrainConfig(optimizer="sgd")) == "auto"
+    monkeypatch.setattr(compiled, "compiler_available", lambda device_type: None)
+    assert _stacked_executors(10_000) == {"native"}  # all K models in one call, no compile
+    assert _stacked_executors(10_000, sgd=True) == {"native"}
     # bf16 parameters: no native step, the long run compiles
-    assert loop._stacked_backend(engine, 10_000, cpu, TrainConfig(precision="bf16")) == "compiled"
+    assert _stacked_executors(10_000, dtype=torch.bfloat16) == {"compiled"}
 
 
 @pytest.mark.parametrize("precision", ["bf16-autocast", "bf16"])

@@ -13,8 +13,9 @@ torchvision's, so a torchvision data folder can be passed as ``root``:
 Each batch file is a Python-2 pickle of a dict with ``b"data"`` (``N×3072`` uint8, the 1024 red,
 then green, then blue pixels of each 32×32 image, row-major) and ``b"labels"`` (CIFAR-10) or
 ``b"fine_labels"`` / ``b"coarse_labels"`` (CIFAR-100). Checksums are verified *before* anything
-is unpickled (unpickling runs code), which is why verification cannot be switched off: a file you
-made yourself is loaded by passing its own ``md5=``.
+is unpickled, which is why verification cannot be switched off: a file you made yourself is loaded
+by passing its own ``md5=``. The unpickler itself only makes numpy arrays, lists, dicts, numbers and
+strings: a pickle that names anything else (code) is refused.
 
 The archive is downloaded from https://www.cs.toronto.edu/~kriz/ only when it is missing and
 ``download=True``; offline, the error says where to put the file.
@@ -23,6 +24,7 @@ The archive is downloaded from https://www.cs.toronto.edu/~kriz/ only when it is
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import tarfile
@@ -184,9 +186,27 @@ def _read_folder(spec: CifarSpec, folder: Path) -> dict[str, bytes]:
     return found
 
 
+# What a CIFAR python-format file may name: numpy's array reconstruction (under numpy 1's and 2's module
+# names) and the codec Python 3 writes bytes with. Anything else is refused before it is called: even a
+# file whose checksum was given by hand cannot run code.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"{module}.{name} is not something a CIFAR file holds; refused")
+        if module == "numpy.core.multiarray":  # numpy 2 keeps it under numpy._core
+            module = np.ndarray.__reduce__(np.zeros(1))[0].__module__
+        return super().find_class(module, name)
+
+
 def _unpickle(spec: CifarSpec, blob: bytes, where: str, keys: tuple[bytes, ...]) -> dict[bytes, object]:
     try:
-        obj = pickle.loads(blob, encoding="bytes")
+        obj = _CifarUnpickler(io.BytesIO(blob), encoding="bytes").load()
     except Exception as e:  # UnpicklingError, EOFError, ValueError, ... : all mean "not this file"
         raise CorruptDataError(f"{where} is not a readable pickle ({type(e).__name__}: {e}); expected the "
                                f"{spec.name} python-format pickle of a dict with keys {list(keys)}") from e

@@ -140,6 +140,7 @@ def step_hparams(group: dict[str, Any], *, taken: bool = True) -> dict[str, Any]
     torch's convention ``s_t = lr_t``. Values are numbers or tensors of shape ``(K,)``.
     """
     from decaylab.optim.rules import decay_scale  # diagnostics read the optimizers, never the reverse
+    from decaylab.optim.torch_compat import MAX_LR
 
     lr = group["lr"]
     wd = group.get("weight_decay", 0.0)
@@ -147,5 +148,5 @@ def step_hparams(group: dict[str, Any], *, taken: bool = True) -> dict[str, Any]
         index = int(group.get("step", 0)) - (1 if taken else 0)
         wd = wd(max(index, 0))
     scale = group.get("decay_scale", "lr")
-    s = decay_scale(scale, lr, group.get("max_lr", lr)) if scale != "lr" else lr
+    s = decay_scale(scale, lr, group.get(MAX_LR, lr)) if scale != "lr" else lr
     return {"lr": lr, "lam": wd, "s": s}

@@ -51,9 +51,9 @@ Chunk = tuple[Any, Any, str]  # (metric, value, source), or (names, tensor, sour
 
 
 def infer_stacked(optimizer: torch.optim.Optimizer) -> int | None:
-    """K when some group's ``lr``, ``weight_decay`` or ``max_lr`` is a tensor of shape ``(K,)``."""
+    """K when some group's ``lr``, ``weight_decay`` or peak lr (``decay_max_lr``) is a tensor of shape ``(K,)``."""
     ks = {
-        v.numel() for g in optimizer.param_groups for key in ("lr", "weight_decay", "max_lr")
+        v.numel() for g in optimizer.param_groups for key in ("lr", "weight_decay", "decay_max_lr")
         if isinstance(v := g.get(key), Tensor) and v.dim() == 1
     }
     if len(ks) > 1:

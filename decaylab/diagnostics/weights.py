@@ -120,8 +120,8 @@ def _direction(optimizer: torch.optim.Optimizer | None) -> str | None:
     """``"adam"``, ``"sgd"`` or ``None`` (unknown) for decaylab's and torch's optimizers."""
     if optimizer is None:
         return None
-    direction = getattr(optimizer, "direction", None)
-    if direction in ("adam", "sgd"):
+    direction = getattr(getattr(optimizer, "direction", None), "name", None)  # a decaylab Direction
+    if direction is not None:
         return direction
     if isinstance(optimizer, torch.optim.Adam):
         return "adam"
@@ -152,11 +152,15 @@ def per_step_decay(optimizer: torch.optim.Optimizer, group: dict[str, Any], *, t
     ``l2`` it is ``None``: λw is divided by ``sqrt(v̂)`` like the gradient, so the shrink depends on
     the gradients. ``None`` too for ``prox_euclid`` (coordinate-wise) and unknown optimizers.
     """
+    from decaylab.optim import DIRECTIONS, RULES  # diagnostics read the optimizers, never the reverse
+
     hp = step_hparams(group, taken=taken)
-    form, direction = _form(optimizer, group), _direction(optimizer)
-    if form in ("decoupled", "prox", "cautious", "stable"):
+    rule, direction = RULES.get(_form(optimizer, group)), DIRECTIONS.get(_direction(optimizer))
+    if rule is None:
+        return None
+    if rule.shrink is not None:  # exact, or nominal (a mask or a global statistic changes it)
         return hp["s"] * hp["lam"]
-    if form == "l2" and direction == "sgd":
+    if rule.acts == "gradient" and direction is not None and direction.linear:
         return hp["lr"] * hp["lam"] * (1 - group.get("dampening", 0.0)) / (1 - group.get("momentum", 0.0))
     return None
 
@@ -169,12 +173,16 @@ def group_equilibrium(optimizer: torch.optim.Optimizer, group: dict[str, Any], *
     with ``l2``/``decoupled``/``prox`` decay (no Nesterov); ``None`` elsewhere, where the
     derivation does not apply (Adam+L2, cautious, stable, prox_euclid, amsgrad, Nesterov).
     """
-    form, direction = _form(optimizer, group), _direction(optimizer)
-    if direction == "adam" and form in ("decoupled", "prox") and not group.get("amsgrad", False):
-        beta = group["betas"][0]
-    elif direction == "sgd" and form in ("l2", "decoupled", "prox") and not group.get("nesterov", False):
-        beta = group.get("momentum", 0.0)
-    else:
+    from decaylab.optim import DIRECTIONS, RULES
+
+    rule, direction = RULES.get(_form(optimizer, group)), DIRECTIONS.get(_direction(optimizer))
+    if rule is None or direction is None:
+        return None
+    # the derivation needs a uniform shrink per step: an exact rule, or L2 through a linear direction
+    if not (rule.shrink == "exact" or (rule.acts == "gradient" and direction.linear)):
+        return None
+    beta = direction.equilibrium_beta(group)
+    if beta is None:
         return None
     d = per_step_decay(optimizer, group, taken=taken)
     return None if d is None else equilibrium_angular_update(d, beta)

@@ -1,23 +1,17 @@
 """The weight-decay optimizer family: a direction (Adam, SGD) × a decay rule.
 
-See :mod:`decaylab.optim.rules` for every decay form and scale with its equation.
+Rules (:mod:`~decaylab.optim.rules`, registry :data:`RULES`) and directions
+(:mod:`~decaylab.optim.directions`, registry :data:`DIRECTIONS`) are objects; :class:`Adam` and
+:class:`SGD` combine them, the named optimizers are presets. Equations and sources: ``docs/methods.md``.
 """
-from .optimizer import (
-    SGD,
-    SGDW,
-    Adam,
-    AdamC,
-    AdamS,
-    AdamW,
-    CautiousAdamW,
-    DecayOptimizer,
-    DecayUnderflowWarning,
-    EuclidProxAdam,
-    ProxAdam,
-)
-from .rules import FORMS, SCALES, TARGETS
+from .directions import DIRECTIONS, Direction
+from .optimizer import SGD, Adam, DecayOptimizer, DecayUnderflowWarning
+from .presets import SGDW, AdamC, AdamS, AdamW, CautiousAdamW, EuclidProxAdam, ProxAdam
+from .rules import FORMS, RULES, SCALES, TARGETS, DecayRule, register
+from .torch_compat import CheckpointFormWarning
 
 __all__ = [
     "Adam", "SGD", "AdamW", "ProxAdam", "EuclidProxAdam", "AdamS", "AdamC", "CautiousAdamW", "SGDW",
-    "DecayOptimizer", "DecayUnderflowWarning", "FORMS", "SCALES", "TARGETS",
+    "DecayOptimizer", "DecayUnderflowWarning", "CheckpointFormWarning", "FORMS", "SCALES", "TARGETS",
+    "RULES", "DecayRule", "register", "DIRECTIONS", "Direction",
 ]

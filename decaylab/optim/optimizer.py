@@ -1,37 +1,31 @@
-r"""The optimizer family: a direction (Adam, SGD) × a decay rule (form, scale, target, schedule).
+r"""The optimizer family: a direction (:mod:`~decaylab.optim.directions`) × a decay rule (:mod:`~decaylab.optim.rules`).
 
-:class:`Adam` and :class:`SGD` take the decay rule as keyword arguments; the named optimizers
-(:class:`AdamW`, :class:`ProxAdam`, :class:`SGDW`, …) are presets that only change defaults.
-Param groups, ``state_dict`` and lr schedulers work as in ``torch.optim``; a checkpoint of
-``torch.optim.AdamW`` loads into :class:`AdamW` and continues identically, and the other way
-round (for the forms torch has: ``l2`` and ``decoupled`` with ``decay_scale="lr"``).
+:class:`DecayOptimizer` is orchestration only: each step it *plans* (validates every group and
+buckets its tensors, before anything moves), *dispatches* each bucket to an executor
+(:mod:`~decaylab.optim.dispatch`) and *runs* it. :class:`Adam` and :class:`SGD` name a direction
+and take the decay rule as keyword arguments; the named optimizers (:class:`AdamW`,
+:class:`ProxAdam`, :class:`SGDW`, …) are presets that only change defaults
+(:mod:`~decaylab.optim.presets`). Param groups, ``state_dict`` and lr schedulers work as in
+``torch.optim`` (:mod:`~decaylab.optim.torch_compat`); a checkpoint of ``torch.optim.AdamW`` loads
+into :class:`AdamW` and continues identically, and the other way round (for the forms torch has:
+``l2`` and ``decoupled`` with ``decay_scale="lr"``). Equations and sources: ``docs/methods.md``.
 """
 from __future__ import annotations
 
 import math
 import warnings
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from . import directions, kernels, native, precision, rules, sharded
-from .kernels import Spec
+from . import precision, rules, sharded, torch_compat
+from .directions import DIRECTIONS, Direction
+from .dispatch import BACKENDS, Dispatcher, why_not_backend
+from .executors import EXECUTORS, Bucket, BucketSpec, CarriedSums
 
-__all__ = [
-    "DecayOptimizer",
-    "Adam",
-    "SGD",
-    "AdamW",
-    "ProxAdam",
-    "EuclidProxAdam",
-    "AdamS",
-    "AdamC",
-    "CautiousAdamW",
-    "SGDW",
-    "DecayUnderflowWarning",
-]
+__all__ = ["DecayOptimizer", "Adam", "SGD", "DecayUnderflowWarning"]
 
 
 class DecayUnderflowWarning(UserWarning):
@@ -42,8 +36,13 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _check_hparam(name: str, value: Any, *, allow_callable: bool = False, upper: float | None = None) -> None:
-    """A non-negative number, or a tensor of shape () or (K,) of non-negative numbers."""
+def check_hparam(name: str, value: Any, *, allow_callable: bool = False, upper: float | None = None,
+                 values: bool = True) -> None:
+    """A non-negative number, or a tensor of shape () or (K,) of non-negative numbers.
+
+    ``values=False`` checks a tensor's shape and dtype only (reading its values back is a device
+    sync: the per-step checks skip it).
+    """
     allowed = "a number >= 0" + (f" and < {upper}" if upper is not None else "")
     allowed += ", a tensor of shape () or (K,) of such numbers"
     if allow_callable:
@@ -55,6 +54,8 @@ def _check_hparam(name: str, value: Any, *, allow_callable: bool = False, upper:
             raise ValueError(
                 f"{name} must be {allowed}; got a tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
             )
+        if not values:
+            return
         bad = (value < 0) | ~torch.isfinite(value)
         if upper is not None:
             bad |= value >= upper
@@ -74,27 +75,30 @@ def _is_zero(x: Any) -> bool:
     return bool((x == 0).any()) if isinstance(x, Tensor) else x == 0
 
 
+def _per_model(group: dict[str, Any]) -> bool:
+    return any(isinstance(group.get(k), Tensor) and group[k].dim() == 1
+               for k in ("lr", "weight_decay", torch_compat.MAX_LR))
+
+
 class DecayOptimizer(torch.optim.Optimizer):
-    """Base of the family: validation, state, buckets, backends. Subclasses name a direction.
+    """Base of the family: validation, state, buckets, dispatch. Subclasses name a direction.
 
     Param-group keys shared by every direction (each may differ per group):
 
     * ``weight_decay`` — λ: a number, a tensor of shape ``(K,)`` (one per stacked model), or a
-      schedule ``step -> λ_t`` (see :mod:`decaylab.schedules`) called with the 0-based index of
+      schedule ``step -> λ_t`` (see :mod:`decaylab.optim.schedules`) called with the 0-based index of
       the step being taken.
-    * ``decay`` — the form: ``"l2"``, ``"decoupled"``, ``"prox"``, ``"prox_euclid"``,
-      ``"cautious"``, ``"stable"`` (equations in :mod:`decaylab.optim.rules`).
+    * ``decay`` — the rule: a name in :data:`decaylab.optim.rules.RULES` (``"l2"``, ``"decoupled"``,
+      ``"prox"``, ``"prox_euclid"``, ``"cautious"``, ``"stable"``, or a rule you registered), or a
+      :class:`~decaylab.optim.rules.DecayRule` object (the group then holds its name).
     * ``decay_scale`` — ``s_t``: ``"lr"`` (torch), ``"schedule"`` (the AdamW paper),
-      ``"corrected"`` (AdamC), ``"constant"``. ``"schedule"``/``"corrected"`` divide by
-      ``max_lr``, which defaults to the group's lr when the optimizer is built.
+      ``"corrected"`` (AdamC), ``"constant"``. ``"schedule"``/``"corrected"`` divide by the peak
+      lr, the ``max_lr`` argument (group key ``decay_max_lr``: a key no torch scheduler writes;
+      ``OneCycleLR`` writes its own ``max_lr``), which defaults to the group's lr when the
+      optimizer is built.
     * ``decay_to`` — ``"zero"`` or ``"init"`` (decay toward the weights at construction, L2-SP).
-    * ``backend`` — ``"auto"``, ``"reference"``, ``"foreach"``, ``"compiled"``, ``"fused"``
-      (torch's fused Adam kernels, for the rules they express exactly; :mod:`decaylab.optim.kernels`),
-      ``"native"`` (decaylab's own C step for every form, K stacked models in one call;
-      :mod:`decaylab.optim.native`; also SGD). On CPU fp32/fp64 ``"auto"`` takes ``"fused"`` for one
-      Adam model's ``l2``, ``decoupled`` and ``prox``, ``"native"`` for the other Adam forms, for SGD
-      and for stacked models, else ``"compiled"`` for buckets of at least 2²⁰ elements and
-      ``"foreach"`` below.
+    * ``backend`` — ``"auto"`` or an executor (``"reference"``, ``"foreach"``, ``"compiled"``,
+      ``"fused"``, ``"native"``): see :mod:`decaylab.optim.dispatch` for what ``"auto"`` picks.
     * ``low_precision`` — ``"kahan"`` (default), ``"stochastic"`` or ``"none"``, for bf16/fp16
       parameters (see :mod:`decaylab.optim.precision`).
 
@@ -102,20 +106,21 @@ class DecayOptimizer(torch.optim.Optimizer):
     group stacks ``K`` models along dim 0: model ``k`` then trains with ``lr[k]`` and ``λ[k]``.
     """
 
-    direction: str = ""
-    _direction_keys: tuple[str, ...] = ()
+    direction: ClassVar[Direction]
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]):
+        self.dispatcher = Dispatcher()
+        self.carried = CarriedSums()  # the stable form's Σv between steps (fused and native paths)
         self._underflow_reported: set[tuple[int, torch.dtype]] = set()
-        self._compile_failed = False
         super().__init__(params, defaults)
+        torch_compat.install_torch_load_warning()
 
     # ------------------------------------------------------------------ groups and validation
 
-    def _validate_direction(self, group: dict[str, Any]) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if isinstance(param_group, dict) and "max_lr" in param_group:  # the argument's name, in a group dict
+            param_group = dict(param_group)
+            param_group[torch_compat.MAX_LR] = param_group.pop("max_lr")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
@@ -127,67 +132,53 @@ class DecayOptimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 self.state[p]["init_param"] = p.detach().clone(memory_format=torch.preserve_format)
 
-    def _validate_group(self, group: dict[str, Any]) -> None:
-        _check_hparam("lr", group["lr"])
-        _check_hparam("weight_decay", group["weight_decay"], allow_callable=True)
-        _choice("decay", group["decay"], rules.FORMS)
+    def _validate_group(self, group: dict[str, Any], *, new: bool = True) -> None:
+        """Check a group as the constructor does; ``new=False`` for a loaded group (keeps its peak lr)."""
+        check_hparam("lr", group["lr"])
+        check_hparam("weight_decay", group["weight_decay"], allow_callable=True)
+        rule = rules.resolve(group["decay"])
+        group["decay"] = rule.name
         _choice("decay_scale", group["decay_scale"], rules.SCALES)
         _choice("decay_to", group["decay_to"], rules.TARGETS)
-        _choice("backend", group["backend"], kernels.BACKENDS)
+        _choice("backend", group["backend"], BACKENDS)
         _choice("low_precision", group["low_precision"], precision.MODES)
-        if group["decay"] == "l2" and group["decay_scale"] != "lr":
+        if rule.scales is not None and group["decay_scale"] not in rule.scales:
             raise ValueError(
-                f"decay_scale={group['decay_scale']!r} has no effect with decay='l2': the L2 term enters the "
-                "gradient and is scaled like it. Use decay_scale='lr' with 'l2', or a decoupled/proximal decay form."
+                f"decay_scale={group['decay_scale']!r} has no effect with decay={rule.name!r}: the decay enters the "
+                f"gradient and is scaled like it. Use decay_scale={rule.scales[0]!r} with {rule.name!r}, or a "
+                "decoupled/proximal decay form."
             )
+        self.direction.check_rule(rule)
         if group["low_precision"] == "stochastic" and any(p.dtype == torch.float16 for p in group["params"]):
             raise ValueError(
                 "low_precision='stochastic' rounds to bf16 only; for float16 parameters use 'kahan' or 'none'"
             )
-        self._validate_direction(group)
+        self.direction.validate(group)
         for p in group["params"]:
             if p.is_complex():
                 raise ValueError("params: complex parameters are not supported; optimize torch.view_as_real(p) instead")
         self._resolve_max_lr(group)
         self._check_stacked(group)
-        if group["backend"] == "fused":
-            self._check_fused(group)
-        if group["backend"] == "native":
-            self._check_native(group)
+        if group["backend"] in ("fused", "native"):
+            stacked = _per_model(group)
+            for p in group["params"]:
+                why = why_not_backend(group["backend"], self._spec(group, rule, p, stacked), [p])
+                if why:
+                    raise ValueError(
+                        f"backend={group['backend']!r} cannot run this param group: {why}. Use backend='auto' (it "
+                        f"picks {group['backend']!r} wherever it can) or 'compiled'"
+                    )
         group.setdefault("step", 0)
 
-    def _check_fused(self, group: dict[str, Any]) -> None:
-        stacked = any(isinstance(group[k], Tensor) and group[k].dim() == 1 for k in ("lr", "weight_decay"))
-        for p in group["params"]:
-            why = kernels.fusable_spec(self._spec(group, p, stacked)) or kernels.fusable_tensor(p)
-            if why:
-                raise ValueError(
-                    f"backend='fused' cannot run this param group: {why}. It runs torch's fused Adam kernels for "
-                    f"decay in {kernels.FUSED_FORMS} toward zero (stable: one model) on CPU fp32/fp64 tensors; use "
-                    "backend='auto' (it picks 'fused' wherever it can) or 'compiled'"
-                )
-
-    def _check_native(self, group: dict[str, Any]) -> None:
-        stacked = any(isinstance(group[k], Tensor) and group[k].dim() == 1 for k in ("lr", "weight_decay"))
-        for p in group["params"]:
-            why = kernels.nativable_spec(self._spec(group, p, stacked)) or kernels.fusable_tensor(p)
-            if why is None and not native.available():
-                why = native.why_not()
-            if why:
-                raise ValueError(
-                    f"backend='native' cannot run this param group: {why}. It runs decaylab's C loop for Adam and "
-                    "SGD with every decay form toward zero on CPU fp32/fp64 tensors; use backend='auto' (it picks "
-                    "'native' wherever it can) or 'compiled'"
-                )
-
     def _resolve_max_lr(self, group: dict[str, Any]) -> None:
-        if group.get("max_lr") is None:
+        key = torch_compat.MAX_LR
+        if group.get(key) is None:
             peak = group.get("initial_lr", group["lr"])
             # A copy: torch's schedulers update a tensor lr in place, and the peak must not follow.
-            group["max_lr"] = peak.detach().clone() if isinstance(peak, Tensor) else peak
+            group[key] = peak.detach().clone() if isinstance(peak, Tensor) else peak
         else:
-            _check_hparam("max_lr", group["max_lr"])
-        if group["decay_scale"] in ("schedule", "corrected") and _is_zero(group["max_lr"]):
+            check_hparam("max_lr", group[key])
+        if group["decay_scale"] in ("schedule", "corrected") and _is_zero(group[key]):
             raise ValueError(
                 f"max_lr: decay_scale={group['decay_scale']!r} divides by the peak learning rate, which defaults to "
                 "the group's lr when the optimizer is built, and that lr is 0 (a warmup from 0?). "
@@ -195,7 +186,8 @@ class DecayOptimizer(torch.optim.Optimizer):
             )
 
     def _check_stacked(self, group: dict[str, Any]) -> None:
-        sizes = {k: v.numel() for k in ("lr", "weight_decay", "max_lr")
+        sizes = {("max_lr" if k == torch_compat.MAX_LR else k): v.numel()
+                 for k in ("lr", "weight_decay", torch_compat.MAX_LR)
                  if isinstance(v := group.get(k), Tensor) and v.dim() == 1}
         if not sizes:
             return
@@ -212,55 +204,47 @@ class DecayOptimizer(torch.optim.Optimizer):
                     f"dim 0; got a parameter of shape {tuple(p.shape)}"
                 )
 
+    # ------------------------------------------------------------------ state dicts (torch_compat)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:
-            # A torch.optim.Adam/AdamW checkpoint says which form it used.
-            if "decay" not in group and "decoupled_weight_decay" in group and self.direction == "adam":
-                group["decay"] = "decoupled" if group["decoupled_weight_decay"] else "l2"
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
-            if group.get("max_lr") is None:
-                group["max_lr"] = group.get("initial_lr", group["lr"])
-            for p in group["params"]:
-                st = self.state.get(p, {})
-                if "step" in st and not isinstance(st["step"], Tensor):  # checkpoints before torch 1.12
-                    st["step"] = torch.tensor(float(st["step"]), dtype=_step_dtype())
-            # Weight-decay schedules read the group's step. A torch checkpoint has none, and one that
-            # went through torch.optim kept a stale one: the parameters' own counts are the truth.
-            steps = [int(self.state[p]["step"]) for p in group["params"] if "step" in self.state.get(p, {})]
-            group["step"] = max([group.get("step", 0), *steps])
+        torch_compat.fill_groups(self)
+        self.dispatcher = Dispatcher()
+        self.carried = CarriedSums()
         self._underflow_reported = set()
-        self._compile_failed = False
 
     def state_dict(self) -> dict[str, Any]:
-        sd = super().state_dict()
-        if self.direction == "adam":
-            for group in sd["param_groups"]:
-                # torch.optim.Adam reads this key; it makes a decaylab checkpoint mean the same there.
-                group["decoupled_weight_decay"] = group["decay"] == "decoupled"
-        return sd
+        return torch_compat.to_torch_state_dict(self, super().state_dict())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a decaylab or ``torch.optim`` state dict, checked as the constructor checks arguments.
+
+        Every group's hyperparameters are validated, and every state tensor's shape against its
+        parameter's (dtype and device follow the parameter, as in torch). A state dict that fails
+        leaves the optimizer as it was.
+        """
+        torch_compat.load_state_dict(self, state_dict, super().load_state_dict)
 
     # ------------------------------------------------------------------ the step
 
-    def _init_state(self, p: Tensor, group: dict[str, Any], spec: Spec) -> dict[str, Tensor]:
-        raise NotImplementedError  # pragma: no cover - abstract
-
-    def _spec(self, group: dict[str, Any], p: Tensor, stacked: bool) -> Spec:
-        raise NotImplementedError  # pragma: no cover - abstract
-
-    def _per_param(self, group: dict[str, Any], spec: Spec, params: list[Tensor], fresh: list[bool], device,
-                   dtype) -> dict[str, list[Tensor]]:
-        raise NotImplementedError  # pragma: no cover - abstract
+    def _spec(self, group: dict[str, Any], rule: rules.DecayRule, p: Tensor, stacked: bool) -> BucketSpec:
+        low = group["low_precision"] if p.dtype in precision.LOW_PRECISION else "none"
+        return BucketSpec(
+            direction=self.direction, rule=rule, to_init=group["decay_to"] == "init",
+            maximize=bool(group["maximize"]), low_precision=low, stacked=stacked,
+            options=tuple(self.direction.options(group).items()),
+        )
 
     def _group_hparams(self, group: dict[str, Any]) -> dict[str, Any]:
-        """``lr``, ``lam`` and ``s`` for this step of the group (floats or tensors)."""
+        """``lr``, ``lam``, ``s`` and the direction's scalars for this step of the group (floats or tensors)."""
         wd = group["weight_decay"]
-        lam = wd(group["step"]) if callable(wd) and not isinstance(wd, Tensor) else wd
-        if callable(wd) and not isinstance(wd, Tensor):
-            _check_hparam("weight_decay (the value its schedule returned)", lam)
+        scheduled = callable(wd) and not isinstance(wd, Tensor)
+        lam = wd(group["step"]) if scheduled else wd
+        if scheduled:
+            check_hparam("weight_decay (the value its schedule returned)", lam)
         lr = group["lr"]
-        return {"lr": lr, "lam": lam, "s": rules.decay_scale(group["decay_scale"], lr, group["max_lr"])}
+        hp = {"lr": lr, "lam": lam, "s": rules.decay_scale(group["decay_scale"], lr, group[torch_compat.MAX_LR])}
+        return hp | self.direction.hparams(group)
 
     def _hp_tensor(self, value: Any, device: torch.device, dtype: torch.dtype) -> Tensor:
         """``value`` as a tensor of ``dtype`` on ``device``; a number's tensor is made once and reused.
@@ -279,11 +263,15 @@ class DecayOptimizer(torch.optim.Optimizer):
             tensor = cache[key] = torch.tensor(float(value), dtype=dtype, device=device)
         return tensor
 
-    def _check_underflow(self, index: int, group: dict[str, Any], dtype: torch.dtype, spec: Spec,
+    def _check_underflow(self, index: int, group: dict[str, Any], dtype: torch.dtype, spec: BucketSpec,
                          hp: dict[str, Any]) -> None:
-        # l2 acts through the gradient; prox_euclid and stable scale s_t·λ by 1/D_t and 1/sqrt(mean v̂),
-        # which only the kernel knows: the check here would misjudge them.
-        if spec.form in ("l2", "prox_euclid", "stable") or (index, dtype) in self._underflow_reported:
+        # A rule without a per-step shrink (l2 acts through the gradient, prox_euclid scales s_t·λ by 1/D_t)
+        # or with a global statistic (stable's 1/sqrt(mean v̂), which only the kernel knows): the check
+        # here would misjudge them.
+        rule = spec.rule
+        if rule.shrink is None or rule.needs & {"D", "mean_vhat"} or (index, dtype) in self._underflow_reported:
+            return
+        if torch.compiler.is_compiling():  # a check that reads values back has no place in a traced step
             return
         # With tensor hyperparameters (K stacked models, or a tensor lr) the check reads them back,
         # a device sync on a GPU: judge every 64th step only.
@@ -294,7 +282,7 @@ class DecayOptimizer(torch.optim.Optimizer):
         # Judge the bulk of training only: at the tail of an annealed schedule (lr_t < max_lr/10)
         # the step itself vanishes, and a decay below resolution there costs nothing.
         if group["decay_scale"] != "constant":
-            lr, max_lr = hp["lr"], group["max_lr"]
+            lr, max_lr = hp["lr"], group[torch_compat.MAX_LR]
             if bool(torch.as_tensor(lr < max_lr / 10).all()):
                 return
         strength = hp["s"] * hp["lam"]
@@ -317,33 +305,18 @@ class DecayOptimizer(torch.optim.Optimizer):
                 stacklevel=5,  # _check_underflow < step < no_grad < Optimizer's hook wrapper < the caller
             )
 
-    def _backend(self, group: dict[str, Any], spec: Spec, params: list[Tensor], grads, states) -> str:
-        backend = group["backend"]
-        if torch.compiler.is_compiling():
-            return "reference"  # the caller compiles the whole step: give dynamo plain tensor code
-        if backend == "native" and kernels.can_native(spec, params, grads, states):
-            return "native"
-        if backend == "auto":
-            # torch's own fused kernel where it computes the rule exactly for one model (decoupled with
-            # scale "lr" is then torch's AdamW bit for bit); decaylab's native step for the other forms
-            # and for stacked models (one call for all K instead of one per model)
-            prefer_fused = not spec.stacked and spec.form in ("l2", "decoupled", "prox")
-            if prefer_fused and kernels.can_fuse(spec, params, grads):
-                return "fused"
-            if kernels.can_native(spec, params, grads, states):
-                return "native"
-            if not prefer_fused and kernels.can_fuse(spec, params, grads):
-                return "fused"
-        if backend == "fused" and kernels.can_fuse(spec, params, grads):
-            return "fused"
-        if backend in ("auto", "fused", "native"):
-            if self._compile_failed or sum(p.numel() for p in params) < kernels.AUTO_COMPILE_MIN_NUMEL:
-                backend = "foreach"
-            else:
-                backend = "compiled"
-        if backend == "compiled" and not kernels.can_compile(params, grads, states):
-            backend = "foreach"
-        return backend
+    def _check_step_group(self, group: dict[str, Any]) -> rules.DecayRule:
+        """What a step needs of a group, checked before any group moves (a group may have been edited
+        since it was added: by a scheduler, by hand). Cheap: no device sync."""
+        check_hparam("lr", group["lr"], values=False)
+        if not callable(group["weight_decay"]) or isinstance(group["weight_decay"], Tensor):
+            check_hparam("weight_decay", group["weight_decay"], values=False)
+        rule = rules.resolve(group["decay"])
+        if group["backend"] not in BACKENDS:
+            _choice("backend", group["backend"], BACKENDS)
+        if group["decay_scale"] not in rules.SCALES:
+            _choice("decay_scale", group["decay_scale"], rules.SCALES)
+        return rule
 
     def _buckets(self, group: dict[str, Any]):
         buckets: dict[tuple, list[Tensor]] = {}
@@ -367,80 +340,101 @@ class DecayOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Everything that can reject this step (schedules' values, sparse gradients) runs before
-        # any group is touched, so a failed step changes nothing.
-        plans = [(group, self._group_hparams(group), self._buckets(group)) for group in self.param_groups]
-        deferred = []  # the stable form needs mean(v̂) over all its parameters before any update
-        for index, (group, hp_group, buckets) in enumerate(plans):
+        # plan: everything that can reject this step (hyperparameters edited since, schedules' values,
+        # sparse gradients) runs before any group is touched, so a failed step changes nothing.
+        plans = [(group, self._check_step_group(group), self._group_hparams(group), self._buckets(group))
+                 for group in self.param_groups]
+        deferred: list[tuple[str, Bucket]] = []  # rules with a global statistic: every moment before any update
+        for index, (group, rule, hp_group, buckets) in enumerate(plans):
             stacked = any(isinstance(v, Tensor) and v.dim() == 1 for v in hp_group.values())
             for (device, dtype, _), params in buckets.items():
-                spec = self._spec(group, params[0], stacked)
-                fresh = [self.state[p].get("momentum_buffer") is None for p in params]
-                states_per_param = [self._init_state(p, group, spec) for p in params]
-                states = {k: [st[k] for st in states_per_param] for k in spec.state_keys}
-                grads = [p.grad for p in params]
-                cdtype = precision.compute_dtype(dtype)
-                hp = {k: self._hp_tensor(v, device, cdtype) for k, v in hp_group.items()}
-                if spec.direction == "sgd" and spec.form == "stable":
-                    hp["mean_vhat"] = torch.as_tensor(
-                        ((1 - group["momentum"]) / (1 - group["dampening"])) ** 2, dtype=cdtype, device=device
-                    )
-                pp = self._per_param(group, spec, params, fresh, device, cdtype)
-                self._check_underflow(index, group, dtype, spec, hp_group)
-                backend = self._backend(group, spec, params, grads, states)
-                if backend == "fused":  # torch's kernels take the step counts and the gradients themselves
-                    pp = dict(pp, step=[self.state[p]["step"] for p in params], grad=grads)
-                elif backend == "native":  # the stable form's update phase reads the gradients again
-                    pp = dict(pp, grad=grads)
-                job = (spec, backend, group["backend"], params, grads, states, hp, pp)
-                if spec.form == "stable" and spec.direction == "adam":
-                    deferred.append(job)
+                bucket = self._bucket(group, rule, hp_group, params, device, dtype, stacked)
+                self._check_underflow(index, group, dtype, bucket.spec, hp_group)
+                name = self.dispatcher.choose(group["backend"], bucket)
+                local = _local(bucket)
+                if bucket.spec.global_statistic:
+                    deferred.append((name, local))
                 else:
-                    self._run(job)
+                    self.dispatcher.step(name, group["backend"], local)
             group["step"] += 1
         if deferred:
-            self._run_stable(deferred)
+            self._run_with_statistic(deferred)
         return loss
 
-    def _run(self, job) -> None:
-        spec, backend, requested, params, grads, states, hp, pp = job
-        params, grads, states = sharded.local_shards(params, grads, states)  # the update is elementwise
-        try:
-            kernels.EXECUTORS[backend][0](spec, params, grads, states, hp, pp)
-        except Exception as exc:  # a compiler failure under backend="auto": fall back, loudly, once
-            if backend != "compiled" or requested != "auto":
-                raise
-            self._compile_failed = True
-            warnings.warn(f"decaylab: the compiled step failed ({type(exc).__name__}: {exc}); "
-                          "using foreach from now on", stacklevel=4)
-            kernels.EXECUTORS["foreach"][0](spec, params, grads, states, hp, pp)
+    def _bucket(self, group, rule, hp_group, params, device, dtype, stacked) -> Bucket:
+        """A bucket ready to run: its spec, state (created on a parameter's first step), hyperparameters."""
+        spec = self._spec(group, rule, params[0], stacked)
+        direction = self.direction
+        per_param = [self.state[p] for p in params]
+        fresh = [direction.init_state(p, st, spec) for p, st in zip(params, per_param, strict=True)]
+        for p, st in zip(params, per_param, strict=True):
+            if spec.low_precision == "kahan" and "kahan_comp" not in st:
+                st["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if spec.to_init and "init_param" not in st:
+                st["init_param"] = p.detach().clone(memory_format=torch.preserve_format)
+        states = {k: [st[k] for st in per_param] for k in spec.state_keys}
+        cdtype = precision.compute_dtype(dtype)
+        hp = {k: self._hp_tensor(v, device, cdtype) for k, v in hp_group.items()}
+        raw = dict(hp_group)
+        if "mean_vhat" in rule.needs and direction.statistic == "constant":
+            raw["mean_vhat"] = direction.mean_vhat(group)
+            hp["mean_vhat"] = self._hp_tensor(raw["mean_vhat"], device, cdtype)
+        pp = direction.prepare(group, spec, params, per_param, fresh, lambda x: self._hp_tensor(x, device, cdtype))
+        if "step" in per_param[0]:  # torch's fused kernels take the step counts themselves
+            pp["step"] = [st["step"] for st in per_param]
+        return Bucket(spec, params, [p.grad for p in params], states, hp, pp, self.carried, raw)
 
-    def _run_stable(self, jobs) -> None:
+    def explain(self) -> list[dict[str, Any]]:
+        """Which executor runs each bucket at the next step, and why each one before it cannot.
+
+        One dict per bucket: ``group`` (index), ``executor``, ``tensors``, ``numel``, ``dtype``,
+        ``device`` and ``refused`` (executor name -> reason). Buckets are the parameters that have a
+        gradient (all parameters before the first backward). Changes nothing.
+        """
+        rows = []
+        for index, group in enumerate(self.param_groups):
+            rule = rules.resolve(group["decay"])
+            stacked = _per_model(group)
+            with_grad = [p for p in group["params"] if p.grad is not None] or list(group["params"])
+            by_key: dict[tuple, list[Tensor]] = {}
+            for p in with_grad:
+                by_key.setdefault((p.device, p.dtype, sharded.shard_key(p)), []).append(p)
+            for (device, dtype, _), params in by_key.items():
+                spec = self._spec(group, rule, params[0], stacked)
+                existing = [self.state.get(p, {}) for p in params]
+                states = {k: [st[k] for st in existing] for k in spec.state_keys if all(k in st for st in existing)}
+                grads = [p.grad if p.grad is not None else p for p in params]
+                bucket = Bucket(spec, params, grads, states, {}, {}, self.carried)
+                chosen = self.dispatcher.choose(group["backend"], bucket)
+                refused = {name: why for name in EXECUTORS if name != chosen
+                           and (why := EXECUTORS[name].why_not(bucket)) is not None}
+                rows.append({"group": index, "executor": chosen, "tensors": len(params),
+                             "numel": sum(p.numel() for p in params), "dtype": dtype, "device": device,
+                             "refused": refused})
+        return rows
+
+    def _run_with_statistic(self, jobs: list[tuple[str, Bucket]]) -> None:
+        """Two phases: every bucket's moments and ``Σ v̂``, then ``mean v̂`` and every update."""
         total, count = 0, 0
-        for spec, backend, _, params, grads, states, hp, pp in jobs:
-            s = kernels.EXECUTORS[backend][1](spec, *sharded.local_shards(params, grads, states), hp, pp)
-            s = sharded.global_sum(s, params[0])  # over local shards: complete it over the whole parameters
+        for name, bucket in jobs:
+            s = EXECUTORS[name].moments(bucket)
+            s = sharded.global_sum(s, bucket.global_params[0])  # a sum over local shards: complete it
             # The sum may live on another device or dtype than its neighbours': gather in fp64 on CPU.
             total = total + torch.as_tensor(s).to("cpu", torch.float64)
-            count += sum(p.numel() // (p.shape[0] if spec.stacked else 1) for p in params)
+            count += sum(p.numel() // (p.shape[0] if bucket.spec.stacked else 1) for p in bucket.global_params)
         mean_vhat = total / count
-        for spec, backend, _, params, _grads, states, hp, pp in jobs:
-            hp = dict(hp, mean_vhat=mean_vhat.to(hp["lr"].device, hp["lr"].dtype))
-            params, _, states = sharded.local_shards(params, [], states)
-            kernels.EXECUTORS[backend][2](spec, params, states, hp, pp)
-
-    def _low_precision(self, group: dict[str, Any], p: Tensor) -> str:
-        return group["low_precision"] if p.dtype in precision.LOW_PRECISION else "none"
-
-    def _common_state(self, p: Tensor, state: dict[str, Tensor], spec: Spec) -> None:
-        if spec.low_precision == "kahan" and "kahan_comp" not in state:
-            state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if spec.to_init and "init_param" not in state:
-            state["init_param"] = p.detach().clone(memory_format=torch.preserve_format)
+        for name, bucket in jobs:
+            bucket.hp = dict(bucket.hp, mean_vhat=mean_vhat.to(bucket.hp["lr"].device, bucket.hp["lr"].dtype))
+            EXECUTORS[name].update(bucket)
 
 
-def _step_dtype() -> torch.dtype:
-    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+def _local(bucket: Bucket) -> Bucket:
+    """The bucket on this rank's shards (the update is elementwise); the whole parameters stay for counting."""
+    params, grads, states = sharded.local_shards(bucket.params, bucket.grads, bucket.states)
+    if params is bucket.params:
+        bucket.global_params = bucket.params
+        return bucket
+    return Bucket(bucket.spec, params, grads, states, bucket.hp, bucket.pp, bucket.carried, bucket.raw, bucket.params)
 
 
 class Adam(DecayOptimizer):
@@ -451,9 +445,11 @@ class Adam(DecayOptimizer):
         m_t = β_1 m_{t-1} + (1-β_1) g_t,\quad v_t = β_2 v_{t-1} + (1-β_2) g_t^2,\quad
         u_t = \frac{m_t/(1-β_1^t)}{\sqrt{v_t/(1-β_2^t)} + ε}
 
-    and ``w ← w − lr_t·u_t`` combined with the decay form (see :mod:`decaylab.optim.rules`).
+    and ``w ← w − lr_t·u_t`` combined with the decay rule (see :mod:`decaylab.optim.rules`).
     ``weight_decay`` uses the convention of ``decay_scale``: with ``"lr"`` (default) it is
     torch's λ; with ``"schedule"`` it is the AdamW paper's λ (``λ_paper = λ_torch · max_lr``).
+    torch's own keywords work too: ``decoupled_weight_decay=True`` is AdamW; ``foreach=True`` and
+    ``fused=True`` choose those executors; ``capturable`` and ``differentiable`` may only be False.
 
     Example:
         >>> import torch
@@ -465,7 +461,7 @@ class Adam(DecayOptimizer):
         0.95
     """
 
-    direction = "adam"
+    direction = DIRECTIONS["adam"]
 
     def __init__(
         self,
@@ -474,77 +470,30 @@ class Adam(DecayOptimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float | Tensor | Callable[[int], float] = 0.0,
+        amsgrad: bool = False,
         *,
-        decay: str = "l2",
+        decay: str | rules.DecayRule = "l2",
         decay_scale: str = "lr",
         max_lr: float | Tensor | None = None,
         decay_to: str = "zero",
-        amsgrad: bool = False,
         maximize: bool = False,
         backend: str = "auto",
         low_precision: str = "kahan",
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        decoupled_weight_decay: bool | None = None,
     ):
+        backend = torch_compat.backend_from_torch_flags(type(self).__name__, backend, foreach=foreach, fused=fused,
+                                                        capturable=capturable, differentiable=differentiable)
+        decay = torch_compat.decay_from_torch_flag(type(self).__name__, decay, decoupled_weight_decay)
         defaults = dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay, decay_scale=decay_scale,
-            max_lr=max_lr, decay_to=decay_to, amsgrad=amsgrad, maximize=maximize, backend=backend,
-            low_precision=low_precision,
+            decay_to=decay_to, amsgrad=amsgrad, maximize=maximize, backend=backend, low_precision=low_precision,
         )
+        defaults[torch_compat.MAX_LR] = max_lr
         super().__init__(params, defaults)
-
-    def _validate_direction(self, group: dict[str, Any]) -> None:
-        betas = group["betas"]
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"betas must be a pair (beta1, beta2) with each in [0, 1); got {betas!r}")
-        for i, b in enumerate(betas):
-            if not _is_number(b) or not 0.0 <= b < 1.0:
-                raise ValueError(f"betas[{i}] must be a number in [0, 1); got {b!r}")
-        if not _is_number(group["eps"]) or not math.isfinite(group["eps"]) or group["eps"] < 0:
-            raise ValueError(f"eps must be a finite number >= 0; got {group['eps']!r}")
-        group["betas"] = (float(betas[0]), float(betas[1]))
-
-    def _spec(self, group, p, stacked):
-        return Spec(
-            direction="adam", form=group["decay"], to_init=group["decay_to"] == "init", amsgrad=bool(group["amsgrad"]),
-            maximize=bool(group["maximize"]), eps=float(group["eps"]),
-            low_precision=self._low_precision(group, p), stacked=stacked,
-        )
-
-    def _group_hparams(self, group):
-        beta1, beta2 = group["betas"]
-        return dict(super()._group_hparams(group), beta1=beta1, beta2=beta2)
-
-    def _init_state(self, p, group, spec):
-        state = self.state[p]
-        if "exp_avg" not in state:
-            state["step"] = torch.tensor(0.0, dtype=_step_dtype())
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if spec.amsgrad and "max_exp_avg_sq" not in state:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        self._common_state(p, state, spec)
-        return state
-
-    def _per_param(self, group, spec, params, fresh, device, dtype):
-        steps = [self.state[p]["step"] for p in params]
-        torch._foreach_add_(steps, 1.0)
-        beta1, beta2 = group["betas"]
-        if not all(s.is_cpu for s in steps):  # capturable-style counts on the device: no host sync
-            corrections = [directions.adam_bias_corrections(beta1, beta2, s.to(device=device, dtype=dtype))
-                           for s in steps]
-        else:
-            # torch keeps step counts on the CPU, and so does decaylab: the corrections are computed in
-            # Python floats (float64, as torch.optim.Adam does), once per distinct count of the bucket
-            # (nearly always one), and shared as 0-dim tensors.
-            made: dict[float, tuple[Tensor, Tensor]] = {}
-            corrections = []
-            for s in steps:
-                t = s.item()
-                if t not in made:
-                    c1, c2 = directions.adam_bias_corrections(beta1, beta2, t)
-                    made[t] = (self._hp_tensor(c1, device, dtype), self._hp_tensor(c2, device, dtype))
-                corrections.append(made[t])
-        return {"inv_bias_correction1": [c[0] for c in corrections],
-                "inv_bias_correction2_sqrt": [c[1] for c in corrections]}
 
 
 class SGD(DecayOptimizer):
@@ -554,7 +503,7 @@ class SGD(DecayOptimizer):
 
         b_t = μ b_{t-1} + (1-δ) g_t \;(b_1 = g_1),\quad u_t = g_t + μ b_t \text{ (Nesterov) or } b_t
 
-    and ``w ← w − lr_t·u_t`` combined with the decay form. With ``momentum=0`` the forms ``l2``
+    and ``w ← w − lr_t·u_t`` combined with the decay rule. With ``momentum=0`` the forms ``l2``
     and ``decoupled`` (scale ``"lr"``) coincide. ``prox_euclid`` equals ``prox`` here (``D = 1``);
     ``stable`` multiplies the decay by ``(1 − δ)/(1 − μ)`` (SGDS).
 
@@ -568,7 +517,7 @@ class SGD(DecayOptimizer):
         0.99
     """
 
-    direction = "sgd"
+    direction = DIRECTIONS["sgd"]
 
     def __init__(
         self,
@@ -579,111 +528,23 @@ class SGD(DecayOptimizer):
         weight_decay: float | Tensor | Callable[[int], float] = 0.0,
         nesterov: bool = False,
         *,
-        decay: str = "l2",
+        maximize: bool = False,
+        decay: str | rules.DecayRule = "l2",
         decay_scale: str = "lr",
         max_lr: float | Tensor | None = None,
         decay_to: str = "zero",
-        maximize: bool = False,
         backend: str = "auto",
         low_precision: str = "kahan",
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        differentiable: bool = False,
     ):
+        backend = torch_compat.backend_from_torch_flags(type(self).__name__, backend, foreach=foreach, fused=fused,
+                                                        differentiable=differentiable)
         defaults = dict(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, decay=decay,
-            decay_scale=decay_scale, max_lr=max_lr, decay_to=decay_to, maximize=maximize, backend=backend,
+            decay_scale=decay_scale, decay_to=decay_to, maximize=maximize, backend=backend,
             low_precision=low_precision,
         )
+        defaults[torch_compat.MAX_LR] = max_lr
         super().__init__(params, defaults)
-
-    def _validate_direction(self, group):
-        momentum, dampening = group["momentum"], group["dampening"]
-        if not _is_number(momentum) or not 0 <= momentum < 1:
-            raise ValueError(f"momentum must be a number in [0, 1); got {momentum!r}")
-        if not _is_number(dampening) or not 0 <= dampening <= 1:
-            raise ValueError(f"dampening must be a number in [0, 1]; got {dampening!r}")
-        if group["nesterov"] and (momentum <= 0 or dampening != 0):
-            raise ValueError("nesterov=True requires momentum > 0 and dampening = 0")
-        if group["decay"] == "stable" and dampening == 1:
-            raise ValueError("dampening must be < 1 with decay='stable' (it divides by 1 − dampening)")
-
-    def _spec(self, group, p, stacked):
-        return Spec(
-            direction="sgd", form=group["decay"], to_init=group["decay_to"] == "init", maximize=bool(group["maximize"]),
-            momentum=float(group["momentum"]), nesterov=bool(group["nesterov"]),
-            low_precision=self._low_precision(group, p), stacked=stacked,
-        )
-
-    def _init_state(self, p, group, spec):
-        state = self.state[p]
-        if spec.momentum != 0 and state.get("momentum_buffer") is None:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        self._common_state(p, state, spec)
-        return state
-
-    def _per_param(self, group, spec, params, fresh, device, dtype):
-        if spec.momentum == 0:
-            return {}
-        keep, gain = [], []
-        for first in fresh:
-            # torch starts the buffer at g on the first step: b_1 = 0·b_0 + 1·g_1.
-            keep.append(self._hp_tensor(0.0 if first else spec.momentum, device, dtype))
-            gain.append(self._hp_tensor(1.0 if first else 1.0 - group["dampening"], device, dtype))
-        return {"keep": keep, "gain": gain}
-
-
-def _preset(base: type, name: str, doc: str, **fixed: Any) -> type:
-    """A named optimizer that only changes ``base``'s defaults (no step code of its own)."""
-
-    def __init__(self, params, *args, **kwargs):
-        for key, value in fixed.items():
-            kwargs.setdefault(key, value)
-        base.__init__(self, params, *args, **kwargs)
-
-    return type(name, (base,), {"__init__": __init__, "__doc__": doc, "__module__": __name__})
-
-
-AdamW = _preset(
-    Adam, "AdamW",
-    r"""Adam with decoupled weight decay, torch's convention: ``w ← w − lr_t·λ·w − lr_t·u_t``.
-
-    Defaults as ``torch.optim.AdamW`` (``weight_decay=0.01``). For the AdamW paper's convention,
-    where the decay per step is ``η_t·λ`` and the base lr does not multiply it, pass
-    ``decay_scale="schedule"`` and ``λ_paper = λ_torch · lr``.
-    """,
-    decay="decoupled", weight_decay=0.01,
-)
-ProxAdam = _preset(
-    Adam, "ProxAdam",
-    r"""ProxAdam (Zhuang et al., 2022): ``w ← (w − lr_t·u_t) / (1 + lr_t·λ)``; scale-free like AdamW.""",
-    decay="prox", weight_decay=0.01,
-)
-EuclidProxAdam = _preset(
-    Adam, "EuclidProxAdam",
-    r"""Euclidean-proximal Adam (Schaipp's "AdamP"): ``w ← (w − lr_t·u_t) / (1 + lr_t·λ/D_t)``.
-
-    Not to be confused with Heo et al.'s projection AdamP. Not scale-free.
-    """,
-    decay="prox_euclid", weight_decay=0.01,
-)
-AdamS = _preset(
-    Adam, "AdamS",
-    r"""Adam with stable weight decay (Xie et al.): ``w ← w − lr_t·λ·w / sqrt(mean v̂_t) − lr_t·u_t``.""",
-    decay="stable", weight_decay=1e-4,
-)
-AdamC = _preset(
-    Adam, "AdamC",
-    r"""AdamW with corrected decay (Defazio 2025): ``w ← w − (lr_t²/max_lr)·λ·w − lr_t·u_t``.""",
-    decay="decoupled", decay_scale="corrected", weight_decay=0.01,
-)
-CautiousAdamW = _preset(
-    Adam, "CautiousAdamW",
-    r"""AdamW whose decay acts only where ``u_t`` and ``w`` agree in sign (Cautious Weight Decay).""",
-    decay="cautious", weight_decay=0.01,
-)
-SGDW = _preset(
-    SGD, "SGDW",
-    r"""SGD with decoupled decay (Loshchilov & Hutter, Alg. 1): ``w ← w − s_t·λ·w − lr_t·u_t``.
-
-    With ``decay_scale="lr"`` (default) λ is torch's; the paper's SGDW uses ``"schedule"``.
-    """,
-    decay="decoupled",
-)

@@ -86,6 +86,9 @@ class TensorList:
         shifted = self - value if value else self
         return TensorList(torch._foreach_clamp_max(torch._foreach_add(torch._foreach_sign(shifted.items), 1), 1))
 
+    def clamp_max(self, value: float):
+        return TensorList(torch._foreach_clamp_max(self.items, value))
+
     def float(self):
         return TensorList([t.float() for t in self.items])
 

@@ -63,7 +63,9 @@ def expected_scale_free(config: Any) -> bool:
     decay, decoupled decay and ProxAdam yes; Adam+L2 and the Euclidean proximal step no."""
     if config.optimizer != "adam":
         raise ValueError(f"optimizer must be 'adam' in a scale-freeness run; got {config.optimizer!r}")
-    return config.weight_decay == 0 or config.decay in ("decoupled", "prox", "cautious")
+    from decaylab.optim import RULES
+
+    return config.weight_decay == 0 or RULES[config.decay].scale_free
 
 
 def has_batchnorm(model: str) -> bool:

@@ -239,9 +239,9 @@ def _choices(name: str, module: Any = None) -> tuple[str, ...] | None:
     if isinstance(listed, tuple):
         return listed
     if name in ("decay", "decay_scale"):
-        from decaylab.optim.rules import FORMS, SCALES  # imports torch: only when a spec is read
+        from decaylab.optim.rules import RULES, SCALES  # imports torch: only when a spec is read
 
-        return FORMS if name == "decay" else SCALES
+        return tuple(RULES) if name == "decay" else SCALES
     if name == "optimizer":
         return OPTIMIZERS
     if name == "schedule":

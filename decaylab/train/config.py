@@ -30,7 +30,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from decaylab.optim import FORMS, SCALES
+from decaylab.optim import RULES, SCALES
 
 __all__ = ["TrainConfig", "RunResult", "OPTIMIZERS", "SCHEDULES", "PRECISIONS", "DECAY_SCHEDULES"]
 
@@ -107,12 +107,13 @@ class TrainConfig:
         set_("dataset", self.dataset.lower())
         _check_model(self.model)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("decay", self.decay, FORMS)
+        _choice("decay", self.decay, tuple(RULES))
         _choice("decay_scale", self.decay_scale, SCALES)
-        if self.decay == "l2" and self.decay_scale != "lr":
+        scales = RULES[self.decay].scales
+        if scales is not None and self.decay_scale not in scales:
             raise ValueError(
-                f"decay_scale must be 'lr' with decay='l2' (the L2 term enters the gradient and is scaled like it); "
-                f"got {self.decay_scale!r}"
+                f"decay_scale must be {' or '.join(repr(x) for x in scales)} with decay={self.decay!r} (the decay "
+                f"enters the gradient and is scaled like it); got {self.decay_scale!r}"
             )
         set_("lr", _real("lr", self.lr, low=0.0, strict=True))
         set_("weight_decay", _real("weight_decay", self.weight_decay, low=0.0))

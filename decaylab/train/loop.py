@@ -37,14 +37,14 @@ from torch import Tensor, nn
 from decaylab.data import TensorData, TextData
 from decaylab.diagnostics import Monitor, WeightEMA, jacobian_norm, recompute_batchnorm
 from decaylab.groups import split_parameters
-from decaylab.optim import SGD, Adam, native
+from decaylab.optim import SGD, Adam
 
 from .config import RunResult, TrainConfig
 from .data import Prepared, Sampler, build_model, check_fits, lm_eval_batches, load_data, prepare, steps_per_epoch
 from .engines import SingleModel, StackedModels, clip_grad_norm_per_model, cross_entropy_per_model
 from .schedules import decay_schedule, lr_schedule
 
-__all__ = ["train", "train_stacked", "total_steps", "stack_groups", "CHECKPOINT_FORMAT", "STACKED_COMPILE_MIN_WORK"]
+__all__ = ["train", "train_stacked", "total_steps", "stack_groups", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = 1
 _EVAL_CHUNK = 4096  # examples × models per evaluation forward pass
@@ -117,10 +117,9 @@ def train_stacked(
     order), and its result equals that of ``train(config)`` (up to floating-point summation
     order; tested in float64). ``final["wall_s"]`` is the stacked wall time divided by K.
     Keywords as in :func:`train`; instruments see the stacked parameters (``model`` index in
-    their records is split into the K results). ``backend="auto"`` compiles the optimizer step
-    (``"compiled"``) for long runs, at least :data:`STACKED_COMPILE_MIN_WORK` steps × stacked
-    parameter entries, where ``torch.compile`` can run, and otherwise leaves the choice to the
-    optimizer (Adam on CPU: decaylab's native step, all K models in one call).
+    their records is split into the K results). With ``backend="auto"`` the optimizer's
+    dispatcher (:mod:`decaylab.optim.dispatch`) is told the run's length: Adam and SGD on CPU run
+    decaylab's native step (all K models in one call), and elsewhere a long run compiles the step.
 
     Raises:
         ValueError: no configs, or configs whose stack keys differ (the message names a field).
@@ -206,9 +205,10 @@ def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, r
         engine, sampler = replica.wrap(engine, sampler)
 
     # --- optimizer over the decay / no-decay split; per-model hyperparameters as (K,) tensors
-    if stacked and backend == "auto":
-        backend = _stacked_backend(engine, steps, device, config)
     optimizer, base_lrs = _optimizer(engine, configs, steps, device, backend, stacked)
+    if stacked and hasattr(optimizer, "dispatcher"):
+        # the run's length tells the dispatcher when compiling a small stacked step pays off
+        optimizer.dispatcher.expected_steps = steps
     ema = None
     if config.ema_beta is not None:
         # A bf16 average could not resolve (1 − β)·step: keep it in fp32.
@@ -220,7 +220,7 @@ def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, r
     start, wall_before = 0, 0.0
     path = _checkpoint_path(checkpoint_dir, configs, stacked) if checkpoint_dir is not None else None
     if resume and path is not None and path.exists():
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # copied into place below
+        ckpt = _load_checkpoint(path)
         if ckpt.get("keys") != [c.key() for c in configs]:
             raise ValueError(f"checkpoint {path} belongs to other configs")
         engine.state_module.load_state_dict(ckpt["model"])
@@ -321,45 +321,6 @@ def _autocast(precision: str, device: torch.device) -> Callable[[], Any]:
 # ---------------------------------------------------------------------------------------------- optimizer
 
 
-#: Stacked runs with at least this many element-steps (steps × stacked parameter entries) use the
-#: compiled optimizer step when ``backend="auto"``. Measured (benchmarks/sweep_throughput.py, 2 CPU
-#: threads, 16 stacked MNIST-1D MLPs = 243k entries): a step takes 4.9-5.4 ms compiled vs 6.4-7.9 ms
-#: foreach, so compiling saves about 6-10 ns per element-step, and costs about 3.5 s once per process
-#: and decay rule (with a warm inductor cache; 10 s or more cold). 2^29 element-steps (K=16 MLPs:
-#: 2,200 steps) is where one call breaks even; shorter runs keep the optimizer's own choice
-#: (foreach below 2^20 entries). A sweep that trains many stacks with one decay rule in one process
-#: pays the compile once and may pass ``backend="compiled"`` to :func:`train_stacked` directly.
-STACKED_COMPILE_MIN_WORK = 1 << 29
-
-
-def _stacked_backend(engine, steps: int, device: torch.device, config: TrainConfig | None = None) -> str:
-    """``"compiled"`` for long stacked runs where ``torch.compile`` works on ``device``, else ``"auto"``.
-
-    Adam and SGD on CPU fp32/fp64 stay ``"auto"`` whenever decaylab's native step is built: it runs
-    all K models in one call per bucket with no compile (:mod:`decaylab.optim.native`).
-    """
-    if (config is not None and device.type == "cpu" and config.optimizer in ("adam", "sgd")
-            and config.precision != "bf16" and native.available()):
-        return "auto"
-    work = steps * sum(p.numel() for p in engine.parameters())
-    return "compiled" if work >= STACKED_COMPILE_MIN_WORK and _can_compile(device) else "auto"
-
-
-def _can_compile(device: torch.device) -> bool:
-    try:
-        if device.type == "cuda":
-            from torch.utils._triton import has_triton
-
-            return bool(has_triton())
-        if device.type == "cpu":
-            from torch._inductor import cpp_builder
-
-            return bool(cpp_builder.get_cpp_compiler())
-    except Exception:  # no compiler, an unsupported platform: use the uncompiled paths
-        return False
-    return False
-
-
 def _optimizer(engine, configs, steps, device, backend, stacked):
     """The decaylab optimizer and each group's base lr (a float, or a (K,) float64 tensor)."""
     config = configs[0]
@@ -372,7 +333,7 @@ def _optimizer(engine, configs, steps, device, backend, stacked):
         lr, wd = config.lr, config.weight_decay
     groups = split.to_param_groups(decay_schedule(config, wd, steps), with_names=False)
     for g in groups:
-        g["max_lr"] = lr.clone() if stacked else lr
+        g["max_lr"] = lr.clone() if stacked else lr  # the peak lr of decay_scale="schedule"/"corrected"
     if config.optimizer == "torch-adamw":  # torch's own AdamW: one lr and λ per group (stacks only seeds)
         groups = split.to_param_groups(config.weight_decay, with_names=False)
         optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
@@ -504,6 +465,24 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint this loop wrote: tensors, numbers, strings and containers only.
+
+    ``weights_only=True``: a file that names any other object (a crafted pickle that would run code)
+    is refused before anything in it is called.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as problem:  # UnpicklingError (code, foreign objects), EOFError / zip errors (truncated)
+        first = (str(problem).strip().splitlines() or [type(problem).__name__])[0]
+        raise ValueError(f"checkpoint {path} cannot be loaded safely ({type(problem).__name__}: {first}); it is "
+                         "truncated, damaged or not a decaylab checkpoint: delete it to start the run over") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {path} is not a decaylab checkpoint of format {CHECKPOINT_FORMAT}; delete it "
+                         "to start the run over")
+    return ckpt
 
 
 def _save_checkpoint(path: Path, configs, step, engine, optimizer, sampler, ema, curves, records, wall) -> None:

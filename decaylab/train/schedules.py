@@ -24,8 +24,8 @@ learning rate of a decayed one this way).
 
 A weight-decay schedule (:class:`DecaySchedule`) says *when* λ acts: ``constant``; ``early``
 (λ for ``t < round(decay_switch·T)``, then 0: Golatkar et al. 2019); ``late`` (0, then λ). The
-optimizer still scales it by ``s_t`` (``decay_scale``). Both classes are frozen dataclasses,
-so they pickle into checkpoints.
+optimizer still scales it by ``s_t`` (``decay_scale``). Both classes are frozen dataclasses
+registered as plain data, so checkpoints hold them as numbers (``torch.load(weights_only=True)``).
 
 >>> s = LRSchedule("cosine", total_steps=4, warmup_steps=2)
 >>> [round(s(t), 4) for t in range(4)]
@@ -41,13 +41,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from decaylab.schedules import warm_restart_multiplier
+from decaylab.optim.schedules import plain_data, warm_restart_multiplier
 
 from .config import TrainConfig
 
 __all__ = ["LRSchedule", "DecaySchedule", "lr_schedule", "decay_schedule"]
 
 
+@plain_data
 @dataclass(frozen=True)
 class LRSchedule:
     """``η_t`` for step ``t`` (0-based) of a run of ``total_steps`` steps; see the module table."""
@@ -106,6 +107,7 @@ class LRSchedule:
         )
 
 
+@plain_data
 @dataclass(frozen=True)
 class DecaySchedule:
     """``λ_t``: ``weight_decay`` (a number, or a ``(K,)`` tensor for stacked models) switched on

@@ -1,7 +1,7 @@
-"""The native Adam step: ``_native.c``, built once per machine with the system C compiler, called via ctypes.
+"""Building and loading the native step: ``_native.c``, built once per machine with the system C compiler.
 
 torch's fused Adam kernel expresses only the decay rules that are an AdamW step with other constants
-(:mod:`decaylab.optim.kernels`, the ``fused`` backend). The others — ``prox_euclid``, ``cautious`` and
+(:mod:`decaylab.optim.executors.fused`). The others — ``prox_euclid``, ``cautious`` and
 ``stable`` — and stacked models with one lr and λ each need their own loop. ``_native.c`` is that
 loop: every form, amsgrad and maximize, float32 and float64, one call per bucket, one pass over
 memory (``stable`` adds one read of the gradients for its global mean); and the same for SGD with
@@ -30,7 +30,6 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("_native.c")
 ABI = 3
-FORMS = ("l2", "decoupled", "prox", "prox_euclid", "cautious", "stable")  # the order of _native.c's FORM_*
 NCOEF = 7  # columns of an Adam coefficient row (_native.c: C_*)
 NSGD = 4  # columns of an SGD coefficient row (_native.c: S_*)
 BASE_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
@@ -162,7 +161,7 @@ def reset() -> None:
         _failure = None
 
 
-if __name__ == "__main__":  # python -m decaylab.optim.native: build now, say where
+if __name__ == "__main__":  # python -m decaylab.optim.executors.native.build: build now, say where
     ok = available()
     print(f"{'built' if ok else 'not available'}: {cache_dir()} ({why_not() or 'ok'})")
     sys.exit(0 if ok else 1)

@@ -7,7 +7,7 @@
  * contiguous elements each (stacked along dim 0; 1 model when not stacked). Tensor i reads its step
  * count's constants from row `rows[i]` of `coef` (NCOEF doubles, see the C_* names), model k its lr and
  * decay constant from lr[k] and dec[k]. The arithmetic is the specification's
- * (decaylab/optim/kernels.py: tensor_moments, tensor_update) operation by operation, in the tensor's own
+ * (decaylab/optim/executors/reference.py: tensor_moments, tensor_update) operation by operation, in the tensor's own
  * dtype, built with -ffp-contract=off (no fused multiply-adds the specification does not have).
  *
  * The work is cut into chunks of CHUNK elements, shared among threads; per-chunk partial sums are
@@ -20,6 +20,7 @@
 #include <omp.h>
 #endif
 
+/* Each decay rule's number: its `native` attribute in decaylab/optim/rules.py (a test checks they agree). */
 enum { FORM_L2 = 0, FORM_DECOUPLED = 1, FORM_PROX = 2, FORM_PROX_EUCLID = 3, FORM_CAUTIOUS = 4, FORM_STABLE = 5 };
 
 /* Columns of a coefficient row: one row per distinct step count of the bucket. */
@@ -134,7 +135,7 @@ LANE_SUM(double)
         }                                                                                                \
     }
 
-/* moments (directions.adam_moments), then the rule (kernels.tensor_update) */
+/* moments (directions.adam_moments), then the rule (reference.tensor_update) */
 #define ADAM_BODY(T, SQRT, FORM, AMS)                                                                    \
     T gj = g[j] * sign;                                                                                  \
     T wj = p[j];                                                                                         \
