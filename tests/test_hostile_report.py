@@ -97,8 +97,11 @@ def test_item5_a_store_from_before_divergence_was_recorded_is_read_right(tmp_pat
                    (f"k{k}", json.dumps({"lr": lr, "weight_decay": 0.1, "seed": 0}), json.dumps(final)))
     db.commit()
     db.close()
+    before = path.read_bytes()
     result = build_report(path, out_dir=tmp_path / "out")
     assert result.summary["methods"]["A"]["diverged_cells"] == 1 and result.summary["diverged_runs"] == 1
+    assert format_status(Store(path, readonly=True)).splitlines()[-1].startswith("1 of the done runs diverged")
+    assert path.read_bytes() == before  # read, never upgraded by a reader
 
 
 # ---------------------------------------------------------------------------------------------- item 9

@@ -19,6 +19,7 @@ import argparse
 import signal
 import sqlite3
 import sys
+from pathlib import Path
 from typing import Any
 
 __all__ = ["add_cli", "main", "DEFAULT_STORE", "Terminated"]
@@ -127,6 +128,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as error:
         return _error("sweep", error)
     try:
+        existed = Path(args.store).exists()
         store = Store(args.store)
     except (OSError, ValueError) as error:
         return _error("sweep", f"--store {args.store}: {error}")
@@ -166,6 +168,8 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     except sqlite3.DatabaseError as error:  # a store damaged or made unwritable under the sweep
         return _error("sweep", describe_error(args.store, error))
     except ValueError as error:  # the runs cannot train here, a relabelling spec, an unconfirmed large sweep
+        if not existed:  # refused before anything was registered: leave no empty store behind
+            _remove_if_empty(store, args.store)
         return _error("sweep", error)
     finally:
         store.close()
@@ -174,6 +178,18 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     print(summary, file=sys.stderr)
     print(f"progress: decaylab status {args.store}", file=sys.stderr)
     return 1 if summary.left_failed else 0
+
+
+def _remove_if_empty(store: Any, path: str) -> None:
+    """Delete the store this command created at ``path`` if no sweep was registered in it."""
+    try:
+        empty = not store.sweeps()
+    except sqlite3.Error:
+        return
+    store.close()
+    if empty:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def status_command(args: argparse.Namespace) -> int:

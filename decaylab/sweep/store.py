@@ -345,6 +345,10 @@ class Store:
             run["config"] = _decode(run["config"], "config", run["id"])
             run["final"] = _decode_final(run["final"], run["id"])
             run["deaths"] = run["deaths"] or 0
+            if run["status"] == "done" and run["final"] is not None and not run["diverged"]:
+                run["diverged"] = divergence(run["final"])  # a run stored before divergence was recorded
+            if run["diverged"] and run["final"] is not None:
+                run["final"] = dict.fromkeys(run["final"], math.nan)
             out.append(run)
         return out
 
@@ -600,8 +604,11 @@ class Store:
                details: bool = False) -> list[Any]:
         """The stale runs' ids (with ``details``: ``(id, where its process was)`` pairs)."""
         now = time.time()
-        sql = ("SELECT r.id, r.started, l.host, l.pid, l.proc_start, l.heartbeat FROM runs r "
-               "LEFT JOIN leases l ON l.run_id = r.id WHERE r.status = 'running'")
+        if "leases" in self._tables:
+            sql = ("SELECT r.id, r.started, l.host, l.pid, l.proc_start, l.heartbeat FROM runs r "
+                   "LEFT JOIN leases l ON l.run_id = r.id WHERE r.status = 'running'")
+        else:  # a store from before leases, opened read-only: no run has a lease
+            sql = "SELECT r.id, r.started, NULL, NULL, NULL, NULL FROM runs r WHERE r.status = 'running'"
         rows = conn.execute(sql + (" AND r.sweep = ?" if sweep is not None else ""),
                             () if sweep is None else (sweep,)).fetchall()
         stale = []
