@@ -226,6 +226,10 @@ def test_item6_a_renamed_method_is_an_error_until_allowed(tmp_path, fake_train, 
     assert [v["version"] for v in versions] == [1, 2] and versions[0]["spec"] == SPEC
     assert {run["label"] for run in store.runs("probe")} == {"A", "B"}  # trained runs keep the label they had
     assert sweep(path, fake_train, renamed).skipped == 12  # a version once allowed needs no flag again
+    from decaylab.report import build_report
+
+    html = build_report(path, out_dir=tmp_path / "report").html_path.read_text(encoding="utf-8")
+    assert "<h3>Version 1</h3>" in html and "<h3>Version 2 (latest)</h3>" in html and "A (renamed)" in html
 
 
 def test_item6_pending_runs_take_the_new_label(tmp_path, fake_train):
