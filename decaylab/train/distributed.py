@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m decaylab.train.di
 
     Exit status 0; 2 for bad input, found before training (a field or option, a config file that is
     not UTF-8 TOML, an ``--out`` or ``--checkpoint-dir`` that cannot be written, a checkpoint that
-    cannot be read, a dataset that is missing); 1 when a write fails after training has begun (a
+    cannot be loaded on ``--resume``, a dataset that is missing); 1 when a write fails after training has begun (a
     full disk: the result then goes to stdout); 130 when interrupted (Ctrl-C or SIGTERM). Each is
     one line that names the cause.
     """
@@ -305,8 +305,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m decaylab.train.di
             check_output_file(args.out, "--out")
         if args.checkpoint_dir is not None:
             check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
-            if args.resume:
-                _check_checkpoint(config, args.checkpoint_dir)
     except ValueError as problem:
         return error(problem)
     steps = [0]
@@ -322,7 +320,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m decaylab.train.di
         return 130
     except DataFileError as problem:  # a dataset that is missing or damaged (and could not be downloaded)
         return error(f"dataset {config.dataset!r}: {problem}")
-    except ValueError as problem:
+    except ValueError as problem:  # also a checkpoint that cannot be loaded (loop._load_checkpoint), before training
         return error(problem)
     except OSError as problem:  # a checkpoint that could not be written (a full disk)
         return error(f"{describe_os_error(problem)}: {problem.filename or problem}", 1)
@@ -348,26 +346,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m decaylab.train.di
         final = " ".join(f"{k}={v:.4g}" for k, v in result.final.items())
         print(f"{prog}: {config.model}/{config.dataset} {final}" + (f" (diverged: {reason})" if reason else ""))
     return 0
-
-
-def _check_checkpoint(config: TrainConfig, checkpoint_dir: str) -> None:
-    """With ``--resume``: the run's checkpoint, when there is one, must load (as data only: no code
-    from a file is ever run) and be a decaylab checkpoint; else ``ValueError`` naming the file."""
-    from .loop import CHECKPOINT_FORMAT, _checkpoint_path
-
-    path = _checkpoint_path(checkpoint_dir, [config], False)
-    if not path.exists():
-        return
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as problem:  # truncated (EOFError, zip errors), garbage (UnpicklingError), foreign globals
-        first = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
-        raise ValueError(f"--resume: the checkpoint {path} cannot be read ({type(problem).__name__}: {first}); "
-                         "it is truncated, damaged or not a decaylab checkpoint: delete it to start the run "
-                         "over") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"--resume: {path} is not a decaylab checkpoint of format {CHECKPOINT_FORMAT}; delete it to "
-                         "start the run over")
 
 
 if __name__ == "__main__":
