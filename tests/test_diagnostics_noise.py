@@ -8,7 +8,7 @@ from torch import nn
 
 from decaylab.diagnostics import noise
 from decaylab.diagnostics.base import Context
-from decaylab.diagnostics.curvature import StackedModel
+from decaylab.diagnostics.curvature import StackedFunctional
 from decaylab.diagnostics.noise import METRICS, GradientNoiseScale, gradient_noise_scale
 
 F = nn.functional
@@ -151,7 +151,7 @@ def test_stacked_equals_separate() -> None:
     _, x, y = regression()
     batches = split(x, y, (6,) * 4)
     for train in (False, True):
-        got = gradient_noise_scale(StackedModel.from_modules(models), F.mse_loss, batches, train=train)
+        got = gradient_noise_scale(StackedFunctional.from_modules(models), F.mse_loss, batches, train=train)
         for k, model in enumerate(models):
             separate = gradient_noise_scale(model, F.mse_loss, batches, train=train)
             for name in METRICS:
@@ -206,10 +206,10 @@ def test_instrument() -> None:
     got = instrument.measure(Context(model=model, optimizer=None, step=50))
     assert got == gradient_noise_scale(model, F.mse_loss, batches)
     models = [mlp_with_batchnorm(seed) for seed in range(2)]
-    stacked = GradientNoiseScale(F.mse_loss, batches, 1, model=StackedModel.from_modules(models))
+    stacked = GradientNoiseScale(F.mse_loss, batches, 1, model=StackedFunctional.from_modules(models))
     out = stacked.measure(Context(model=None, optimizer=None, step=1, stacked=2))
     assert all(v.shape == (2,) for v in out.values())
-    with pytest.raises(ValueError, match="StackedModel"):
+    with pytest.raises(ValueError, match="StackedFunctional"):
         GradientNoiseScale(F.mse_loss, batches).measure(Context(model=models[0], optimizer=None, step=1, stacked=2))
 
 

@@ -201,3 +201,36 @@ def _bucket(opt):
     rule = dl.RULES[group["decay"]]
     return opt._bucket(group, rule, opt._group_hparams(group), group["params"], torch.device("cpu"),
                        torch.float64, False)
+
+
+@pytest.mark.parametrize("backend", ["reference", "foreach", "native", "compiled"])
+def test_one_models_nan_gradient_stays_in_that_model_with_the_stable_form(backend):
+    """Item 10: K stacked models, one group with (K,) hyperparameters and one with plain numbers. The stable
+    form's mean v̂ is one per model over every group, so model 1's NaN gradient turns only model 1 NaN.
+    (Before, the plain group's sum ran over all K models: every model went NaN, and native crashed.)"""
+    K = 3
+    gen = torch.Generator().manual_seed(0)
+    w1 = torch.nn.Parameter(torch.randn(K, 4, 3, generator=gen, dtype=torch.float64))
+    w2 = torch.nn.Parameter(torch.randn(K, 5, generator=gen, dtype=torch.float64))
+    lr = torch.tensor([1e-2, 2e-2, 3e-2], dtype=torch.float64)
+    opt = dl.Adam([{"params": [w1], "lr": lr}, {"params": [w2], "lr": 1e-2}], weight_decay=0.1, decay="stable",
+                  backend=backend)
+    for step in range(3):
+        w1.grad = torch.randn(w1.shape, generator=gen, dtype=torch.float64)
+        w2.grad = torch.randn(w2.shape, generator=gen, dtype=torch.float64)
+        if step == 1:
+            w2.grad[1, 2] = math.nan
+        opt.step()
+    for w in (w1, w2):
+        assert torch.isfinite(w[0]).all() and torch.isfinite(w[2]).all()
+    assert torch.isnan(w2[1]).any()
+
+
+def test_groups_of_one_optimizer_stack_the_same_models():
+    lr = torch.tensor([1e-2, 2e-2, 3e-2], dtype=torch.float64)
+    with pytest.raises(ValueError, match="this param group trains 2 stacked models and another group 3"):
+        dl.Adam([{"params": [torch.nn.Parameter(torch.zeros(3, 2))], "lr": lr},
+                 {"params": [torch.nn.Parameter(torch.zeros(2, 2))], "lr": lr[:2]}])
+    with pytest.raises(ValueError, match=r"every parameter must stack 3 models along dim 0; got .* shape \(2, 2\)"):
+        dl.Adam([{"params": [torch.nn.Parameter(torch.zeros(3, 2))], "lr": lr},
+                 {"params": [torch.nn.Parameter(torch.zeros(2, 2))], "lr": 0.1}])

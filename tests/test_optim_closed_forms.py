@@ -20,7 +20,7 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from decaylab.optim import SGD, Adam
+from decaylab.optim import FORMS, SGD, Adam
 from decaylab.schedules import CosineDecay, EarlyDecay, LateDecay
 
 ALPHA = 0.1
@@ -228,7 +228,7 @@ def test_adam_stable_after_one_gradient(scale, backend):
 STAY_CASES = [
     (d, f)
     for d in DIRECTIONS
-    for f in ("l2", "decoupled", "prox", "prox_euclid", "cautious", "stable")
+    for f in FORMS
     if not (d == "adam" and f == "stable")  # Adam's stable form with v̂ = 0: see test_adam_stable_with_zero_gradients...
 ]
 

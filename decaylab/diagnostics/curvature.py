@@ -13,7 +13,7 @@ quantity                           definition                                   
 =================================  ==============================================  ==========================
 
 Every function takes either an ``nn.Module`` (its trainable parameters, i.e. those with
-``requires_grad``) or a :class:`StackedModel` — ``K`` copies of one architecture with their parameters
+``requires_grad``) or a :class:`StackedFunctional` — ``K`` copies of one architecture with their parameters
 stacked along dim 0, as :func:`torch.func.stack_module_state` makes them — and then returns a tensor of
 shape ``(K,)``, one value per model, computed with :func:`torch.func.vmap` over the model dimension.
 
@@ -48,7 +48,7 @@ __all__ = [
     "HessianTrace",
     "JacobianNorm",
     "ScaleInvariantSharpness",
-    "StackedModel",
+    "StackedFunctional",
     "JACOBIAN_CHUNK_NUMBERS",
     "hessian_trace",
     "hutchinson_samples",
@@ -59,16 +59,16 @@ __all__ = [
 
 
 @dataclass
-class StackedModel:
+class StackedFunctional:
     """``K`` models of one architecture, parameters and buffers stacked along dim 0.
 
     ``base`` supplies the architecture (its own tensors are never read; it may live on the ``meta``
     device) and the train/eval mode; ``params`` and ``buffers`` are what
     :func:`torch.func.stack_module_state` returns. The dicts hold the very tensors the optimizer
-    updates, so one ``StackedModel`` stays current through training.
+    updates, so one ``StackedFunctional`` stays current through training.
 
     >>> models = [nn.Linear(3, 2) for _ in range(4)]
-    >>> stacked = StackedModel.from_modules(models)
+    >>> stacked = StackedFunctional.from_modules(models)
     >>> stacked.num_models, tuple(stacked.params["weight"].shape)
     (4, (4, 2, 3))
     """
@@ -78,7 +78,7 @@ class StackedModel:
     buffers: dict[str, Tensor] = field(default_factory=dict)
 
     @classmethod
-    def from_modules(cls, models: Sequence[nn.Module]) -> StackedModel:
+    def from_modules(cls, models: Sequence[nn.Module]) -> StackedFunctional:
         """Stack ``models`` with :func:`torch.func.stack_module_state`; the base is a ``meta`` copy."""
         params, buffers = stack_module_state(list(models))
         return cls(copy.deepcopy(models[0]).to("meta"), params, buffers)
@@ -88,7 +88,7 @@ class StackedModel:
         return next(iter(self.params.values())).shape[0]
 
 
-Model = nn.Module | StackedModel
+Model = nn.Module | StackedFunctional
 
 
 # --- the functional view every diagnostic works on ----------------------------------------------
@@ -128,14 +128,14 @@ class _Functional:
 
 def _functional(model: Model, params: ParamSelection = None) -> _Functional:
     """Split ``model`` into detached selected tensors (trainable, or ``params``) and fixed ones."""
-    if isinstance(model, StackedModel):
+    if isinstance(model, StackedFunctional):
         base, stacked = model.base, model.num_models
         named_params, named_buffers = list(model.params.items()), list(model.buffers.items())
     elif isinstance(model, nn.Module):
         base, stacked = model, None
         named_params, named_buffers = list(model.named_parameters()), list(model.named_buffers())
     else:
-        raise TypeError(f"model must be an nn.Module or a StackedModel, got {type(model).__name__}")
+        raise TypeError(f"model must be an nn.Module or a StackedFunctional, got {type(model).__name__}")
     if params is None:
         chosen = {name for name, p in named_params if p.requires_grad}
     else:
@@ -212,7 +212,7 @@ def jacobian_norms(model: Model, inputs: Tensor, *, chunk_size: int | None = Non
     numbers (times ``K`` when stacked). The default picks the chunk that keeps this under
     ``JACOBIAN_CHUNK_NUMBERS`` = 2²² (at least one input per chunk, whatever its size).
 
-    Returns shape ``(N,)``, or ``(K, N)`` for a :class:`StackedModel` (the same inputs for every model).
+    Returns shape ``(N,)``, or ``(K, N)`` for a :class:`StackedFunctional` (the same inputs for every model).
 
     For ``f(x) = Wx + b`` with two outputs, ``‖J‖_F² = 2·‖x‖² + 2``:
 
@@ -255,7 +255,7 @@ def jacobian_norm(model: Model, inputs: Tensor, *, chunk_size: int | None = None
 
     The mean of the Frobenius norms (not of their squares) over inputs, with θ all trainable
     parameters and the model in eval mode; see :func:`jacobian_norms` for details and memory.
-    A float, or ``(K,)`` for a :class:`StackedModel`.
+    A float, or ``(K,)`` for a :class:`StackedFunctional`.
 
     >>> round(jacobian_norm(nn.Linear(3, 2), torch.tensor([[1.0, 2.0, 2.0], [0.0, 0.0, 0.0]])), 4)
     2.9432
@@ -264,7 +264,7 @@ def jacobian_norm(model: Model, inputs: Tensor, *, chunk_size: int | None = None
 
 
 def _stacked_of(model: Model) -> int | None:
-    return model.num_models if isinstance(model, StackedModel) else None
+    return model.num_models if isinstance(model, StackedFunctional) else None
 
 
 # --- Hessian trace (Hutchinson) ------------------------------------------------------------------
@@ -381,7 +381,7 @@ def hessian_trace(
 
     ``params`` (names or parameter tensors) restricts ``H`` to that block of parameters (default:
     all trainable ones). ``generator`` draws the vectors (default: torch's global generator); the
-    draws do not depend on ``chunk_size``, and a :class:`StackedModel` uses the same vectors for every
+    draws do not depend on ``chunk_size``, and a :class:`StackedFunctional` uses the same vectors for every
     model (so differences between models carry less noise), returning ``(K,)`` tensors.
 
     The model is evaluated in eval mode unless ``train=True`` (BatchNorm then uses batch statistics
@@ -432,7 +432,7 @@ def scale_invariant_sharpness(
     (Bjorck et al. propose a scale-invariant measure whose exact formula is unconfirmed; this is
     ``Tr(H)·‖w‖²`` and nothing else.)
 
-    A float pair, or ``(K,)`` tensors for a :class:`StackedModel`.
+    A float pair, or ``(K,)`` tensors for a :class:`StackedFunctional`.
     """
     f = _functional(model, params)
     norm_sq = _sq_norm(f).detach()
@@ -455,14 +455,15 @@ def _model_for(instrument: Instrument, ctx: Context) -> Model:
     model = instrument.model if instrument.model is not None else ctx.model
     if model is None:
         raise ValueError(f"{type(instrument).__name__}: no model (give model=... or a Context with a model)")
-    if ctx.stacked and not isinstance(model, StackedModel):
+    if ctx.stacked and not isinstance(model, StackedFunctional):
         raise ValueError(
             f"{type(instrument).__name__}: the context stacks {ctx.stacked} models; give "
-            "model=StackedModel(base, params, buffers) so the instrument knows the architecture"
+            "model=StackedFunctional(base, params, buffers) so the instrument knows the architecture"
         )
     if ctx.stacked and model.num_models != ctx.stacked:
         raise ValueError(
-            f"{type(instrument).__name__}: the StackedModel has {model.num_models} models, the context {ctx.stacked}"
+            f"{type(instrument).__name__}: the StackedFunctional has {model.num_models} models, the context "
+            f"{ctx.stacked}"
         )
     return model
 
@@ -478,7 +479,7 @@ class _CurvatureInstrument(Instrument):
 class JacobianNorm(_CurvatureInstrument):
     """Records ``jacobian_norm``: :func:`jacobian_norm` on fixed probe ``inputs`` (eval mode).
 
-    ``model``: measure this model (or :class:`StackedModel`) instead of ``ctx.model``.
+    ``model``: measure this model (or :class:`StackedFunctional`) instead of ``ctx.model``.
     """
 
     name = "jacobian_norm"

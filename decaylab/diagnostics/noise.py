@@ -8,7 +8,7 @@ per-example gradients. McCandlish et al., "An Empirical Model of Large-Batch Tra
 above which larger batches stop paying off.
 
 The module takes the same models as :mod:`decaylab.diagnostics.curvature`: an ``nn.Module`` or a
-:class:`~decaylab.diagnostics.curvature.StackedModel` (then every value is a ``(K,)`` tensor).
+:class:`~decaylab.diagnostics.curvature.StackedFunctional` (then every value is a ``(K,)`` tensor).
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def gradient_noise_scale(
     the batch gradients are folded in one at a time (a weighted Welford update), so memory is two
     copies of the parameters whatever ``m``.
 
-    Floats, or ``(K,)`` tensors for a :class:`~decaylab.diagnostics.curvature.StackedModel`.
+    Floats, or ``(K,)`` tensors for a :class:`~decaylab.diagnostics.curvature.StackedFunctional`.
 
     With ``w = 0`` and squared error, the two one-example batches have gradients ``−2`` and ``−6``:
 
@@ -134,7 +134,7 @@ class GradientNoiseScale(Instrument):
     """Records the five values of :func:`gradient_noise_scale` on fixed probe ``batches``.
 
     ``batches`` are listed once at construction (at least two). ``model``: measure this model (or
-    :class:`~decaylab.diagnostics.curvature.StackedModel`) instead of ``ctx.model``.
+    :class:`~decaylab.diagnostics.curvature.StackedFunctional`) instead of ``ctx.model``.
     """
 
     name = "gradient_noise_scale"

@@ -160,6 +160,13 @@ class Direction:
         """Phase 2 (pure): ``(u_t, D_t)`` from the gradient and the new state (``D_t = 1`` if none)."""
         raise NotImplementedError
 
+    # Optional in-place lowerings for the foreach executor, on lists of tensors (None: it runs
+    # moments/update on TensorLists instead). foreach_moments_(bucket, g) updates the state in place;
+    # foreach_update_(bucket, g, strength, lr) applies the rule (its apply_) and the step to the parameters,
+    # with ``strength`` and ``lr`` one value per tensor (floats, or tensors that broadcast).
+    foreach_moments_ = None
+    foreach_update_ = None
+
     def vhat_sum(self, spec, new: dict[str, Any], pp: dict[str, Any]):
         """``statistic == "sum"``: the sum of ``v̂`` over one tensor (one per model when stacked)."""
         raise TypeError(f"direction {self.name!r} has no summed statistic")
@@ -283,6 +290,48 @@ class AdamDirection(Direction):
     def equilibrium_beta(self, group):
         return None if group.get("amsgrad", False) else group["betas"][0]
 
+    def foreach_moments_(self, bucket, g):
+        beta1, beta2 = bucket.raw["beta1"], bucket.raw["beta2"]
+        m, v = bucket.states["exp_avg"], bucket.states["exp_avg_sq"]
+        torch._foreach_lerp_(m, g, 1 - beta1)  # m + (1 − β₁)·(g − m) for β₁ > 0.5, as adam_moments
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, g, g, 1 - beta2)
+        if bucket.spec.amsgrad:
+            torch._foreach_maximum_(bucket.states["max_exp_avg_sq"], v)
+
+    def foreach_update_(self, bucket, g, strength, lr):
+        spec, states, pp, params = bucket.spec, bucket.states, bucket.pp, bucket.params
+        rule = spec.rule
+        m = states["exp_avg"]
+        D = torch._foreach_sqrt(states["max_exp_avg_sq"] if spec.amsgrad else states["exp_avg_sq"])
+        torch._foreach_mul_(D, pp["inv_bias_correction2_sqrt"])
+        torch._foreach_add_(D, spec.eps)
+        c1 = pp["inv_bias_correction1"]
+        u = None
+        if "u" in rule.needs and "D" not in rule.needs and rule.acts == "before":
+            u, D = D, None  # D is not needed after u: u = c1·m/D in its memory (a fresh tensor costs page faults)
+            torch._foreach_reciprocal_(u)
+            torch._foreach_mul_(u, m)
+            torch._foreach_mul_(u, c1)
+        elif "u" in rule.needs:
+            u = torch._foreach_div(m, D)
+            torch._foreach_mul_(u, c1)
+        if rule.acts == "before":
+            rule.apply_(params, strength=strength, u=u, D=D)
+        uniform = all(isinstance(x, float) for x in lr) and len(set(lr)) == 1
+        if u is None and uniform and all(c.is_cpu for c in c1):
+            # w − lr·c1·m/D in one pass (torch's foreach Adam does the same)
+            torch._foreach_addcdiv_(params, m, D, [-lr[0] * float(c) for c in c1])
+        elif u is not None and uniform:
+            torch._foreach_add_(params, u, alpha=-lr[0])
+        else:
+            if u is None:
+                u = torch._foreach_div(m, D)
+                torch._foreach_mul_(u, c1)
+            torch._foreach_sub_(params, torch._foreach_mul(u, lr))
+        if rule.acts == "after":
+            rule.apply_(params, strength=strength, u=u, D=D)
+
 
 class SGDDirection(Direction):
     r"""SGD with momentum μ, dampening δ, Nesterov (torch's conventions): ``u_t = b_t`` or ``g_t + μ·b_t``.
@@ -338,6 +387,31 @@ class SGDDirection(Direction):
 
     def mean_vhat(self, group):
         return ((1 - group["momentum"]) / (1 - group["dampening"])) ** 2
+
+    def foreach_moments_(self, bucket, g):
+        if bucket.spec.momentum == 0:
+            return
+        buf, pp = bucket.states["momentum_buffer"], bucket.pp
+        torch._foreach_mul_(buf, pp["keep"])  # b ← keep·b + gain·g (0 and 1 on a buffer's first step)
+        torch._foreach_add_(buf, torch._foreach_mul(g, pp["gain"]))
+
+    def foreach_update_(self, bucket, g, strength, lr):
+        spec, params = bucket.spec, bucket.params
+        rule = spec.rule
+        if spec.momentum == 0:
+            u = g
+        elif spec.nesterov:
+            u = torch._foreach_add(g, bucket.states["momentum_buffer"], alpha=spec.momentum)
+        else:
+            u = bucket.states["momentum_buffer"]
+        if rule.acts == "before":
+            rule.apply_(params, strength=strength, u=u, D=None)
+        if all(isinstance(x, float) for x in lr) and len(set(lr)) == 1:
+            torch._foreach_add_(params, u, alpha=-lr[0])
+        else:
+            torch._foreach_sub_(params, torch._foreach_mul(u, lr))
+        if rule.acts == "after":
+            rule.apply_(params, strength=strength, u=u, D=None)
 
     def equilibrium_beta(self, group):
         return None if group.get("nesterov", False) else group.get("momentum", 0.0)

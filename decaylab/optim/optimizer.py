@@ -75,9 +75,25 @@ def _is_zero(x: Any) -> bool:
     return bool((x == 0).any()) if isinstance(x, Tensor) else x == 0
 
 
-def _per_model(group: dict[str, Any]) -> bool:
-    return any(isinstance(group.get(k), Tensor) and group[k].dim() == 1
-               for k in ("lr", "weight_decay", torch_compat.MAX_LR))
+def _group_models(group: dict[str, Any]) -> dict[str, int]:
+    """The lengths of a group's per-model (K,) hyperparameters, by argument name."""
+    return {("max_lr" if k == torch_compat.MAX_LR else k): v.numel()
+            for k in ("lr", "weight_decay", torch_compat.MAX_LR)
+            if isinstance(v := group.get(k), Tensor) and v.dim() == 1}
+
+
+def models(groups: list[dict[str, Any]]) -> int | None:
+    """K when the optimizer trains K stacked models (some group has (K,) hyperparameters), else None.
+
+    K is a fact of the whole optimizer: every bucket then computes per model, also a group whose
+    hyperparameters are plain numbers, so that a global statistic (the stable form's mean v̂) is one
+    per model and one model's NaN gradient stays in that model.
+    """
+    for group in groups:
+        sizes = _group_models(group)
+        if sizes:
+            return next(iter(sizes.values()))
+    return None
 
 
 class DecayOptimizer(torch.optim.Optimizer):
@@ -160,7 +176,7 @@ class DecayOptimizer(torch.optim.Optimizer):
         self._resolve_max_lr(group)
         self._check_stacked(group)
         if group["backend"] in ("fused", "native"):
-            stacked = _per_model(group)
+            stacked = models(self.param_groups) is not None
             for p in group["params"]:
                 why = why_not_backend(group["backend"], self._spec(group, rule, p, stacked), [p])
                 if why:
@@ -186,18 +202,22 @@ class DecayOptimizer(torch.optim.Optimizer):
             )
 
     def _check_stacked(self, group: dict[str, Any]) -> None:
-        sizes = {("max_lr" if k == torch_compat.MAX_LR else k): v.numel()
-                 for k in ("lr", "weight_decay", torch_compat.MAX_LR)
-                 if isinstance(v := group.get(k), Tensor) and v.dim() == 1}
-        if not sizes:
-            return
+        sizes = _group_models(group)
         ks = set(sizes.values())
         if len(ks) > 1:
             raise ValueError(
                 f"lr, weight_decay and max_lr must have the same length K when given per model; got {sizes}"
             )
-        (k,) = ks
-        for p in group["params"]:
+        others = models([g for g in self.param_groups if g is not group])
+        if ks and others is not None and others not in ks:
+            raise ValueError(
+                f"lr, weight_decay and max_lr: this param group trains {next(iter(ks))} stacked models and another "
+                f"group {others}; every group of an optimizer stacks the same K models"
+            )
+        k = next(iter(ks)) if ks else others
+        if k is None:
+            return
+        for p in (p for g in self.param_groups for p in g["params"]):
             if p.dim() == 0 or p.shape[0] != k:
                 raise ValueError(
                     f"params: with per-model hyperparameters of length {k} every parameter must stack {k} models along "
@@ -345,8 +365,8 @@ class DecayOptimizer(torch.optim.Optimizer):
         plans = [(group, self._check_step_group(group), self._group_hparams(group), self._buckets(group))
                  for group in self.param_groups]
         deferred: list[tuple[str, Bucket]] = []  # rules with a global statistic: every moment before any update
+        stacked = models(self.param_groups) is not None
         for index, (group, rule, hp_group, buckets) in enumerate(plans):
-            stacked = any(isinstance(v, Tensor) and v.dim() == 1 for v in hp_group.values())
             for (device, dtype, _), params in buckets.items():
                 bucket = self._bucket(group, rule, hp_group, params, device, dtype, stacked)
                 self._check_underflow(index, group, dtype, bucket.spec, hp_group)
@@ -394,7 +414,7 @@ class DecayOptimizer(torch.optim.Optimizer):
         rows = []
         for index, group in enumerate(self.param_groups):
             rule = rules.resolve(group["decay"])
-            stacked = _per_model(group)
+            stacked = models(self.param_groups) is not None
             with_grad = [p for p in group["params"] if p.grad is not None] or list(group["params"])
             by_key: dict[tuple, list[Tensor]] = {}
             for p in with_grad:

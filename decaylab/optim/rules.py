@@ -50,6 +50,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import torch
+
 SCALES = ("lr", "schedule", "corrected", "constant")
 TARGETS = ("zero", "init")
 # Where a rule acts: into the gradient before the direction's moments, on the weights before the
@@ -153,6 +155,14 @@ def prox_euclid(z, w_ref, s, lam, D):
     return z / factor if w_ref is None else w_ref + (z - w_ref) / factor
 
 
+def _shrink_(w, strength) -> None:
+    """In place on a list of tensors: ``w ← w − strength·w`` (as :func:`decoupled` rounds it)."""
+    if all(isinstance(x, float) for x in strength) and len(set(strength)) == 1:
+        torch._foreach_add_(w, w, alpha=-strength[0])
+    else:
+        torch._foreach_sub_(w, torch._foreach_mul(w, strength))
+
+
 # --------------------------------------------------------------------------- rules as objects
 
 
@@ -215,6 +225,11 @@ class DecayRule:
         ``lr_t``, ``s_t``, ``λ`` and :meth:`strength`; ``None`` when the kernels cannot express the rule."""
         return None
 
+    # apply_(w, *, strength, u=None, D=None): the in-place lowering the foreach executor runs, on lists
+    # of tensors; ``strength`` holds one value per tensor (a float, or a tensor that broadcasts). None:
+    # the foreach executor runs :meth:`apply` on TensorLists instead (correct, with more temporaries).
+    apply_ = None
+
     def native_constant(self, strength: float) -> float:
         """The decay constant ``_native.c`` reads per model (its ``dec[k]``) from :meth:`strength`."""
         return strength
@@ -265,6 +280,9 @@ class Decoupled(DecayRule):
     def apply(self, w, w_ref, *, s, lam, u=None, D=None, mean_vhat=None, eps=0.0):
         return decoupled(w, w_ref, s, lam)
 
+    def apply_(self, w, *, strength, u=None, D=None):
+        _shrink_(w, strength)
+
     def fused(self, lr, s, lam, strength):
         # (s/lr)·λ, not s·λ/lr: with decay_scale="lr" it is λ itself, and the step is torch's AdamW bit for bit
         return ("adamw", lr, (s / lr) * lam)
@@ -288,6 +306,9 @@ class Prox(DecayRule):
 
     def apply(self, w, w_ref, *, s, lam, u=None, D=None, mean_vhat=None, eps=0.0):
         return prox(w, w_ref, s, lam)
+
+    def apply_(self, w, *, strength, u=None, D=None):
+        torch._foreach_div_(w, [1 + x for x in strength])
 
     def fused(self, lr, s, lam, strength):
         # (w − lr·u)/(1 + d) = w·(1 − lr'·wd') − lr'·u with lr' = lr/(1 + d), wd' = d/lr
@@ -315,6 +336,15 @@ class ProxEuclid(DecayRule):
     def apply(self, w, w_ref, *, s, lam, u=None, D=None, mean_vhat=None, eps=0.0):
         return prox_euclid(w, w_ref, s, lam, D)
 
+    def apply_(self, w, *, strength, u=None, D=None):
+        if D is None:  # D = 1 (SGD): the plain prox
+            torch._foreach_div_(w, [1 + x for x in strength])
+            return
+        factor = torch._foreach_reciprocal(D)
+        torch._foreach_mul_(factor, strength)
+        torch._foreach_add_(factor, 1)
+        torch._foreach_div_(w, factor)
+
 
 class Cautious(DecayRule):
     r"""``cautious`` (Cautious Weight Decay, Alg. 1): decoupled decay only where ``u_t·(w − w_ref) ≥ 0``."""
@@ -329,13 +359,27 @@ class Cautious(DecayRule):
     def apply(self, w, w_ref, *, s, lam, u=None, D=None, mean_vhat=None, eps=0.0):
         return cautious(w, w_ref, u, s, lam)
 
+    def apply_(self, w, *, strength, u=None, D=None):
+        mask = torch._foreach_mul(u, w)  # 1[u·w ≥ 0] = min(sign(u·w) + 1, 1)
+        torch._foreach_sign_(mask)
+        torch._foreach_add_(mask, 1)
+        torch._foreach_clamp_max_(mask, 1)
+        if all(isinstance(x, float) for x in strength):
+            torch._foreach_addcmul_(w, mask, w, [-x for x in strength])  # w − s·λ·mask·w in one pass
+        else:
+            torch._foreach_mul_(mask, w)
+            torch._foreach_mul_(mask, strength)
+            torch._foreach_sub_(w, mask)
+
 
 class Stable(DecayRule):
     r"""``stable`` (AdamS / SGDS, Xie et al.): ``w ← w − min(s_t·λ/(sqrt(mean v̂_t) + ε), 1)·(w − w_ref)``.
 
     ``mean v̂`` is one number per model over every parameter the rule decays (a global statistic:
     it needs every gradient of the step before any weight moves). For SGD it is the constant
-    ``((1 − μ)/(1 − δ))²`` with ``ε = 0``.
+    ``((1 − μ)/(1 − δ))²`` with ``ε = 0``. So one NaN in one gradient makes ``mean v̂`` NaN, and every
+    weight this rule decays becomes NaN at that step (Adam's own update only spreads it within the
+    tensor); with K stacked models the mean is one per model, and only that model's weights do.
     """
 
     name = "stable"
@@ -346,6 +390,9 @@ class Stable(DecayRule):
 
     def apply(self, w, w_ref, *, s, lam, u=None, D=None, mean_vhat=None, eps=0.0):
         return stable(w, w_ref, s, lam, mean_vhat, eps)
+
+    def apply_(self, w, *, strength, u=None, D=None):
+        _shrink_(w, strength)
 
     def strength(self, s, lam, mean_vhat=None, eps=0.0):
         return stable_strength(s, lam, mean_vhat, eps)
