@@ -14,7 +14,7 @@ from decaylab.diagnostics.curvature import (
     HessianTrace,
     JacobianNorm,
     ScaleInvariantSharpness,
-    StackedModel,
+    StackedFunctional,
     hessian_trace,
     hutchinson_samples,
     jacobian_norm,
@@ -187,7 +187,7 @@ def test_jacobian_counts_only_trainable_parameters() -> None:
 @pytest.mark.parametrize("make,shape", [(mlp, (5,)), (cnn, (1, 6, 6))], ids=["mlp", "cnn"])
 def test_jacobian_stacked_equals_separate(make, shape) -> None:
     models = [make(seed) for seed in range(3)]
-    stacked = StackedModel.from_modules(models)
+    stacked = StackedFunctional.from_modules(models)
     inputs, _ = classification_data(6, shape)
     got = jacobian_norms(stacked, inputs, chunk_size=4)
     assert got.shape == (3, 6)
@@ -322,7 +322,7 @@ def test_train_mode_hessian_uses_batch_statistics_and_leaves_buffers() -> None:
 
 def test_stacked_hessian_and_sharpness_equal_separate() -> None:
     models = [mlp(seed) for seed in range(3)]
-    stacked = StackedModel.from_modules(models)
+    stacked = StackedFunctional.from_modules(models)
     batches = regression_batches()
     for fn, kwargs in ((hessian_trace, {}), (scale_invariant_sharpness, {"params": ["0.weight"]})):
         g = torch.Generator().manual_seed(5)
@@ -433,14 +433,14 @@ def test_instruments_report_the_functions() -> None:
 
 def test_instruments_on_stacked_models() -> None:
     models = [mlp(seed) for seed in range(2)]
-    stacked = StackedModel.from_modules(models)
+    stacked = StackedFunctional.from_modules(models)
     batches = regression_batches()
     ctx = Context(model=None, optimizer=None, step=1, stacked=2)
     out = JacobianNorm(batches[0][0], 1, model=stacked).measure(ctx)["jacobian_norm"]
     assert out.shape == (2,)
     out = HessianTrace(F.cross_entropy, batches, 4, 1, model=stacked).measure(ctx)
     assert out["hessian_trace"].shape == out["hessian_trace_se"].shape == (2,)
-    with pytest.raises(ValueError, match="StackedModel"):
+    with pytest.raises(ValueError, match="StackedFunctional"):
         JacobianNorm(batches[0][0], 1).measure(Context(model=models[0], optimizer=None, step=1, stacked=2))
     with pytest.raises(ValueError, match="3"):
         JacobianNorm(batches[0][0], 1, model=stacked).measure(Context(model=None, optimizer=None, step=1, stacked=3))
@@ -456,5 +456,5 @@ def test_argument_checks() -> None:
         jacobian_norms(model, batches[0][0], chunk_size=0)
     with pytest.raises(ValueError, match="interval"):
         JacobianNorm(batches[0][0], interval=0)
-    with pytest.raises(TypeError, match="StackedModel"):
+    with pytest.raises(TypeError, match="StackedFunctional"):
         jacobian_norm(object(), batches[0][0])
