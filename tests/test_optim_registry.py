@@ -31,23 +31,15 @@ def registry():
 
 
 class SoftThreshold(DecayRule):
-    r"""L1 decay as a proximal step after the update: ``w ← sign(z)·max(|z| − s_t·λ, 0)``."""
+    r"""L1 decay as a proximal step after the update: ``w ← w_ref + sign(d)·max(|d| − s_t·λ, 0)``, ``d = z − w_ref``."""
 
     name = "l1_prox"
     acts = "after"
-    shrink = None
 
     def apply(self, w, w_ref, *, s, lam, u=None, D=None, mean_vhat=None, eps=0.0):
         d = rules.offset(w, w_ref)
-        shrunk = d.sign() * (d.abs() - s * lam).clamp_min(0) if not hasattr(d, "items") else _tensorlist(d, s * lam)
+        shrunk = d.sign() * (d.abs() - s * lam).clamp_min(0)  # plain tensor methods: TensorLists take them too
         return shrunk if w_ref is None else w_ref + shrunk
-
-
-def _tensorlist(d, t):
-    from decaylab.optim.tensorlist import TensorList
-
-    ts = t.items if isinstance(t, TensorList) else [t] * len(d.items)
-    return TensorList([x.sign() * (x.abs() - y).clamp_min(0) for x, y in zip(d.items, ts, strict=True)])
 
 
 def test_the_c_enum_is_the_registry():

@@ -1,7 +1,7 @@
 r"""Instruments on the weights themselves: norms, effective learning rates, angular updates,
 rotational equilibrium, the EMA timescale and decay underflow.
 
-Definitions (``reference/methods.md`` §4). ``w`` is one parameter tensor, a param group's
+Definitions (``docs/methods.md`` §4). ``w`` is one parameter tensor, a param group's
 tensors concatenated, or all of them concatenated ("total"); ``lr_t`` the group's learning rate
 of the step just taken; ``λ_t`` its weight decay; ``s_t`` the decay scale (``s_t = lr_t`` in
 torch's convention, see :func:`decaylab.diagnostics.base.step_hparams`).

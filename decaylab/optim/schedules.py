@@ -26,7 +26,7 @@ Also here: the SGDR / AdamWR warm-restart cosine (``warm_restart_multiplier``,
 ``restart_points``, the lr scheduler ``WarmRestarts`` and the decay schedule
 ``WarmRestartDecay``), and the AdamW paper's normalized weight decay
 (``normalized_weight_decay``, ``weight_decay_to_normalized``). Formulas and sources:
-``reference/methods.md`` §2-§3.
+``docs/methods.md`` §2–§3.
 """
 
 from __future__ import annotations

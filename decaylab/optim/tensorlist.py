@@ -95,5 +95,20 @@ class TensorList:
     def to(self, dtype: torch.dtype):
         return TensorList([t.to(dtype) for t in self.items])
 
+    def __getattr__(self, name: str):
+        """Any other Tensor method, item by item (a user's rule may call ``sign``, ``abs``, ``clamp_min``,
+        …): TensorList arguments are taken item by item, anything else is passed to every item."""
+        if name.startswith("_") or not callable(getattr(Tensor, name, None)):
+            raise AttributeError(f"TensorList has no attribute {name!r}")
+
+        def method(*args, **kwargs):
+            n = len(self.items)
+            pick = lambda a, i: a.items[i] if isinstance(a, TensorList) else a  # noqa: E731
+            return TensorList([getattr(t, name)(*(pick(a, i) for a in args), **{k: pick(v, i) for k, v in
+                                                                              kwargs.items()})
+                               for i, t in zip(range(n), self.items, strict=True)])
+
+        return method
+
     def copy_into(self, targets: Sequence[Tensor]) -> None:
         torch._foreach_copy_(list(targets), self.items)

@@ -2,7 +2,7 @@
 
 Two claims, judged separately and combined (held only if both held):
 
-1. **Rounding** (methods.md §5; pytorch PR #64475): with bf16 parameters, ``torch.optim.AdamW``
+1. **Rounding** (docs/methods.md §5; pytorch PR #64475): with bf16 parameters, ``torch.optim.AdamW``
    writes ``w·(1 − lr·λ)`` in bf16, which rounds back to ``w`` when ``lr·λ`` is below half of bf16's
    relative spacing (2⁻⁹…2⁻⁸): the decay is lost. decaylab's AdamW computes in fp32 and keeps each
    write's rounding error (Kahan compensation, :mod:`decaylab.optim.precision`), so it should follow
@@ -10,7 +10,7 @@ Two claims, judged separately and combined (held only if both held):
    engine), not an imitation, so the verdict is about the optimizer people use. Checks, at the
    decayed λ, with ``r_t = ‖w_t^{bf16}‖ / ‖w_t^{fp32}‖`` for the same seed at every evaluation:
    decaylab's seed-mean ``|r_t − 1|`` stays within 1% over the whole run ("within ~1% of the fp32
-   trajectory", methods.md §5); and the decay's effect within torch's arm, ``‖w_λ‖/‖w_0‖`` at the
+   trajectory", docs/methods.md §5); and the decay's effect within torch's arm, ``‖w_λ‖/‖w_0‖`` at the
    end (same seed), differs from fp32's by more than 1% beyond the seeds' spread (torch's other
    bf16 roundings — its moments and steps are bf16 too — move ``‖w‖`` at λ = 0 as well, so the
    decay is judged within the arm; the report shows both).
@@ -33,7 +33,7 @@ from .core import Reproduction, Verdict, register, verdict_line
 
 NAME = "bf16"
 FP32, KAHAN, TORCH, AUTOCAST = "fp32", "bf16 decaylab AdamW", "bf16 torch AdamW", "bf16 autocast"
-TRACK_TOLERANCE = 0.01  # methods.md §5: compensated pure-bf16 decay within ~1% of the fp32 trajectory
+TRACK_TOLERANCE = 0.01  # docs/methods.md §5: compensated pure-bf16 decay within ~1% of the fp32 trajectory
 SPIKE = 0.5  # nats above the running minimum of the train loss that count as a divergence
 
 

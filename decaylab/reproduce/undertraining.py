@@ -7,7 +7,7 @@ decay does not act against over-fitting); what decay changes is the effective le
 
 The effective-lr control. For weights followed by a normalization, Adam's step moves ``w`` by about
 ``lr_t`` per coordinate whatever ``‖w‖``, so the *angular* step — what changes the function — is
-``lr_t/‖w_t‖`` (decaylab's ``effective_lr`` curve for Adam; methods.md §4; for SGD it would be
+``lr_t/‖w_t‖`` (decaylab's ``effective_lr`` curve for Adam; docs/methods.md §4; for SGD it would be
 ``lr_t/‖w_t‖²``). Decay keeps ``‖w‖`` small, so it raises the effective lr. The control is a
 λ = 0 run whose lr is multiplied by ``‖w_t^{λ=0}‖ / ‖w_t^{λ}‖`` — the seed-mean weight norms of the
 λ = 0 and the decayed run (the smallest λ > 0 of the grid, the paper's 0.1) at each evaluation —
@@ -17,7 +17,7 @@ larger lr grows it a little faster; the report shows the effective lr reached). 
 the first runs' curves, so :class:`_TwoStage` runs the spec, writes the control as one more
 ``[[methods]]`` entry into the spec text (stored with the sweep, so the store says exactly what
 ran), and runs that. Whether this is precisely the paper's construction is not confirmed
-(methods.md §4 lists the paper's effective lr as unsure); the verdict reports the match reached.
+(docs/methods.md §4 lists the paper's effective lr as unsure); the verdict reports the match reached.
 
 The verdict, over >= 3 seeds, each comparison against the seeds' spread
 (:mod:`decaylab.reproduce._regimes`): for each λ > 0, (1) the validation loss at mid-training
