@@ -120,6 +120,7 @@ def _ddp_worker(rank: int, rendezvous: str) -> None:
             opt.step(), ref_opt.step()
             opt.zero_grad(), ref_opt.zero_grad()
         _assert_same_run(model.module, opt, ref, ref_opt, f"DDP {what}")
+    dist.barrier()  # both ranks done before either closes its connections (gloo aborts a peer mid-send)
     dist.destroy_process_group()
 
 
@@ -243,6 +244,7 @@ def _fsdp_worker(rank: int, rendezvous: str) -> None:
     # --- the helper itself: a shard's sum completed over the mesh
     x = distribute_tensor(torch.arange(7.0, dtype=torch.float64), mesh, [Shard(0)])
     assert_close(global_sums(local_shard(x).sum().reshape(1), [x]), torch.tensor([21.0], dtype=torch.float64))
+    dist.barrier()  # both ranks done before either closes its connections (gloo aborts a peer mid-send)
     dist.destroy_process_group()
 
 

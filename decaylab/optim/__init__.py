@@ -5,7 +5,9 @@ Rules (:mod:`~decaylab.optim.rules`, registry :data:`RULES`) and directions
 :class:`SGD` combine them, the named optimizers are presets. Equations and sources: ``docs/methods.md``.
 """
 from .directions import DIRECTIONS, Direction
-from .optimizer import SGD, Adam, DecayOptimizer, DecayUnderflowWarning
+from .directions.adam import Adam
+from .directions.sgd import SGD
+from .optimizer import OPTIMIZERS, DecayOptimizer, DecayUnderflowWarning
 from .presets import SGDW, AdamC, AdamS, AdamW, CautiousAdamW, EuclidProxAdam, ProxAdam
 from .rules import FORMS, RULES, SCALES, TARGETS, DecayRule, register
 from .torch_compat import CheckpointFormWarning
@@ -13,5 +15,5 @@ from .torch_compat import CheckpointFormWarning
 __all__ = [
     "Adam", "SGD", "AdamW", "ProxAdam", "EuclidProxAdam", "AdamS", "AdamC", "CautiousAdamW", "SGDW",
     "DecayOptimizer", "DecayUnderflowWarning", "CheckpointFormWarning", "FORMS", "SCALES", "TARGETS",
-    "RULES", "DecayRule", "register", "DIRECTIONS", "Direction",
+    "RULES", "DecayRule", "register", "DIRECTIONS", "Direction", "OPTIMIZERS",
 ]

@@ -21,11 +21,11 @@ import torch
 from torch import Tensor
 
 from . import precision, rules, sharded, torch_compat
-from .directions import DIRECTIONS, Direction
+from .directions.base import Direction
 from .dispatch import BACKENDS, Dispatcher, why_not_backend
 from .executors import EXECUTORS, Bucket, BucketSpec, CarriedSums
 
-__all__ = ["DecayOptimizer", "Adam", "SGD", "DecayUnderflowWarning"]
+__all__ = ["DecayOptimizer", "DecayUnderflowWarning", "OPTIMIZERS", "check_hparam"]
 
 
 class DecayUnderflowWarning(UserWarning):
@@ -96,6 +96,11 @@ def models(groups: list[dict[str, Any]]) -> int | None:
     return None
 
 
+OPTIMIZERS: dict[str, type] = {}
+"""The optimizer class of each direction by the direction's name (``"adam"`` → :class:`Adam`): the class
+that names a direction registers itself; presets (which only change defaults) do not."""
+
+
 class DecayOptimizer(torch.optim.Optimizer):
     """Base of the family: validation, state, buckets, dispatch. Subclasses name a direction.
 
@@ -123,6 +128,11 @@ class DecayOptimizer(torch.optim.Optimizer):
     """
 
     direction: ClassVar[Direction]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "direction" in cls.__dict__:
+            OPTIMIZERS[cls.direction.name] = cls
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]):
         self.dispatcher = Dispatcher()
@@ -455,116 +465,3 @@ def _local(bucket: Bucket) -> Bucket:
         bucket.global_params = bucket.params
         return bucket
     return Bucket(bucket.spec, params, grads, states, bucket.hp, bucket.pp, bucket.carried, bucket.raw, bucket.params)
-
-
-class Adam(DecayOptimizer):
-    r"""Adam with any decay rule. With the defaults it is ``torch.optim.Adam`` (L2 in the gradient).
-
-    .. math::
-
-        m_t = β_1 m_{t-1} + (1-β_1) g_t,\quad v_t = β_2 v_{t-1} + (1-β_2) g_t^2,\quad
-        u_t = \frac{m_t/(1-β_1^t)}{\sqrt{v_t/(1-β_2^t)} + ε}
-
-    and ``w ← w − lr_t·u_t`` combined with the decay rule (see :mod:`decaylab.optim.rules`).
-    ``weight_decay`` uses the convention of ``decay_scale``: with ``"lr"`` (default) it is
-    torch's λ; with ``"schedule"`` it is the AdamW paper's λ (``λ_paper = λ_torch · max_lr``).
-    torch's own keywords work too: ``decoupled_weight_decay=True`` is AdamW; ``foreach=True`` and
-    ``fused=True`` choose those executors; ``capturable`` and ``differentiable`` may only be False.
-
-    Example:
-        >>> import torch
-        >>> from decaylab.optim import Adam
-        >>> w = torch.nn.Parameter(torch.ones(3))
-        >>> opt = Adam([w], lr=0.1, weight_decay=0.5, decay="decoupled")
-        >>> w.grad = torch.zeros(3); opt.step()
-        >>> round(w[0].item(), 4)  # pure decay: 1 − 0.1·0.5
-        0.95
-    """
-
-    direction = DIRECTIONS["adam"]
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float | Tensor = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float | Tensor | Callable[[int], float] = 0.0,
-        amsgrad: bool = False,
-        *,
-        decay: str | rules.DecayRule = "l2",
-        decay_scale: str = "lr",
-        max_lr: float | Tensor | None = None,
-        decay_to: str = "zero",
-        maximize: bool = False,
-        backend: str = "auto",
-        low_precision: str = "kahan",
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        decoupled_weight_decay: bool | None = None,
-    ):
-        backend = torch_compat.backend_from_torch_flags(type(self).__name__, backend, foreach=foreach, fused=fused,
-                                                        capturable=capturable, differentiable=differentiable)
-        decay = torch_compat.decay_from_torch_flag(type(self).__name__, decay, decoupled_weight_decay)
-        defaults = dict(
-            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay, decay_scale=decay_scale,
-            decay_to=decay_to, amsgrad=amsgrad, maximize=maximize, backend=backend, low_precision=low_precision,
-        )
-        defaults[torch_compat.MAX_LR] = max_lr
-        super().__init__(params, defaults)
-
-
-class SGD(DecayOptimizer):
-    r"""SGD (with momentum) and any decay rule. With the defaults it is ``torch.optim.SGD``.
-
-    .. math::
-
-        b_t = μ b_{t-1} + (1-δ) g_t \;(b_1 = g_1),\quad u_t = g_t + μ b_t \text{ (Nesterov) or } b_t
-
-    and ``w ← w − lr_t·u_t`` combined with the decay rule. With ``momentum=0`` the forms ``l2``
-    and ``decoupled`` (scale ``"lr"``) coincide. ``prox_euclid`` equals ``prox`` here (``D = 1``);
-    ``stable`` multiplies the decay by ``(1 − δ)/(1 − μ)`` (SGDS).
-
-    Example:
-        >>> import torch
-        >>> from decaylab.optim import SGDW
-        >>> w = torch.nn.Parameter(torch.ones(2))
-        >>> opt = SGDW([w], lr=0.1, momentum=0.9, weight_decay=0.1)
-        >>> w.grad = torch.zeros(2); opt.step()
-        >>> round(w[0].item(), 4)  # 1 − 0.1·0.1
-        0.99
-    """
-
-    direction = DIRECTIONS["sgd"]
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float | Tensor = 1e-3,
-        momentum: float = 0.0,
-        dampening: float = 0.0,
-        weight_decay: float | Tensor | Callable[[int], float] = 0.0,
-        nesterov: bool = False,
-        *,
-        maximize: bool = False,
-        decay: str | rules.DecayRule = "l2",
-        decay_scale: str = "lr",
-        max_lr: float | Tensor | None = None,
-        decay_to: str = "zero",
-        backend: str = "auto",
-        low_precision: str = "kahan",
-        foreach: bool | None = None,
-        fused: bool | None = None,
-        differentiable: bool = False,
-    ):
-        backend = torch_compat.backend_from_torch_flags(type(self).__name__, backend, foreach=foreach, fused=fused,
-                                                        differentiable=differentiable)
-        defaults = dict(
-            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov, decay=decay,
-            decay_scale=decay_scale, decay_to=decay_to, maximize=maximize, backend=backend,
-            low_precision=low_precision,
-        )
-        defaults[torch_compat.MAX_LR] = max_lr
-        super().__init__(params, defaults)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .optimizer import SGD, Adam
+from .directions.adam import Adam
+from .directions.sgd import SGD
 
 __all__ = ["AdamW", "ProxAdam", "EuclidProxAdam", "AdamS", "AdamC", "CautiousAdamW", "SGDW"]
 

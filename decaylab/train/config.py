@@ -30,11 +30,14 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
+from decaylab.optim import OPTIMIZERS as _DECAYLAB_OPTIMIZERS
 from decaylab.optim import RULES, SCALES
 
 __all__ = ["TrainConfig", "RunResult", "OPTIMIZERS", "SCHEDULES", "PRECISIONS", "DECAY_SCHEDULES"]
 
-OPTIMIZERS = ("adam", "sgd", "torch-adamw")  # torch-adamw: torch.optim.AdamW itself (low-precision baselines)
+# decaylab's directions (decaylab.optim.OPTIMIZERS: "adam", "sgd", …), and torch-adamw: torch.optim.AdamW
+# itself (low-precision baselines)
+OPTIMIZERS = (*_DECAYLAB_OPTIMIZERS, "torch-adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "restarts")
 PRECISIONS = ("fp32", "bf16-autocast", "bf16")
 DECAY_SCHEDULES = ("constant", "early", "late")
@@ -61,7 +64,7 @@ class TrainConfig:
 
     dataset: str = "mnist1d"  # decaylab.data.load name
     model: str = "mlp"  # decaylab.models.build name
-    optimizer: str = "adam"  # "adam" | "sgd" (decaylab.optim.Adam / SGD) | "torch-adamw" (torch.optim.AdamW)
+    optimizer: str = "adam"  # a decaylab direction ("adam", "sgd": decaylab.optim.OPTIMIZERS) | "torch-adamw"
     decay: str = "decoupled"  # decaylab decay form
     decay_scale: str = "lr"
     lr: float = 1e-3

@@ -159,10 +159,13 @@ def train_distributed(
         started_here = True
     try:
         replica = Replica(rank, world_size, device)
-        return _run([config], data=data, progress=progress if replica.writes else None, device=device,
-                    checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
-                    instruments=instruments, sinks=sinks if replica.writes else (), backend=backend,
-                    on_step=on_step, stacked=False, replica=replica)[0]
+        result = _run([config], data=data, progress=progress if replica.writes else None, device=device,
+                      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
+                      instruments=instruments, sinks=sinks if replica.writes else (), backend=backend,
+                      on_step=on_step, stacked=False, replica=replica)[0]
+        if started_here:
+            dist.barrier()  # every rank done before any closes its connections (gloo aborts a peer mid-send)
+        return result
     finally:
         if started_here:
             dist.destroy_process_group()

@@ -22,7 +22,9 @@ one continues bit for bit as if it had never stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+import inspect
 import math
 import os
 import sys
@@ -37,7 +39,7 @@ from torch import Tensor, nn
 from decaylab.data import TensorData, TextData
 from decaylab.diagnostics import Monitor, WeightEMA, jacobian_norm, recompute_batchnorm
 from decaylab.groups import split_parameters
-from decaylab.optim import SGD, Adam
+from decaylab.optim import OPTIMIZERS
 
 from .config import RunResult, TrainConfig
 from .data import Prepared, Sampler, build_model, check_fits, lm_eval_batches, load_data, prepare, steps_per_epoch
@@ -339,10 +341,13 @@ def _optimizer(engine, configs, steps, device, backend, stacked):
         optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
         return optimizer, [config.lr for _ in optimizer.param_groups]
     common = dict(lr=lr, weight_decay=0.0, decay=config.decay, decay_scale=config.decay_scale, backend=backend)
-    if config.optimizer == "adam":
-        optimizer = Adam(groups, betas=config.betas, eps=config.eps, **common)
-    else:
-        optimizer = SGD(groups, momentum=config.momentum, **common)
+    cls = OPTIMIZERS[config.optimizer]
+    # the direction's own hyperparameters (Adam's betas and eps, SGD's momentum, …): the config fields its
+    # constructor takes by name
+    fields = {f.name for f in dataclasses.fields(config)}
+    own = {name: getattr(config, name) for name in inspect.signature(cls).parameters
+           if name in fields and name not in common and name != "params"}
+    optimizer = cls(groups, **own, **common)
     base_lrs = [lr for _ in optimizer.param_groups]
     return optimizer, base_lrs
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import precision
-from ..directions import Direction
+from ..directions.base import Direction
 from ..rules import DecayRule
 from ..tensorlist import TensorList
 
