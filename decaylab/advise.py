@@ -332,7 +332,7 @@ def fit_store(store: str, sweep: str | None = None, metric: str | None = None) -
     """Per method and seed, the timescale of the best run (by ``metric``); its geometric mean over
     seeds, range and spread factor ``exp(sd of log τ)``. Runs whose decay is not an EMA of the updates
     (``l2``, ``prox_euclid``, ``cautious``, ``stable``) are left out, with a note."""
-    from .report.store import load_sweep
+    from .store import load_sweep
 
     try:
         data = load_sweep(store, sweep)

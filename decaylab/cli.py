@@ -83,7 +83,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     from . import demo
     from ._paths import describe_os_error
-    from ._store_schema import describe_error
+    from .store import describe_error
     from .sweep.cli import _stop_on_sigterm, stopped_how
     from .sweep.runner import SweepAborted
 

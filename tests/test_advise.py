@@ -147,7 +147,7 @@ def tiny_store(tmp_path_factory):
 
 
 def test_from_store_on_a_real_sweep(tiny_store, capsys) -> None:
-    from decaylab.report.store import load_sweep
+    from decaylab.store import load_sweep
 
     got = _json(["advise", "--from-store", str(tiny_store)], capsys)
     assert got["metric"] == "test_acc" and got["validation"] is False and got["unit"] == "epochs"
@@ -181,7 +181,7 @@ def test_from_store_gives_lambda_at_a_target(tiny_store, capsys) -> None:
 
 
 def test_from_store_selects_on_validation_when_runs_record_it(tmp_path, capsys) -> None:
-    from decaylab.report.store import SCHEMA
+    from decaylab.store import SCHEMA
 
     path = tmp_path / "val.sqlite"
     db = sqlite3.connect(path)

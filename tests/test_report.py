@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from decaylab.report import Section, analysis, build, build_report, diagonal_slope, figures, html, separability, store
+from decaylab.report import Section, analysis, build, build_report, diagonal_slope, figures, html, separability
 from decaylab.report.cli import add_cli
+from decaylab.store import reader as store
+from decaylab.store import schema
 
 CONTRACT_SQL = """
 CREATE TABLE runs (
@@ -298,7 +300,7 @@ def test_score_functions_directly():
     assert math.isnan(diagonal_slope(np.array([[0.1, 0.2]]), [1e-3], [1e-3, 1e-2]))
 
 
-@pytest.mark.parametrize("module", [analysis, build, figures, html, store])
+@pytest.mark.parametrize("module", [analysis, build, figures, html, store, schema])
 def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0

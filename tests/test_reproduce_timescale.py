@@ -130,7 +130,7 @@ def test_judge_premises() -> None:
 
 
 def _store(tmp_path, losses, name="reproduce-timescale"):
-    from decaylab.report.store import SCHEMA
+    from decaylab.store import SCHEMA
 
     path = tmp_path / "store.sqlite"
     db = sqlite3.connect(path)

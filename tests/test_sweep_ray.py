@@ -20,10 +20,10 @@ import ray
 from test_sweep_integration import SPEC as TINY_SPEC
 from test_sweep_runner import SPEC as SMALL_SPEC
 
+from decaylab.store import process_alive
 from decaylab.sweep import Store, SweepAborted, load_spec, run_sweep
 from decaylab.sweep.cli import main as sweep_cli
 from decaylab.sweep.ray_backend import check_reachable, run_sweep_ray
-from decaylab.sweep.store import process_alive
 from decaylab.sweep.testing import FakeTrainer, fake_metrics
 from decaylab.train import TrainConfig
 

@@ -1,8 +1,7 @@
-"""decaylab.sweep.store: the schema contract, registration, claims, atomic writes, stale leases."""
+"""decaylab.store (the writer): the schema contract, registration, claims, atomic writes, stale leases."""
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing as mp
 import sqlite3
 import subprocess
@@ -11,8 +10,8 @@ import time
 
 import pytest
 
+from decaylab.store import process_alive
 from decaylab.sweep import Store
-from decaylab.sweep.store import process_alive
 
 # Verbatim from the contract between decaylab.train, decaylab.sweep and decaylab.report.
 CONTRACT_SQL = """
@@ -120,7 +119,7 @@ def test_claim_groups_evenly_and_filters_keys(tmp_path):
     store.release(r["id"] for r in store.runs("s"))
     assert [r["key"] for r in store.claim("s", 5, group=first_group, keys={"k3", "k11"})] == ["k3", "k11"]
     with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
-        store.claim("s", 0)
+        store.claim("s", 0, group=first_group)
 
 
 def test_finish_writes_final_and_curves(tmp_path):
@@ -131,7 +130,7 @@ def test_finish_writes_final_and_curves(tmp_path):
     # a non-finite metric that is not a loss (a diverged run's loss nulls every metric: test_hostile_report)
     assert store.finish(run["id"], {"test_acc": 0.8, "grad_norm": float("inf")}, curves)
     done = store.runs(status="done")[0]
-    assert done["final"]["test_acc"] == 0.8 and math.isnan(done["final"]["grad_norm"]) and done["diverged"] is None
+    assert done["final"]["test_acc"] == 0.8 and done["final"]["grad_norm"] is None and done["diverged"] is None
     assert json.loads(sqlite3.connect(store.path).execute("SELECT final FROM runs WHERE id = ?", (run["id"],))
                       .fetchone()[0]) == {"test_acc": 0.8, "grad_norm": None}  # strict JSON in the file
     assert store.curves(run["id"]) == {"lr": [(0, 0.1), (5, 0.05)], "test_loss": [(0, 2.3), (5, 1.0)]}

@@ -9,9 +9,9 @@ is: ``separability``, ``diagonal_slope`` and ``additivity`` (defined in :mod:`de
 
 The command: ``decaylab report STORE [--sweep NAME] [--out DIR]``.
 """
+from ..store import SCHEMA, Run, SweepData, load_curves, load_sweep, sweep_names
 from .analysis import MethodGrid, additivity, build_grids, diagonal_slope, good_region, separability
 from .build import DEFAULT_DELTA, SEPARABILITY_TEXT, ReportResult, Section, build_report, format_table
-from .store import SCHEMA, Run, SweepData, load_curves, load_sweep, sweep_names
 
 __all__ = [
     "build_report", "ReportResult", "Section", "format_table", "DEFAULT_DELTA", "SEPARABILITY_TEXT",

@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from .store import Run
+from ..store import Run
 
 __all__ = [
     "MethodGrid", "choose_metric", "metric_value", "build_grids", "good_region", "separability",

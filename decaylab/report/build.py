@@ -1,6 +1,6 @@
 r"""``build_report``: read one sweep from the store, write the PNGs, ``report.html`` and ``summary.json``.
 
-The report reads only the store (:mod:`decaylab.report.store`). Per method (a label of the sweep
+The report reads only the store (:mod:`decaylab.store.reader`). Per method (a label of the sweep
 spec) it draws the lr × λ heatmap of the metric (test error by default; one colour scale for all
 methods), and for each method's best cell the learning curves, the weight norm and the effective
 learning rate, averaged over seeds with a ±1 std band. The table gives, per method, the best cell
@@ -23,10 +23,10 @@ from typing import Any
 
 from .. import __version__
 from .._paths import check_output_dir
+from ..store import SweepData, load_curves, load_sweep
 from . import figures as fig
 from .analysis import MethodGrid, build_grids, choose_metric, method_summary
 from .html import HtmlFigure, definitions_html, figure_html, page, prose_html, slug, table_html, unique_slugs
-from .store import SweepData, load_curves, load_sweep
 
 __all__ = ["Section", "ReportResult", "build_report", "default_out_dir", "format_table", "SEPARABILITY_TEXT",
            "DEFAULT_DELTA"]

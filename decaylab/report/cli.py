@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     damaged or not a store, an output folder that cannot be written): one line on stderr, exit 2; a
     write that fails midway (a full disk): one line, exit 1."""
     from .._paths import check_output_dir, describe_os_error
-    from .._store_schema import describe_error
+    from ..store import describe_error
     from .build import build_report
 
     def error(message: object, status: int = 2) -> int:

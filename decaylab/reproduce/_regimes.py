@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from decaylab.report.store import Run, load_curves, load_sweep
+from decaylab.store import Run, load_curves, load_sweep
 
 MIN_SEEDS = 3
 

@@ -30,7 +30,7 @@ import numpy as np
 from ..report.analysis import MethodGrid, build_grids, diagonal_slope, good_region, separability
 from ..report.build import Section
 from ..report.figures import format_number
-from ..report.store import load_sweep
+from ..store import load_sweep
 from .core import Reproduction, Verdict, mean_std, pm, register, verdict_line
 
 __all__ = ["REPRODUCTION", "analyze", "judge", "DELTA", "DECOUPLED", "COUPLED", "TORCH"]

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..report import figures as fig
 from ..report.build import Section
-from ..report.store import load_curves, load_sweep
+from ..store import load_curves, load_sweep
 from .core import Reproduction, Verdict, mean_std, pm, register, verdict_line
 
 __all__ = ["REPRODUCTION", "analyze", "judge", "SWITCH", "LABELS", "MOST"]

@@ -45,7 +45,7 @@ import numpy as np
 
 from ..report.analysis import build_grids
 from ..report.build import Section
-from ..report.store import load_sweep
+from ..store import load_sweep
 from .core import SPEC_DIR, Reproduction, Verdict, mean_std, pm, register, verdict_line
 
 __all__ = ["REPRODUCTION", "analyze", "iterate_distances", "judge_iterates", "judge_batchnorm", "has_batchnorm",

@@ -4,15 +4,15 @@
   ``(method label, TrainConfig)`` runs (:mod:`decaylab.sweep.spec`); ``decaylab/sweep/specs/``
   holds checked-in specs (``demo.toml``).
 - :class:`Store` is the run store, one SQLite file in WAL mode that several processes can share
-  (:mod:`decaylab.sweep.store`); the report reads it.
+  (:mod:`decaylab.store`); the report reads it.
 - :func:`run_sweep` trains what the store does not have yet, stacked, resumable
   (:mod:`decaylab.sweep.runner`); :func:`format_status` shows a store's progress.
 - ``decaylab sweep SPEC`` and ``decaylab status STORE`` (:mod:`decaylab.sweep.cli`).
 """
+from ..store import SCHEMA, STATUSES, Store
 from .runner import DEFAULT_STACK, SweepAborted, SweepSummary, run_sweep
 from .spec import Spec, available_specs, find_spec, linear_grid, load_spec, log_grid
 from .status import format_status, status_rows
-from .store import SCHEMA, STATUSES, Store
 
 __all__ = [
     "DEFAULT_STACK", "SCHEMA", "STATUSES", "Spec", "Store", "SweepAborted", "SweepSummary", "available_specs",

@@ -110,9 +110,9 @@ def stopped_how(error: KeyboardInterrupt) -> str:
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
+    from ..store import Store, describe_error
     from .runner import SweepAborted, run_sweep
     from .spec import find_spec, load_spec
-    from .store import Store, describe_error
 
     backend = getattr(args, "backend", "local")
     if backend != "ray":
@@ -193,8 +193,8 @@ def _remove_if_empty(store: Any, path: str) -> None:
 
 
 def status_command(args: argparse.Namespace) -> int:
+    from ..store import Store, describe_error
     from .status import format_status
-    from .store import Store, describe_error
 
     try:  # read-only: a reader never changes the file (not even to a store, not even its journal mode)
         store = Store(args.store, readonly=True)

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..store.writer import MAX_DEATHS, Store
 from .runner import (
     DEFAULT_STACK,
     HEARTBEAT_EVERY_S,
@@ -61,7 +62,6 @@ from .runner import (
     train_group,
 )
 from .spec import Spec, load_spec
-from .store import MAX_DEATHS, Store
 
 __all__ = ["run_sweep_ray", "check_reachable", "DEFAULT_MAX_RETRIES"]
 

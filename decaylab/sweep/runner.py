@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from decaylab._store_schema import divergence
+from decaylab.store import divergence
 
+from ..store.writer import MAX_DEATHS, Store, is_transient
 from .spec import CONFIRM_RUNS, Spec, load_spec
 from .status import format_duration
-from .store import MAX_DEATHS, Store, is_transient
 
 __all__ = ["run_sweep", "SweepSummary", "SweepAborted", "SweepTooLarge", "DEFAULT_STACK", "default_processes"]
 
@@ -182,7 +182,7 @@ def run_sweep(
     Raises:
         ValueError: a bad argument (named, with what is allowed), a run that cannot train here (its
             dataset is missing, its batch is larger than the dataset, its group would not fit in
-            memory), a spec that relabels stored runs (:class:`~decaylab.sweep.store.SpecConflictError`)
+            memory), a spec that relabels stored runs (:class:`~decaylab.store.SpecConflictError`)
             or an unconfirmed large sweep (:class:`SweepTooLarge`): all before anything trains.
         KeyboardInterrupt: after putting the runs in flight back to pending.
         SweepAborted: ``max_failed_groups`` groups in a row failed, or the store could not be
@@ -369,7 +369,7 @@ def _register(spec: Spec, store: Store, retry_failed: bool, allow_spec_change: b
               max_deaths: int = MAX_DEATHS) -> tuple[dict[str, tuple[str, Any]], dict[str, Any]]:
     """Record ``spec``'s runs in ``store`` (pending), requeue runs of dead processes and, with
     ``retry_failed``, failed runs; returns ``key -> (label, config)`` and ``key -> stack key``.
-    A spec that relabels stored runs raises :class:`~decaylab.sweep.store.SpecConflictError`
+    A spec that relabels stored runs raises :class:`~decaylab.store.SpecConflictError`
     unless ``allow_spec_change``."""
     configs = {c.key(): (label, c) for label, c in spec.configs()}
     stack_keys = {key: c.stack_key() for key, (_, c) in configs.items()}

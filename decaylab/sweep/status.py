@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .store import STATUSES, Store
+from ..store import STATUSES, Store
 
 __all__ = ["status_rows", "format_status", "format_duration"]
 

@@ -274,8 +274,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m decaylab.train.di
     one line that names the cause.
     """
     from decaylab._paths import check_output_dir, check_output_file, describe_os_error
-    from decaylab._store_schema import divergence, json_safe
     from decaylab.data import DataFileError
+    from decaylab.store import divergence, json_safe
     from decaylab.sweep.cli import _stop_on_sigterm, stopped_how
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -1,6 +1,7 @@
-"""The run store's schema: the contract between :mod:`decaylab.sweep` (which writes the store) and
-:mod:`decaylab.report` (which only reads it). Standard library only, so that the report can read a
-store without importing the sweep engine or torch.
+"""The run store's schema: the contract between the writer (:mod:`decaylab.store.writer`, which
+:mod:`decaylab.sweep` drives) and the readers (:mod:`decaylab.store.reader`, the report, status,
+advise and the reproductions). Standard library only, so that the report can read a store without
+importing the sweep engine or torch.
 
 The contract tables are ``runs``, ``curves`` and ``sweeps``; ``leases`` (which process holds a
 running run), ``spec_versions`` (every spec text a sweep was run with: version 1, 2, ...) and
@@ -10,6 +11,7 @@ why it diverged) were added later, so a store written before them lacks them; a 
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sqlite3
@@ -164,3 +166,42 @@ def divergence(final: dict[str, Any]) -> str | None:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
             return f"{name} is {value}"
     return None
+
+
+def decode_json(text: str | None, what: str, run_id: int) -> Any:
+    """A JSON column of run ``run_id`` (``what``: its name, for the message), or ``ValueError`` naming the run."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"run {run_id}: its {what} in the store is not valid JSON ({error})") from None
+
+
+def decode_config(text: str | None, run_id: int) -> dict[str, Any]:
+    """A run's stored config (a JSON object), or ``ValueError`` naming the run."""
+    config = decode_json(text, "config", run_id)
+    if not isinstance(config, dict):
+        raise ValueError(f"run {run_id}: its config in the store must be a JSON object, got {type(config).__name__}")
+    return config
+
+
+def decode_final(text: str | None, diverged: str | None, run_id: int) -> tuple[dict[str, Any] | None, str | None]:
+    """A run's final metrics as every reader sees them, and why it diverged (None if it did not).
+
+    The one decoding of a stored run: ``None`` while the run has no result; a diverged run (recorded in
+    ``run_meta``, or a loss stored as null by a store from before divergence was recorded) has every
+    metric ``None``, as the JSON holds it, never NaN or inf: a number that means nothing is absent.
+
+    >>> decode_final('{"test_acc": 0.9, "test_loss": 0.3}', None, 1)
+    ({'test_acc': 0.9, 'test_loss': 0.3}, None)
+    >>> decode_final('{"test_acc": 0.102, "test_loss": null}', None, 2)
+    ({'test_acc': None, 'test_loss': None}, 'test_loss is not finite')
+    """
+    if text is None or text == "":
+        return None, diverged
+    final = decode_json(text, "final", run_id)
+    if not isinstance(final, dict):
+        raise ValueError(f"run {run_id}: its final in the store must be a JSON object, got {type(final).__name__}")
+    diverged = diverged or divergence(final)
+    if diverged:
+        final = dict.fromkeys(final)
+    return final, diverged

@@ -9,7 +9,8 @@ Schema (``decaylab.report`` reads it; binding)::
 ``config`` is the JSON of ``TrainConfig.to_dict()``, ``final`` the JSON of ``RunResult.final``,
 ``status`` one of ``pending``, ``running``, ``done``, ``failed``; times are Unix seconds. Metric
 values that are not finite (a diverged run's loss) are written as JSON ``null`` in ``final`` and
-read back as ``nan``; in ``curves`` they are left out (SQLite stores NaN as NULL).
+read back as ``None`` (:func:`decaylab.store.schema.decode_final`, the one decoding every reader
+uses); in ``curves`` they are left out (SQLite stores NaN as NULL).
 
 A fourth table, ``leases (run_id, host, pid, proc_start, heartbeat)``, records which process
 holds each ``running`` run, so that a process that died (killed, crashed, power cut) does not
@@ -24,12 +25,12 @@ run that kills its process (the out-of-memory killer) would otherwise be trained
 with (``sweeps.spec`` is the latest), and ``run_meta (run_id, spec_version, deaths, diverged)``
 holds per run the spec version that labelled it, how many times its process died, and why it
 diverged (a run whose loss is not finite is stored ``done`` with every metric null and this
-reason; :func:`decaylab._store_schema.divergence`). A store written before these tables gets
+reason; :func:`decaylab.store.schema.divergence`). A store written before these tables gets
 them from the first writer that opens it.
 
 Only a writer that may create a store (``Store(path)``, what ``decaylab sweep`` opens) creates
 one, and only at a path that does not exist or is an empty file; any other file must already be a
-decaylab store (:func:`decaylab._store_schema.check_schema`), checked before anything is written.
+decaylab store (:func:`decaylab.store.schema.check_schema`), checked before anything is written.
 ``Store(path, readonly=True)`` (``decaylab status``) opens the file read-only and never changes it.
 
 Concurrency: every write is one short ``BEGIN IMMEDIATE`` transaction, so two processes (or
@@ -50,7 +51,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from decaylab._store_schema import (
+from .schema import (
     APPLICATION_ID,
     COLUMNS,
     SCHEMA,
@@ -58,6 +59,8 @@ from decaylab._store_schema import (
     STATUSES,
     NotAStoreError,
     check_schema,
+    decode_config,
+    decode_final,
     describe_error,
     divergence,
     finite_or_none,
@@ -141,22 +144,6 @@ def _encode_final(final: dict[str, Any]) -> tuple[str, str | None]:
     reason = divergence(plain)
     values = {k: None if reason else finite_or_none(v) for k, v in plain.items()}
     return json.dumps(values, allow_nan=False, sort_keys=True), reason
-
-
-def _decode(text: str | None, what: str, run_id: int) -> Any:
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"run {run_id}: its {what} in the store is not valid JSON ({error})") from None
-
-
-def _decode_final(text: str | None, run_id: int = 0) -> dict[str, Any] | None:
-    if text is None:
-        return None
-    final = _decode(text, "final", run_id)
-    if not isinstance(final, dict):
-        raise ValueError(f"run {run_id}: its final in the store must be a JSON object, got {type(final).__name__}")
-    return {k: (math.nan if v is None else v) for k, v in final.items()}
 
 
 def _plain(value: Any) -> Any:
@@ -318,7 +305,8 @@ class Store:
 
     def runs(self, sweep: str | None = None, status: str | None = None, *, label: str | None = None) -> list[dict]:
         """Every run (filtered by sweep, status, label) as a dict of the ``runs`` columns, ``config``
-        and ``final`` decoded from JSON (``final`` is None until the run is done), in id order, with
+        and ``final`` decoded from JSON (``final`` is None until the run is done; a diverged run's
+        metrics are all None: :func:`~decaylab.store.schema.decode_final`), in id order, with
         ``spec_version``, ``deaths`` and ``diverged`` from ``run_meta`` (None, 0, None where unknown).
 
         Raises ``ValueError`` naming the run for a row that a decaylab store cannot hold (an unknown
@@ -342,13 +330,9 @@ class Store:
             if run["status"] not in STATUSES:
                 raise ValueError(f"run {run['id']} in {self.path} has status {run['status']!r}; a store's runs are "
                                  f"{', '.join(STATUSES)} (was the file edited by hand?)")
-            run["config"] = _decode(run["config"], "config", run["id"])
-            run["final"] = _decode_final(run["final"], run["id"])
+            run["config"] = decode_config(run["config"], run["id"])
+            run["final"], run["diverged"] = decode_final(run["final"], run["diverged"], run["id"])
             run["deaths"] = run["deaths"] or 0
-            if run["status"] == "done" and run["final"] is not None and not run["diverged"]:
-                run["diverged"] = divergence(run["final"])  # a run stored before divergence was recorded
-            if run["diverged"] and run["final"] is not None:
-                run["final"] = dict.fromkeys(run["final"], math.nan)
             out.append(run)
         return out
 
@@ -457,21 +441,21 @@ class Store:
         conn.execute("INSERT INTO spec_versions VALUES (?, ?, ?, ?)", (sweep, version, spec_text, now))
         return version
 
-    def claim(self, sweep: str, n: int, *, group: Callable[[dict], Hashable] | None = None,
+    def claim(self, sweep: str, n: int, *, group: Callable[[dict], Hashable],
               keys: Iterable[str] | None = None) -> list[dict]:
         """Atomically take up to ``n`` pending runs of ``sweep`` that can train together, mark them
         ``running`` under this process's lease, and return them (dicts as :meth:`runs` gives).
 
-        Runs belong together when ``group(run)`` is equal (default: ``TrainConfig.stack_key()`` of
-        the run's config); the group of the oldest pending run is taken first, in even parts (a group
+        Runs belong together when ``group(run)`` is equal: the caller's key function sees the run's
+        columns, ``config`` still JSON text (the sweep runner groups by run key, since its spec knows
+        each run's stack key: the store needs no run config class); the group of the oldest pending run
+        is taken first, in even parts (a group
         of 72 pending runs with ``n = 16`` is claimed 15 at a time, not 16, 16, 16, 16 and 8). ``keys`` limits the
         claim to those run keys (the runner passes its spec's keys). Returns ``[]`` when no run is
         pending.
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
-        decode_all = group is None  # the default group reads the config; a caller's may need only the key
-        group = group or _stack_key_of_run
         wanted = None if keys is None else set(keys)
         now = time.time()
         pid = os.getpid()
@@ -485,8 +469,6 @@ class Store:
                 run = dict(zip(RUNS_COLUMNS, row, strict=True))
                 if wanted is not None and run["key"] not in wanted:
                     continue
-                if decode_all:
-                    run["config"] = json.loads(run["config"])
                 g = group(run)
                 if first is None:
                     first = g
@@ -495,10 +477,8 @@ class Store:
             # Split the group evenly: 72 runs at n = 16 go as 15, 15, 14, 14, 14, not 16×4 + 8.
             size = math.ceil(len(chosen) / math.ceil(len(chosen) / n)) if chosen else 0
             chosen = chosen[:size]
-            if not decode_all:
-                for run in chosen:
-                    run["config"] = json.loads(run["config"])
             for run in chosen:
+                run["config"] = decode_config(run["config"], run["id"])
                 conn.execute("UPDATE runs SET status = 'running', started = ?, error = NULL WHERE id = ?",
                              (now, run["id"]))
                 conn.execute("INSERT OR REPLACE INTO leases (run_id, host, pid, proc_start, heartbeat) "
@@ -656,9 +636,3 @@ def _conflict_message(sweep: str, path: Path, relabelled: list[tuple[tuple[int, 
             f"{shown}{more}. Give this spec a new name (or use a new store) to keep the sweeps apart, or pass "
             "--allow-spec-change (allow_spec_change=True) to add it as a new version of the sweep: runs already "
             "trained keep the label they were trained with, pending runs take this spec's")
-
-
-def _stack_key_of_run(run: dict) -> Hashable:
-    from decaylab.train import TrainConfig
-
-    return TrainConfig.from_dict(run["config"]).stack_key()

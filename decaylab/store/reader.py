@@ -1,16 +1,18 @@
-r"""Read a sweep's runs from the run store with plain :mod:`sqlite3`.
+r"""Read a sweep's finished runs from the run store with plain :mod:`sqlite3`: what the report,
+``decaylab advise --from-store`` and the reproductions read.
 
-The report reads only the store: it needs neither :mod:`decaylab.sweep` nor :mod:`decaylab.train`,
-only the store's schema (the contract between the three)::
+A reader needs neither :mod:`decaylab.sweep` nor :mod:`decaylab.train` (nor torch), only the store's
+schema (:mod:`decaylab.store.schema`, the contract between the writer and the readers)::
 
     runs   (id, sweep, key, config JSON, label, status, final JSON, error, started, finished)
     curves (run_id, step, metric, value)
     sweeps (name, spec, created)
 
 The store is opened read-only, so a report can be drawn while a sweep is still writing to it, and a
-file that is not a store (:func:`decaylab._store_schema.check_schema`) is refused unchanged. A run
-that diverged (its loss not finite) has every final metric ``None``: the heatmaps mark its cell
-``div``.
+file that is not a store (:func:`decaylab.store.schema.check_schema`) is refused unchanged. A run
+that diverged (its loss not finite) has every final metric ``None``, as the writer's
+:meth:`~decaylab.store.Store.runs` gives it too (:func:`decaylab.store.schema.decode_final`): the
+heatmaps mark its cell ``div``.
 
 >>> import json, os, sqlite3, tempfile
 >>> path = os.path.join(tempfile.mkdtemp(), "store.db")
@@ -32,14 +34,13 @@ ValueError: sweep 'other' is not in the store ...; available sweeps: demo
 """
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from decaylab._store_schema import SCHEMA, STATUSES, NotAStoreError, check_schema, divergence
+from .schema import SCHEMA, STATUSES, NotAStoreError, check_schema, decode_config, decode_final
 
 __all__ = ["SCHEMA", "Run", "SweepData", "load_sweep", "load_curves", "sweep_names"]
 
@@ -119,18 +120,6 @@ def _names(db: sqlite3.Connection) -> list[str]:
     return sorted(names)
 
 
-def _decode(text: str | None, what: str, run_id: int) -> dict[str, Any]:
-    if text is None or text == "":
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"run {run_id}: its {what} is not valid JSON ({error})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"run {run_id}: its {what} must be a JSON object, got {type(value).__name__}")
-    return value
-
-
 def load_sweep(store_path: str | os.PathLike, sweep: str | None = None) -> SweepData:
     """Read one sweep's finished runs.
 
@@ -177,7 +166,7 @@ def load_sweep(store_path: str | os.PathLike, sweep: str | None = None) -> Sweep
 
         meta = ("m.diverged", " LEFT JOIN run_meta m ON m.run_id = r.id") if "run_meta" in tables else ("NULL", "")
         runs = [
-            _run(run_id, label, _decode(config, "config", run_id), _decode(final, "final", run_id), diverged)
+            _run(run_id, label, config, final, diverged)
             for run_id, label, config, final, diverged in db.execute(
                 f"SELECT r.id, r.label, r.config, r.final, {meta[0]} FROM runs r{meta[1]} "
                 "WHERE r.sweep = ? AND r.status = 'done' ORDER BY r.id", (sweep,)
@@ -198,13 +187,11 @@ def load_sweep(store_path: str | os.PathLike, sweep: str | None = None) -> Sweep
     )
 
 
-def _run(run_id: int, label: str, config: dict[str, Any], final: dict[str, Any], diverged: str | None) -> Run:
-    """A finished run; one that diverged (recorded, or a loss stored as null by a store from before
-    divergence was recorded) has every metric None."""
-    diverged = diverged or divergence(final)
-    if diverged:
-        final = dict.fromkeys(final)
-    return Run(id=run_id, label=label, config=config, final=final, diverged=diverged)
+def _run(run_id: int, label: str, config: str, final: str | None, diverged: str | None) -> Run:
+    """A finished run, decoded as every reader decodes it (:func:`~decaylab.store.schema.decode_final`)."""
+    final_dict, diverged = decode_final(final, diverged, run_id)
+    return Run(id=run_id, label=label, config=decode_config(config, run_id), final=final_dict or {},
+               diverged=diverged)
 
 
 def load_curves(store_path: str | os.PathLike, run_ids: list[int]) -> dict[int, dict[str, list[tuple[int, float]]]]:
