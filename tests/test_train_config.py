@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from decaylab.train import RunResult, TrainConfig, stack_groups
+from decaylab.train import OPTIMIZERS, RunResult, TrainConfig, stack_groups
 
 # The contract's fields with their defaults, as the sweep store will have hashed them. If this
 # changes, every stored run's key changes: don't.
@@ -89,7 +89,7 @@ def test_stack_key_ignores_only_lr_weight_decay_seed():
 BAD = [
     ("dataset", "", "dataset must be a non-empty name"),
     ("model", "resnet21", "model must be one of 'mlp', 'mlp-bn', 'cnn1d'"),
-    ("optimizer", "adamw", "optimizer must be one of 'adam', 'sgd', 'torch-adamw'; got 'adamw'"),
+    ("optimizer", "adamw", "optimizer must be one of " + ", ".join(map(repr, OPTIMIZERS)) + "; got 'adamw'"),
     ("decay", "weird", "decay must be one of 'l2', 'decoupled'"),
     ("decay_scale", "paper", "decay_scale must be one of 'lr', 'schedule', 'corrected', 'constant'"),
     ("lr", 0.0, "lr must be a finite number > 0"),

@@ -77,7 +77,7 @@ class Dispatcher:
             if self._can("fused", bucket):
                 return "fused"
             return self._generic(bucket)
-        if requested in ("reference", "foreach") or self._can(requested, bucket):
+        if requested == "reference" or self._can(requested, bucket):
             return requested
         return self._generic(bucket) if requested in ("fused", "native") else (
             "foreach" if self._can("foreach", bucket) else "reference")

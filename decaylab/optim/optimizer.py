@@ -12,6 +12,7 @@ into :class:`AdamW` and continues identically, and the other way round (for the 
 """
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 from . import precision, rules, sharded, torch_compat
-from .directions.base import Direction
+from .directions.base import DIRECTIONS, Direction
 from .dispatch import BACKENDS, Dispatcher, why_not_backend
 from .executors import EXECUTORS, Bucket, BucketSpec, CarriedSums
 
@@ -101,6 +102,21 @@ OPTIMIZERS: dict[str, type] = {}
 that names a direction registers itself; presets (which only change defaults) do not."""
 
 
+# The keys every direction's group has (DecayOptimizer's own); the rest of a class's constructor arguments
+# are its direction's hyperparameters.
+_COMMON_KEYS = ("params", "self", "lr", "weight_decay", "decay", "decay_scale", "max_lr", "decay_to", "maximize",
+                "backend", "low_precision", "foreach", "fused", "capturable", "differentiable")
+
+
+def direction_defaults(name: str) -> dict[str, Any]:
+    """The hyperparameter defaults of direction ``name`` (its optimizer class's constructor defaults)."""
+    cls = OPTIMIZERS.get(name)
+    if cls is None:
+        raise ValueError(f"direction must be one of {', '.join(map(repr, OPTIMIZERS))}; got {name!r}")
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+            if k not in _COMMON_KEYS and p.default is not inspect.Parameter.empty}
+
+
 class DecayOptimizer(torch.optim.Optimizer):
     """Base of the family: validation, state, buckets, dispatch. Subclasses name a direction.
 
@@ -147,6 +163,9 @@ class DecayOptimizer(torch.optim.Optimizer):
         if isinstance(param_group, dict) and "max_lr" in param_group:  # the argument's name, in a group dict
             param_group = dict(param_group)
             param_group[torch_compat.MAX_LR] = param_group.pop("max_lr")
+        if isinstance(param_group, dict) and param_group.get("direction", self.direction.name) != self.direction.name:
+            # a group on another direction (Muon's non-matrix parameters on Adam): that direction's own defaults
+            param_group = direction_defaults(param_group["direction"]) | dict(param_group)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
@@ -157,6 +176,16 @@ class DecayOptimizer(torch.optim.Optimizer):
         if group["decay_to"] == "init":
             for p in group["params"]:
                 self.state[p]["init_param"] = p.detach().clone(memory_format=torch.preserve_format)
+
+    def direction_of(self, group: dict[str, Any]) -> Direction:
+        """The direction a param group runs: the optimizer's own, or the one its ``direction`` key names."""
+        name = group.get("direction")
+        if name is None or name == self.direction.name:
+            return self.direction
+        direction = DIRECTIONS.get(name) if isinstance(name, str) else None
+        if direction is None:
+            raise ValueError(f"direction must be one of {', '.join(map(repr, DIRECTIONS))}; got {name!r}")
+        return direction
 
     def _validate_group(self, group: dict[str, Any], *, new: bool = True) -> None:
         """Check a group as the constructor does; ``new=False`` for a loaded group (keeps its peak lr)."""
@@ -174,17 +203,21 @@ class DecayOptimizer(torch.optim.Optimizer):
                 f"gradient and is scaled like it. Use decay_scale={rule.scales[0]!r} with {rule.name!r}, or a "
                 "decoupled/proximal decay form."
             )
-        self.direction.check_rule(rule)
+        direction = self.direction_of(group)
+        direction.check_rule(rule)
         if group["low_precision"] == "stochastic" and any(p.dtype == torch.float16 for p in group["params"]):
             raise ValueError(
                 "low_precision='stochastic' rounds to bf16 only; for float16 parameters use 'kahan' or 'none'"
             )
-        self.direction.validate(group)
+        direction.validate(group)
         for p in group["params"]:
             if p.is_complex():
                 raise ValueError("params: complex parameters are not supported; optimize torch.view_as_real(p) instead")
         self._resolve_max_lr(group)
         self._check_stacked(group)
+        stacked = models(self.param_groups) is not None
+        for p in group["params"]:
+            direction.check_param(p, stacked)
         if group["backend"] in ("fused", "native"):
             stacked = models(self.param_groups) is not None
             for p in group["params"]:
@@ -257,12 +290,16 @@ class DecayOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ the step
 
-    def _spec(self, group: dict[str, Any], rule: rules.DecayRule, p: Tensor, stacked: bool) -> BucketSpec:
+    def _spec(self, group: dict[str, Any], rule: rules.DecayRule, p: Tensor, stacked: bool,
+              options: dict[str, Any] | None = None) -> BucketSpec:
         low = group["low_precision"] if p.dtype in precision.LOW_PRECISION else "none"
+        direction = self.direction_of(group)
+        if options is None:
+            options = direction.bucket_options(p, stacked)
         return BucketSpec(
-            direction=self.direction, rule=rule, to_init=group["decay_to"] == "init",
+            direction=direction, rule=rule, to_init=group["decay_to"] == "init",
             maximize=bool(group["maximize"]), low_precision=low, stacked=stacked,
-            options=tuple(self.direction.options(group).items()),
+            options=tuple((direction.options(group) | options).items()),
         )
 
     def _group_hparams(self, group: dict[str, Any]) -> dict[str, Any]:
@@ -272,9 +309,10 @@ class DecayOptimizer(torch.optim.Optimizer):
         lam = wd(group["step"]) if scheduled else wd
         if scheduled:
             check_hparam("weight_decay (the value its schedule returned)", lam)
-        lr = group["lr"]
+        direction = self.direction_of(group)
+        lr = direction.effective_lr(group)
         hp = {"lr": lr, "lam": lam, "s": rules.decay_scale(group["decay_scale"], lr, group[torch_compat.MAX_LR])}
-        return hp | self.direction.hparams(group)
+        return hp | direction.hparams(group)
 
     def _hp_tensor(self, value: Any, device: torch.device, dtype: torch.dtype) -> Tensor:
         """``value`` as a tensor of ``dtype`` on ``device``; a number's tensor is made once and reused.
@@ -348,7 +386,7 @@ class DecayOptimizer(torch.optim.Optimizer):
             _choice("decay_scale", group["decay_scale"], rules.SCALES)
         return rule
 
-    def _buckets(self, group: dict[str, Any]):
+    def _buckets(self, group: dict[str, Any], stacked: bool):
         buckets: dict[tuple, list[Tensor]] = {}
         for p in group["params"]:
             if p.grad is None:
@@ -359,8 +397,10 @@ class DecayOptimizer(torch.optim.Optimizer):
                     f"{tuple(p.shape)} has a sparse one (use torch.optim.SparseAdam for sparse embeddings)"
                 )
             # Sharded (DTensor) parameters bucket by their sharding too: one bucket's partial sums
-            # complete with one set of collectives (decaylab.optim.sharded).
-            buckets.setdefault((p.device, p.dtype, sharded.shard_key(p)), []).append(p)
+            # complete with one set of collectives (decaylab.optim.sharded); and by what the direction
+            # needs to know of each parameter (Adafactor: factored or not).
+            options = tuple(self.direction_of(group).bucket_options(p, stacked).items())
+            buckets.setdefault((p.device, p.dtype, sharded.shard_key(p), options), []).append(p)
         return buckets
 
     @torch.no_grad()
@@ -372,13 +412,21 @@ class DecayOptimizer(torch.optim.Optimizer):
                 loss = closure()
         # plan: everything that can reject this step (hyperparameters edited since, schedules' values,
         # sparse gradients) runs before any group is touched, so a failed step changes nothing.
-        plans = [(group, self._check_step_group(group), self._group_hparams(group), self._buckets(group))
-                 for group in self.param_groups]
-        deferred: list[tuple[str, Bucket]] = []  # rules with a global statistic: every moment before any update
         stacked = models(self.param_groups) is not None
+        plans = [(group, self._check_step_group(group), self._group_hparams(group), self._buckets(group, stacked))
+                 for group in self.param_groups]
+        for group, _, _, buckets in plans:
+            direction = self.direction_of(group)
+            if not direction.elementwise and any(sharded.is_dtensor(p) for ps in buckets.values() for p in ps):
+                raise ValueError(
+                    f"params: the {direction.name} update is not element-wise (it reads whole matrices), and a "
+                    "parameter is sharded (DTensor): a rank's shard is not the matrix. decaylab does not gather it; "
+                    "optimize sharded parameters with an element-wise direction (AdamW)"
+                )
+        deferred: list[tuple[str, Bucket]] = []  # rules with a global statistic: every moment before any update
         for index, (group, rule, hp_group, buckets) in enumerate(plans):
-            for (device, dtype, _), params in buckets.items():
-                bucket = self._bucket(group, rule, hp_group, params, device, dtype, stacked)
+            for (device, dtype, _, options), params in buckets.items():
+                bucket = self._bucket(group, rule, hp_group, params, device, dtype, stacked, dict(options))
                 self._check_underflow(index, group, dtype, bucket.spec, hp_group)
                 name = self.dispatcher.choose(group["backend"], bucket)
                 local = _local(bucket)
@@ -386,15 +434,16 @@ class DecayOptimizer(torch.optim.Optimizer):
                     deferred.append((name, local))
                 else:
                     self.dispatcher.step(name, group["backend"], local)
+            self.direction_of(group).end_step(group, hp_group)
             group["step"] += 1
         if deferred:
             self._run_with_statistic(deferred)
         return loss
 
-    def _bucket(self, group, rule, hp_group, params, device, dtype, stacked) -> Bucket:
+    def _bucket(self, group, rule, hp_group, params, device, dtype, stacked, options=None) -> Bucket:
         """A bucket ready to run: its spec, state (created on a parameter's first step), hyperparameters."""
-        spec = self._spec(group, rule, params[0], stacked)
-        direction = self.direction
+        spec = self._spec(group, rule, params[0], stacked, options)
+        direction = spec.direction
         per_param = [self.state[p] for p in params]
         fresh = [direction.init_state(p, st, spec) for p, st in zip(params, per_param, strict=True)]
         for p, st in zip(params, per_param, strict=True):
@@ -428,9 +477,10 @@ class DecayOptimizer(torch.optim.Optimizer):
             with_grad = [p for p in group["params"] if p.grad is not None] or list(group["params"])
             by_key: dict[tuple, list[Tensor]] = {}
             for p in with_grad:
-                by_key.setdefault((p.device, p.dtype, sharded.shard_key(p)), []).append(p)
-            for (device, dtype, _), params in by_key.items():
-                spec = self._spec(group, rule, params[0], stacked)
+                options = tuple(self.direction_of(group).bucket_options(p, stacked).items())
+                by_key.setdefault((p.device, p.dtype, sharded.shard_key(p), options), []).append(p)
+            for (device, dtype, _, options), params in by_key.items():
+                spec = self._spec(group, rule, params[0], stacked, dict(options))
                 existing = [self.state.get(p, {}) for p in params]
                 states = {k: [st[k] for st in existing] for k in spec.state_keys if all(k in st for st in existing)}
                 grads = [p.grad if p.grad is not None else p for p in params]

@@ -74,7 +74,9 @@ class TensorList:
         return TensorList(torch._foreach_maximum(self.items, self._other(other)))
 
     def lerp(self, end, weight):
-        if isinstance(weight, Tensor):
+        if isinstance(weight, TensorList):
+            weight = weight.items
+        elif isinstance(weight, Tensor):
             weight = [weight] * len(self.items)
         return TensorList(torch._foreach_lerp(self.items, self._other(end), weight))
 

@@ -92,7 +92,7 @@ def fill_groups(opt) -> None:
     """Complete every param group after ``__setstate__`` (an unpickled or loaded optimizer)."""
     for group in opt.param_groups:
         if "decay" not in group:  # a torch.optim checkpoint: its flag says which form it used
-            group["decay"] = _torch_form(opt.direction.name, group)
+            group["decay"] = _torch_form(opt.direction_of(group).name, group)
         if MAX_LR not in group and "max_lr" in group and "decay_scale" in group:
             group[MAX_LR] = group["max_lr"]  # a decaylab checkpoint from before the key had its own name
         for key, value in opt.defaults.items():
@@ -118,7 +118,7 @@ def _step_dtype() -> torch.dtype:
 def to_torch_state_dict(opt, sd: dict[str, Any]) -> dict[str, Any]:
     """torch's state dict of ``opt``, with torch's form flag and schedules as plain data."""
     for group in sd["param_groups"]:
-        if opt.direction.name == "adam":
+        if opt.direction_of(group).name == "adam":
             # torch.optim.Adam reads this key; it makes a decaylab checkpoint mean the same there.
             group["decoupled_weight_decay"] = group["decay"] == "decoupled"
         wd = group["weight_decay"]
@@ -149,7 +149,7 @@ def load_state_dict(opt, state_dict: dict[str, Any], torch_load) -> None:
         current = opt.param_groups[i] if i < len(opt.param_groups) else None
         if current is not None:
             if "decay" not in group:
-                group["decay"] = _torch_form(opt.direction.name, group)
+                group["decay"] = _torch_form(opt.direction_of(group).name, group)
             if MAX_LR not in group and "max_lr" in group and "decay_scale" in group:
                 group[MAX_LR] = group["max_lr"]
             for key in _DECAYLAB_KEYS:
@@ -191,7 +191,7 @@ def check_state_shapes(opt) -> None:
                         f"state_dict: param group {index}, parameter {j}: state {key!r} is a {type(value).__name__}, "
                         "not a tensor"
                     )
-                shape = opt.direction.state_shape(key, p)
+                shape = opt.direction_of(group).state_shape(key, p)
                 if shape is None:
                     continue
                 if key == "step":

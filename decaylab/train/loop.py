@@ -240,6 +240,10 @@ def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, r
     evaluator = _Evaluator(engine, prepared, config, device, autocast)
     bar = _progress_bar(progress, steps, start, configs, stacked, engine)
     engine.train(True)
+    # schedule-free optimizers hold y while training and the average x for evaluation (train()/eval())
+    swaps = callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))
+    if swaps:
+        optimizer.train()
     last_loss: Tensor | None = None
     grad_norm: Tensor | None = None
     try:
@@ -262,9 +266,13 @@ def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, r
             last_loss = per_model.detach()
             if done == steps or (config.eval_every and done % config.eval_every == 0):
                 lr_now = _per_model_floats(base_lrs[0] * eta, k)
+                if swaps:
+                    optimizer.eval()
                 for i, point in enumerate(evaluator.curve_points(done, done / per_epoch, lr_now, grad_norm)):
                     curves[i].append(point)
                 engine.train(True)
+                if swaps and done < steps:  # the last evaluation leaves the model at x, as it is returned
+                    optimizer.train()
             writes = path is not None and (replica is None or replica.writes)
             if writes and (done == steps or (checkpoint_every and done % checkpoint_every == 0)):
                 wall = wall_before + time.perf_counter() - started
@@ -343,13 +351,34 @@ def _optimizer(engine, configs, steps, device, backend, stacked):
     common = dict(lr=lr, weight_decay=0.0, decay=config.decay, decay_scale=config.decay_scale, backend=backend)
     cls = OPTIMIZERS[config.optimizer]
     # the direction's own hyperparameters (Adam's betas and eps, SGD's momentum, …): the config fields its
-    # constructor takes by name
+    # constructor takes by name, where the types agree (Adafactor's eps is a pair, the config's a number)
     fields = {f.name for f in dataclasses.fields(config)}
-    own = {name: getattr(config, name) for name in inspect.signature(cls).parameters
-           if name in fields and name not in common and name != "params"}
+    own = {}
+    for name, parameter in inspect.signature(cls).parameters.items():
+        if name in fields and name not in common and name != "params":
+            value = getattr(config, name)
+            if parameter.default is inspect.Parameter.empty or isinstance(value, type(parameter.default)):
+                own[name] = value
+    if config.optimizer == "muon":
+        groups = _muon_groups(groups, stacked, config)
+        own["adjust_lr_fn"] = "match_rms_adamw"  # one lr and λ for both groups (Liu et al. 2025)
     optimizer = cls(groups, **own, **common)
     base_lrs = [lr for _ in optimizer.param_groups]
     return optimizer, base_lrs
+
+
+def _muon_groups(groups: list[dict], stacked: bool, config: TrainConfig) -> list[dict]:
+    """Muon takes the matrices; every other parameter (biases, norms, vectors) goes to an AdamW group of the
+    same optimizer with the same lr and λ (Muon's ``match_rms_adamw`` makes that one lr serve both)."""
+    out = []
+    for group in groups:
+        matrices = [p for p in group["params"] if p.dim() == (3 if stacked else 2)]
+        rest = [p for p in group["params"] if p.dim() != (3 if stacked else 2)]
+        if matrices:
+            out.append(dict(group, params=matrices))
+        if rest:
+            out.append(dict(group, params=rest, direction="adam", betas=config.betas, eps=config.eps))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

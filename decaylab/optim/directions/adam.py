@@ -134,7 +134,7 @@ class AdamDirection(Direction):
                                    hp["beta2"])
         return {"exp_avg": m, "exp_avg_sq": v} | ({"max_exp_avg_sq": v_max} if spec.amsgrad else {})
 
-    def update(self, spec, g, new, hp, pp):
+    def update(self, spec, g, new, hp, pp, w=None):
         v_used = new["max_exp_avg_sq"] if spec.amsgrad else new["exp_avg_sq"]
         return adam_direction_corrected(new["exp_avg"], v_used, spec.eps, pp["inv_bias_correction1"],
                                         pp["inv_bias_correction2_sqrt"])

@@ -86,9 +86,40 @@ class Direction:
         """Phase 1 (pure): the new state after gradient ``g`` (compute dtype), as a dict of state keys."""
         return {}
 
-    def update(self, spec, g, new: dict[str, Any], hp: dict[str, Any], pp: dict[str, Any]):
-        """Phase 2 (pure): ``(u_t, D_t)`` from the gradient and the new state (``D_t = 1`` if none)."""
+    def update(self, spec, g, new: dict[str, Any], hp: dict[str, Any], pp: dict[str, Any], w=None):
+        """Phase 2 (pure): ``(u_t, D_t)`` from the gradient, the new state and the weights before any
+        decay (``D_t = 1`` if none). ``new`` may hold values the update needs that are not state (keys
+        starting with ``_``)."""
         raise NotImplementedError
+
+    def step(self, spec, w, w_ref, u, D, new: dict[str, Any], hp: dict[str, Any], pp: dict[str, Any]):
+        """Phase 2 (pure): the rule and the step, ``(w_new, state_updates)``. The default is the family's
+        ``w ← after(before(w) − lr_t·u_t)``; a direction whose weights are not "w minus a step" (schedule-free:
+        the weights interpolate two iterates) writes its own, and says where the rule acts."""
+        rule = spec.rule
+        ctx = dict(s=hp["s"], lam=hp["lam"], u=u, D=D, mean_vhat=hp.get("mean_vhat"), eps=self.rule_eps(spec))
+        if rule.acts == "before":
+            w = rule.apply(w, w_ref, **ctx)
+        w = w - u * hp["lr"]
+        if rule.acts == "after":
+            w = rule.apply(w, w_ref, **ctx)
+        return w, {}
+
+    def effective_lr(self, group: dict[str, Any]) -> Any:
+        """The lr of this step, ``lr_t`` (a direction with its own warmup multiplies the group's ``lr``)."""
+        return group["lr"]
+
+    def bucket_options(self, p: Tensor, stacked: bool) -> dict[str, Any]:
+        """Options that depend on the parameter itself (its shape): parameters with different ones go
+        to different buckets (Adafactor: factored or not)."""
+        return {}
+
+    def check_param(self, p: Tensor, stacked: bool) -> None:
+        """Refuse a parameter this direction cannot optimize (raise ValueError naming it)."""
+
+    def end_step(self, group: dict[str, Any], hp: dict[str, Any]) -> None:
+        """After every bucket of the group took the step: group-level state of the direction
+        (schedule-free's weight sum), from the values :meth:`hparams` computed for this step."""
 
     # Optional in-place lowerings for the foreach executor, on lists of tensors (None: it runs
     # moments/update on TensorLists instead). foreach_moments_(bucket, g) updates the state in place;
@@ -125,7 +156,6 @@ class Direction:
 
     def __repr__(self) -> str:
         return f"<direction {self.name!r}>"
-
 
 
 DIRECTIONS: dict[str, Direction] = {}

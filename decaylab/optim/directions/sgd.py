@@ -84,7 +84,7 @@ class SGDDirection(Direction):
             return {}
         return {"momentum_buffer": sgd_momentum(g, st["momentum_buffer"], pp["keep"], pp["gain"])}
 
-    def update(self, spec, g, new, hp, pp):
+    def update(self, spec, g, new, hp, pp, w=None):
         return sgd_direction(g, new.get("momentum_buffer"), spec.momentum, spec.nesterov), 1.0
 
     def mean_vhat(self, group):

@@ -27,10 +27,12 @@ def tensor_moments(spec: BucketSpec, p, g, st: dict, hp: dict, pp: dict) -> dict
     rule = spec.rule
     if rule.acts == "gradient":
         g = rule.gradient(g, precision.read_param(p, st, spec), compute(st.get("init_param")), hp["lam"])
-    current = {k: compute(st[k]) for k in spec.direction.state_keys(spec)}
+    keys = spec.direction.state_keys(spec)
+    current = {k: compute(st[k]) for k in keys}
     new = spec.direction.moments(spec, g, current, hp, pp)
-    for key, value in new.items():
-        write(st[key], value)
+    for key in keys:
+        if key in new:
+            write(st[key], new[key])
     return dict(new, g=g)
 
 
@@ -51,15 +53,11 @@ def tensor_update(spec: BucketSpec, p, st: dict, new: dict, hp: dict, pp: dict) 
     hp = expand_all(hp, p)
     w = precision.read_param(p, st, spec)
     w_ref = compute(st.get("init_param"))
-    direction, rule = spec.direction, spec.rule
-    u, D = direction.update(spec, new["g"], new, hp, pp)
-    if rule.acts == "before":
-        w = rule.apply(w, w_ref, s=hp["s"], lam=hp["lam"], u=u, D=D, mean_vhat=hp.get("mean_vhat"),
-                       eps=direction.rule_eps(spec))
-    w = w - u * hp["lr"]
-    if rule.acts == "after":
-        w = rule.apply(w, w_ref, s=hp["s"], lam=hp["lam"], u=u, D=D, mean_vhat=hp.get("mean_vhat"),
-                       eps=direction.rule_eps(spec))
+    direction = spec.direction
+    u, D = direction.update(spec, new["g"], new, hp, pp, w=w)
+    w, updates = direction.step(spec, w, w_ref, u, D, new, hp, pp)
+    for key, value in updates.items():
+        write(st[key], value)
     precision.write_param(p, st, w, spec)
 
 
