@@ -29,13 +29,13 @@ class Mixed(nn.Module):
         self.gn = nn.GroupNorm(2, 4)
         self.inorm = nn.InstanceNorm2d(4, affine=True)
         self.rms = nn.RMSNorm(8)
-        self.scale = nn.Parameter(torch.ones(8))  # a 1-d non-bias, non-norm parameter
+        self.scale = nn.Parameter(torch.ones(8))  # a 1-d non-bias, non-norm parameter: role "scalar"
         self.head = nn.Linear(8, 3, bias=False)
 
 
 # named_parameters() order: a module's own parameters (scale) come before its submodules'.
+# The default stopped decaying `scale` (role "scalar", rule no_decay_scalar) to agree with timm's ndim <= 1.
 MIXED_DEFAULT_DECAY = [
-    "scale",
     "fc.weight",
     "emb.weight",
     "bag.weight",
@@ -43,6 +43,7 @@ MIXED_DEFAULT_DECAY = [
     "head.weight",
 ]
 MIXED_DEFAULT_NO_DECAY = [
+    "scale",
     "fc.bias",
     "bn.weight",
     "bn.bias",
@@ -129,6 +130,7 @@ def test_default_membership_is_exact():
     assert split.reasons["bn.weight"] == "norm BatchNorm1d (no_decay_norm)"
     assert split.reasons["rms.weight"] == "norm RMSNorm (no_decay_norm)"
     assert split.reasons["fc.weight"] == "default"
+    assert split.reasons["scale"] == "scalar (no_decay_scalar)"
 
 
 def test_param_groups_layout_and_names():
@@ -163,12 +165,16 @@ def test_flags_toggle_their_rule_only():
     assert embeddings.reasons["bag.weight"] == "embedding EmbeddingBag (no_decay_embedding)"
 
     one_d = split_parameters(model, no_decay_1d=True)
-    assert set(names(one_d.no_decay)) == set(MIXED_DEFAULT_NO_DECAY) | {"scale"}
-    assert one_d.reasons["scale"] == "ndim 1 < 2 (no_decay_1d)"
+    assert set(names(one_d.no_decay)) == set(MIXED_DEFAULT_NO_DECAY)
+    assert one_d.reasons["scale"] == "ndim 1 < 2 (no_decay_1d)"  # rule 7 comes before no_decay_scalar
 
-    nothing = split_parameters(model, no_decay_bias=False, no_decay_norm=False)
+    scalars = split_parameters(model, no_decay_scalar=False)
+    assert set(names(scalars.decay)) == set(MIXED_DEFAULT_DECAY) | {"scale"}
+    assert scalars.reasons["scale"] == "default"
+
+    nothing = split_parameters(model, no_decay_bias=False, no_decay_norm=False, no_decay_scalar=False)
     assert nothing.no_decay == [] and len(nothing.decay) == len(list(model.parameters()))
-    for split in (no_bias_rule, no_norm_rule, embeddings, one_d, nothing):
+    for split in (no_bias_rule, no_norm_rule, embeddings, one_d, scalars, nothing):
         assert_partition(model, split)
 
 
@@ -235,10 +241,14 @@ def test_no_weight_decay_of_root_and_submodule():
     ]
 
 
-def test_no_weight_decay_name_matching_nothing_warns_not_fails():
-    with pytest.warns(UserWarning, match="dist_token"):
-        split = split_parameters(ViTish(extra={"dist_token"}))
+def test_no_weight_decay_name_matching_nothing_is_ignored_silently():
+    # timm's ViT lists reg_token/dist_token whether or not the model has them; timm ignores them, so does decaylab
+    # (it warned before).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        split = split_parameters(ViTish(extra={"dist_token", "reg_token"}))
     assert "pos_embed" in names(split.no_decay)
+    assert "proj.weight" in names(split.decay)
 
 
 def test_no_weight_decay_must_return_names():
@@ -342,11 +352,11 @@ def test_summary_counts():
         str(split)
         == split.summary()
         == (
-            f"decayed: 6 tensors, {n_decay:,} parameters | not decayed: 11 tensors, "
+            f"decayed: 5 tensors, {n_decay:,} parameters | not decayed: 12 tensors, "
             f"{n_no_decay:,} parameters | frozen: 0 tensors"
         )
     )
-    assert n_decay == 32 + 40 + 40 + 108 + 8 + 24
+    assert n_decay == 32 + 40 + 40 + 108 + 24
 
 
 def test_summary_thousands_separator():
@@ -369,10 +379,15 @@ def test_detail_has_one_line_per_tensor_with_shape_and_reason():
     assert "decay=frozen" in by_name["head.weight"]
 
 
-def test_verbose_prints_the_summary(capsys):
+def test_verbose_prints_the_split_role_by_role(capsys):
     model = Mixed()
     param_groups(model, 0.1, verbose=True)
-    assert capsys.readouterr().out == split_parameters(model).summary() + "\n"
+    # Changed on purpose: verbose printed the one-line summary; it now says which role went where and why.
+    out = capsys.readouterr().out
+    assert out == split_parameters(model).summary(detail="roles") + "\n"
+    assert out.splitlines()[0] == split_parameters(model).summary()
+    assert any(line.split()[:2] == ["scalar", "not"] and line.endswith("scalar (no_decay_scalar)")
+               for line in out.splitlines())
     param_groups(model, 0.1)
     assert capsys.readouterr().out == ""
 

@@ -15,12 +15,13 @@ dimensions; "vector-like" means at most one of those dimensions is larger than 1
 
 ================  =========================================================================================
 ``norm_gain``     a parameter of a normalization module other than its bias: torch's BatchNorm/InstanceNorm/
-                  LayerNorm/GroupNorm/RMSNorm and subclasses, or any class whose name ends in ``Norm`` (timm's
-                  ``RmsNorm``/``RmsNorm2d``/``SimpleNorm``, nanoGPT's and HF's own ``LayerNorm``/``*RMSNorm``)
+                  LayerNorm/GroupNorm/RMSNorm and subclasses, or a vector-like one of any class whose name ends in
+                  ``Norm`` (timm's ``RmsNorm``/``RmsNorm2d``/``SimpleNorm``, nanoGPT's ``LayerNorm``, HF's
+                  ``*RMSNorm``)
 ``norm_bias``     a normalization module's bias (an attribute named ``*bias*``, ``beta``, ``b``, ``shift``)
 ``embedding``     the ``weight`` of ``nn.Embedding``/``nn.EmbeddingBag`` or of a class named ``*Embedding``; a
-                  raw parameter named like an embedding (``*embed*``, ``*token``: ViT's ``pos_embed``,
-                  ``cls_token``, ``reg_token``, ``dist_token``; ``*_pos``)
+                  parameter named ``*token`` or ``*_pos`` (ViT's ``cls_token``, ``reg_token``, ``dist_token``), or
+                  a table (not vector-like) named ``*embed*`` (ViT's ``pos_embed``)
 ``unembedding``   the output head's ``weight``: the last module owning a matrix ``weight`` under a root child
                   named ``head``, ``lm_head``, ``head_dist``, ``classifier``, ``output`` or ``output_layer``; when
                   no root child has such a name, the model's last module owning a matrix ``weight``. A head
@@ -95,10 +96,13 @@ policy and must keep their defaults with the others):
 ==================  ===============================================================================================
 
 The Muon presets tag each group with ``"optimizer": "muon"`` or ``"adamw"``;
-:meth:`ParamGroups.for_optimizer` picks one optimizer's groups, so a Muon run is two lines
-(example below). Why the split: torch's ``Muon`` takes 2-d parameters only and its docs say
-embeddings, biases and the output layer belong to AdamW; Moonlight, OLMo-core's ``MuonConfig``
-and modded-nanogpt split the same way.
+:meth:`ParamGroups.for_optimizer` picks one optimizer's groups, so a Muon run with torch's
+optimizers is two lines, and one line with decaylab's ``Muon`` (examples below). Why the split:
+torch's ``Muon`` takes 2-d parameters only and its docs say embeddings, biases and the output layer
+belong to AdamW; Moonlight (MoonshotAI/Moonlight ``examples/toy_train.py``: ``ndim >= 2`` and not
+``embed_tokens``/``lm_head`` to Muon, one λ for both), OLMo-core's ``MuonConfig``
+(``src/olmo_core/optim/muon.py``: block matrices to Muon; embeddings to AdamW at λ = 0; vectors and
+the head to AdamW) and modded-nanogpt split the same way.
 
 Tied (shared) parameters appear once, under the first name ``named_parameters()`` gives them, and
 are judged by that name and its owning module. In a GPT whose ``transformer.wte`` is registered
@@ -135,6 +139,13 @@ Muon for the hidden matrices, AdamW with its own λ for the rest:
 [('muon', 0.1, ['0.weight']), ('adamw', 0.01, ['2.weight']), ('adamw', 0.0, ['0.bias', '1.weight', '1.bias', '2.bias'])]
 >>> muon = torch.optim.Muon(groups.for_optimizer("muon"), lr=0.02)
 >>> adamw = torch.optim.AdamW(groups.for_optimizer("adamw"), lr=3e-4)
+
+decaylab's ``Muon`` takes all of them at once (the AdamW groups say ``"direction": "adam"``):
+
+>>> from decaylab.optim import Muon
+>>> optimizer = Muon(groups, lr=3e-4, adjust_lr_fn="match_rms_adamw")
+>>> [optimizer.direction_of(g).name for g in optimizer.param_groups]
+['muon', 'adam', 'adam']
 """
 
 from __future__ import annotations
@@ -199,7 +210,7 @@ _RESERVED_GROUP_KEYS = ("params", "param_names")
 _NORM_CLASS = re.compile(r"Norm(\d*d?)?(Fp32)?$")
 _EMBEDDING_CLASS = re.compile(r"Embedding(Bag)?$")
 _NORM_BIAS_ATTRS = ("beta", "b", "shift", "offset")
-_EMBEDDING_ATTR = re.compile(r"embed|token\d*$|(^|_)pos$")
+_TOKEN_ATTR = re.compile(r"token\d*$|(^|_)pos$")
 _LAYER_SCALE_ATTR = re.compile(r"gamma(_?\d+|_\w+)?|ls\d*|ls_gamma|layer_?scale\d*")
 _HF_NAME_PATTERNS = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
 
@@ -351,10 +362,12 @@ class DecaySplit:
         When the split says which optimizer takes each parameter (the Muon presets), the groups are
         ``muon`` decayed (``weight_decay``), ``muon`` not decayed, ``adamw`` decayed
         (``adamw_weight_decay``, default ``weight_decay``), ``adamw`` not decayed, each tagged
-        ``"optimizer"``; :meth:`ParamGroups.for_optimizer` picks one optimizer's.
+        ``"optimizer"``; :meth:`ParamGroups.for_optimizer` picks one optimizer's (for torch's
+        ``Muon`` and ``AdamW``). The ``adamw`` groups also say ``"direction": "adam"``, so
+        decaylab's ``Muon`` takes the whole list and runs them on Adam with its decoupled decay.
         """
         _check_weight_decay(weight_decay)
-        reserved = _RESERVED_GROUP_KEYS + (("optimizer",) if self.optimizers else ())
+        reserved = _RESERVED_GROUP_KEYS + (("optimizer", "direction") if self.optimizers else ())
         for key in reserved:
             if key in group_options:
                 raise ValueError(f"group_options may not contain {key!r}: to_param_groups sets it itself")
@@ -389,6 +402,8 @@ class DecaySplit:
                 group["param_names"] = [name for name, _ in named]
             if optimizer is not None:
                 group["optimizer"] = optimizer
+                if optimizer == "adamw":
+                    group["direction"] = "adam"  # decaylab's Muon runs such a group on Adam; torch ignores the key
             group.update(group_options)
             groups.append(group)
         return groups
@@ -578,7 +593,9 @@ def _role(
     kind = type(owner).__name__
     ndim = p.ndim - batch_dims
     tie = f"; tied with {', '.join(tied)}" if tied else ""
-    if _is_norm(owner):
+    vector = _vector_like(p, batch_dims)
+    # torch's norm types always; a class merely named *Norm only for vector-like parameters.
+    if isinstance(owner, NORM_TYPES) or (vector and _is_norm(owner)):
         if "bias" in lower or lower in _NORM_BIAS_ATTRS:
             return Role("norm_bias", f"{attr} of {kind}")
         return Role("norm_gain", f"{attr} of {kind}")
@@ -589,12 +606,11 @@ def _role(
         return Role("unembedding", f"the output head ({kind}){tie}")
     if attr == "bias":
         return Role("bias", f"bias of {kind}")
-    vector = _vector_like(p, batch_dims)
     if "bias" in lower or lower.startswith("rel_pos"):
         if vector:
             return Role("bias", f"{attr}: a bias vector")
         return Role("attention_bias", f"{attr}: a learned bias table, shape {tuple(p.shape)}")
-    if attr != "weight" and _EMBEDDING_ATTR.search(lower):
+    if attr != "weight" and (_TOKEN_ATTR.search(lower) or ("embed" in lower and not vector)):
         return Role("embedding", f"{attr}: named like an embedding")
     if attr == "weight" and ndim >= 2:
         return Role("hidden_matrix", f"weight of {kind}" + (f", ndim {ndim}" if ndim != 2 else ""))
@@ -607,17 +623,19 @@ def _role(
     return Role("hidden_matrix", f"{attr}: a tensor of shape {tuple(p.shape)}")
 
 
-def _check_roles(roles: Mapping[str, str] | None) -> dict[str, str]:
-    if roles is None:
+def _check_roles(overrides: Mapping[str, str] | None) -> dict[str, str]:
+    if overrides is None:
         return {}
-    if not isinstance(roles, Mapping):
-        raise TypeError(f"roles must be a mapping of glob -> role, e.g. {{'pooler.*': 'hidden_matrix'}}; got {roles!r}")
-    for pattern, role in roles.items():
+    if not isinstance(overrides, Mapping):
+        raise TypeError(
+            f"role_overrides must be a mapping of glob -> role, e.g. {{'pooler.*': 'hidden_matrix'}}; got {overrides!r}"
+        )
+    for pattern, role in overrides.items():
         if not isinstance(pattern, str):
-            raise TypeError(f"roles: each key must be a glob string, got {type(pattern).__name__} {pattern!r}")
+            raise TypeError(f"role_overrides: each key must be a glob string, got {type(pattern).__name__} {pattern!r}")
         if role not in ROLES:
-            raise ValueError(f"roles: {pattern!r} -> {role!r}; a role must be one of {', '.join(ROLES)}")
-    return dict(roles)
+            raise ValueError(f"role_overrides: {pattern!r} -> {role!r}; a role must be one of {', '.join(ROLES)}")
+    return dict(overrides)
 
 
 class _Model(NamedTuple):
@@ -650,13 +668,15 @@ def _inspect(model: nn.Module, batch_dims: int, overrides: dict[str, str]) -> _M
             )
     all_names = [name for name, _ in named]
     for pattern in overrides:
-        _warn_unmatched(f"roles glob {pattern!r}", lambda n, g=pattern: fnmatch.fnmatchcase(n, g), all_names, aliases)
+        _warn_unmatched(
+            f"role_overrides glob {pattern!r}", lambda n, g=pattern: fnmatch.fnmatchcase(n, g), all_names, aliases
+        )
     heads = {id(m._parameters["weight"]): f"{n}.weight" if n else "weight" for n, m in _head_modules(model, batch_dims)}
     roles = {}
     for name, p in named:
         pattern = _first_match(name, tuple(overrides))
         if pattern is not None:
-            roles[name] = Role(overrides[pattern], f"roles {pattern!r}")
+            roles[name] = Role(overrides[pattern], f"role_overrides {pattern!r}")
             continue
         owner = model.get_submodule(name.rpartition(".")[0])
         roles[name] = _role(name, p, owner, heads, tied.get(name, []), batch_dims)
@@ -664,12 +684,12 @@ def _inspect(model: nn.Module, batch_dims: int, overrides: dict[str, str]) -> _M
 
 
 def parameter_roles(
-    model: nn.Module, *, batch_dims: int = 0, roles: Mapping[str, str] | None = None
+    model: nn.Module, *, batch_dims: int = 0, role_overrides: Mapping[str, str] | None = None
 ) -> dict[str, Role]:
     """The role of every parameter of ``model`` (frozen ones included), by first name, in model order.
 
     ``batch_dims`` leading dimensions stack models (1 for decaylab's stacked trainer) and are left
-    out of every shape rule; ``roles`` maps globs to roles and overrides the classifier (e.g.
+    out of every shape rule; ``role_overrides`` maps globs to roles and overrides the classifier (e.g.
     ``{"pooler.*": "hidden_matrix"}``). The rules are in the module docstring.
 
     >>> from torch import nn
@@ -681,10 +701,10 @@ def parameter_roles(
     'the output head (Linear)'
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``; ``roles`` is not a mapping of globs.
+        TypeError: ``model`` is not an ``nn.Module``; ``role_overrides`` is not a mapping of globs.
         ValueError: an unknown role; a lazy parameter; a parameter with fewer than ``batch_dims`` dimensions.
     """
-    return _inspect(model, _check_batch_dims(batch_dims), _check_roles(roles)).roles
+    return _inspect(model, _check_batch_dims(batch_dims), _check_roles(role_overrides)).roles
 
 
 # -------------------------------------------------------------------------------------------- policies
@@ -841,7 +861,7 @@ def split_parameters(
     decay_patterns: Sequence[str] = (),
     respect_no_weight_decay: bool = True,
     batch_dims: int = 0,
-    roles: Mapping[str, str] | None = None,
+    role_overrides: Mapping[str, str] | None = None,
 ) -> DecaySplit:
     """Decide, for every trainable parameter of ``model``, its role and whether it is decayed (see module docs).
 
@@ -849,7 +869,7 @@ def split_parameters(
     ``no_decay_*`` flags and ``respect_no_weight_decay`` configure decaylab's policy (``"decaylab"``
     and ``"muon"``); with another preset they must keep their defaults. ``decay_patterns`` and
     ``no_decay_patterns`` come first with every preset. ``batch_dims`` leading dimensions stack
-    models (1 for decaylab's stacked trainer): shape rules look past them. ``roles`` overrides the
+    models (1 for decaylab's stacked trainer): shape rules look past them. ``role_overrides`` sets the
     role of the parameters its globs match.
 
     Raises:
@@ -886,7 +906,7 @@ def split_parameters(
     both = sorted(set(decay_patterns) & set(no_decay_patterns))
     if both:
         raise ValueError(f"patterns {both} are in both decay_patterns and no_decay_patterns; put each in one")
-    overrides = _check_roles(roles)
+    overrides = _check_roles(role_overrides)
 
     info = _inspect(model, batch_dims, overrides)
     all_names = [name for name, _ in info.named]
@@ -942,7 +962,7 @@ def param_groups(
     decay_patterns: Sequence[str] = (),
     respect_no_weight_decay: bool = True,
     batch_dims: int = 0,
-    roles: Mapping[str, str] | None = None,
+    role_overrides: Mapping[str, str] | None = None,
     adamw_weight_decay: WeightDecay | None = None,
     verbose: bool = False,
     with_names: bool = True,
@@ -979,7 +999,7 @@ def param_groups(
         decay_patterns=decay_patterns,
         respect_no_weight_decay=respect_no_weight_decay,
         batch_dims=batch_dims,
-        roles=roles,
+        role_overrides=role_overrides,
     )
     groups = split.to_param_groups(
         weight_decay, adamw_weight_decay=adamw_weight_decay, with_names=with_names, **group_options
