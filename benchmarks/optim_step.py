@@ -41,7 +41,7 @@ import torch
 from _machine import cpu_model, git_revision  # benchmarks/_machine.py
 
 import decaylab
-from decaylab.optim import FORMS, SGDW, Adam, dispatch
+from decaylab.optim import FORMS, SGDW, Adafactor, Adam, Lion, Muon, dispatch
 from decaylab.optim.executors import compiled
 
 TARGET = 1.10
@@ -51,6 +51,9 @@ MOMENTUM = 0.9
 # The least memory traffic of one step, bytes per fp32 parameter (4 bytes per tensor read or written).
 BYTES_ADAM = 4 * 7  # read p, g, m, v; write p, m, v
 BYTES_SGD_MOMENTUM = 4 * 5  # read p, g, b; write p, b
+BYTES_LION = 4 * 5  # read p, g, m; write p, m
+BYTES_ADAFACTOR = 4 * 3  # read p, g; write p (the factored moments are a row and a column)
+BYTES_MUON = 4 * 5  # read p, g, B; write p, B (and Newton-Schulz's matmuls, which bound it)
 # Peak memory bandwidth (bytes/s) by substring of torch.cuda.get_device_name(), first match wins
 # (vendor datasheets). An "H100 80GB HBM3" is the SXM part.
 GPU_PEAK_BANDWIDTH = (
@@ -125,6 +128,8 @@ class Contender:
     anchor: bool = False
     counted: bool = False  # one of the forms the target is about (default backend)
     compiles: bool = False
+    select: Callable[[list[torch.nn.Parameter]], list[torch.nn.Parameter]] = list  # which parameters it steps
+    numel: int = 0  # of the parameters it steps
     # filled in by the run
     opt: torch.optim.Optimizer | None = None
     params: list[torch.nn.Parameter] = field(default_factory=list)
@@ -135,6 +140,60 @@ class Contender:
     notes: list[str] = field(default_factory=list)
     times: list[float] = field(default_factory=list)  # seconds per step, one entry per round
     faults: list[float] = field(default_factory=list)  # minor page faults per step, one entry per round
+
+
+class PlainLion:
+    """Lion (Chen et al. 2023, Alg. 2) as a plain per-tensor loop of torch ops, the way the public
+    implementations write it: the anchor of decaylab's Lion."""
+
+    def __init__(self, params: list[torch.nn.Parameter], lr: float, weight_decay: float, betas=(0.9, 0.99)):
+        self.params, self.lr, self.wd, self.betas = params, lr, weight_decay, betas
+        self.exp_avg = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.betas
+        for p, m in zip(self.params, self.exp_avg, strict=True):
+            g = p.grad
+            p.mul_(1 - self.lr * self.wd)
+            update = m.mul(beta1).add_(g, alpha=1 - beta1).sign_()
+            p.add_(update, alpha=-self.lr)
+            m.mul_(beta2).add_(g, alpha=1 - beta2)
+
+
+def hidden_matrices(params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """The 2-D parameters but the first (the token embedding): what Muon takes in a GPT."""
+    return [p for p in params[1:] if p.dim() == 2]
+
+
+def direction_contenders(directions: list[str], numel: int, device: torch.device) -> list[Contender]:
+    """Lion against a plain loop, Muon against torch.optim.Muon (the hidden matrices), Adafactor against
+    torch.optim.Adafactor: their default rules, decaylab's default backend."""
+    rows = []
+    if "lion" in directions:
+        lion = dict(lr=LR / 10, weight_decay=WEIGHT_DECAY * 10)
+        rows.append(Contender("plain Lion loop", "lion", "for-loop", lambda ps: PlainLion(ps, **lion), BYTES_LION,
+                              anchor=True))
+        for backend in ("auto", "foreach"):
+            make = lambda ps, backend=backend: Lion(ps, backend=backend, **lion)  # noqa: E731
+            label, compiles = decaylab_backend(make, numel, device)
+            rows.append(Contender("decaylab Lion", "lion", label, make, BYTES_LION, counted=backend == "auto",
+                                  compiles=compiles))
+    if "muon" in directions:
+        muon = dict(lr=0.02, weight_decay=0.1)
+        rows.append(Contender("torch Muon", "muon", "for-loop",
+                              lambda ps: torch.optim.Muon(hidden_matrices(ps), **muon), BYTES_MUON, anchor=True,
+                              select=hidden_matrices))
+        rows.append(Contender("decaylab Muon", "muon", "reference",
+                              lambda ps: Muon(hidden_matrices(ps), **muon), BYTES_MUON, select=hidden_matrices))
+    if "adafactor" in directions:
+        adafactor = dict(lr=1e-2, weight_decay=WEIGHT_DECAY)
+        rows.append(Contender("torch Adafactor", "adafactor", "for-loop",
+                              lambda ps: torch.optim.Adafactor(ps, foreach=False, **adafactor), BYTES_ADAFACTOR,
+                              anchor=True))
+        rows.append(Contender("decaylab Adafactor", "adafactor", "reference",
+                              lambda ps: Adafactor(ps, **adafactor), BYTES_ADAFACTOR))
+    return rows
 
 
 class AdamWThenReadGrads:
@@ -337,6 +396,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cold-compile", action="store_true",
                     help="compile into a fresh, empty inductor cache, so that first-step times are cold compiles\n"
                          "(default: the usual cache, which earlier runs and other processes may have filled)")
+    ap.add_argument("--directions", default="lion,muon,adafactor",
+                    help="comma-separated directions to time beside Adam and SGD, each against its anchor\n"
+                         "(lion: a plain Lion loop; muon: torch.optim.Muon; adafactor: torch.optim.Adafactor);\n"
+                         "'none' for none")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", metavar="PATH", help="also write the results here as JSON")
     args = ap.parse_args(argv)
@@ -344,6 +407,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [f for f in args.forms if f not in FORMS]
     if bad:
         ap.error(f"--forms: unknown form(s) {bad}; choose from {FORMS}")
+    args.directions = [d.strip() for d in args.directions.split(",") if d.strip() and d.strip() != "none"]
+    bad = [d for d in args.directions if d not in DIRECTION_SECTIONS]
+    if bad:
+        ap.error(f"--directions: unknown direction(s) {bad}; choose from {', '.join(DIRECTION_SECTIONS)} or none")
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     bad = [b for b in args.backends if b not in dispatch.BACKENDS]
     if bad:
@@ -356,6 +423,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.rounds is None:
         args.rounds = 3 if args.quick else 20
     return args
+
+
+DIRECTION_SECTIONS = {"lion": "Lion", "muon": "Muon (the hidden matrices)", "adafactor": "Adafactor"}
 
 
 def fmt_ms(s: float) -> str:
@@ -374,6 +444,7 @@ def main(argv: list[str] | None = None) -> dict:
     weights, grads = make_set(shapes, device, args.seed)
     numel = sum(w.numel() for w in weights)
     rows = contenders(args.forms, args.backends, numel, device)
+    rows += direction_contenders(args.directions, numel, device)
 
     run_info = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -430,6 +501,7 @@ def main(argv: list[str] | None = None) -> dict:
         for p, g in zip(c.params, grads, strict=True):
             p.grad = g.clone()
         c.opt = c.build(c.params)
+        c.numel = sum(p.numel() for p in c.select(c.params))
         step_s = warm_up(c, device, min_calls=3, max_calls=50, max_s=20.0, settle=settle)
         c.steps = args.steps or max(10 if device.type == "cuda" else 1, math.ceil(args.min_time / step_s))
         extra = f"first step {c.first_step_s:6.2f} s" + ("  (compiles)" if c.compiles else "")
@@ -463,7 +535,7 @@ def main(argv: list[str] | None = None) -> dict:
             "paired_ratio_iqr": [plo, phi], "first_step_s": c.first_step_s, "compiles": c.compiles,
             "warmup_calls": c.warmup_steps, "steps_per_round": c.steps, "counted": c.counted,
             "bytes_per_param": c.bytes_per_param,
-            "achieved_bandwidth": c.bytes_per_param * numel / med, "notes": c.notes, "times_s": c.times,
+            "achieved_bandwidth": c.bytes_per_param * c.numel / med, "notes": c.notes, "times_s": c.times,
             "page_faults_per_step": statistics.median(c.faults),
         }
         results.append(r)
@@ -471,7 +543,9 @@ def main(argv: list[str] | None = None) -> dict:
     cuda = device.type == "cuda"
     head = (f"{'contender':<26} {'backend':<16} {'ms/step':>8} {'IQR ms':>17} {'ratio':>6} {'paired IQR':>13}"
             f" {'steps':>5} {'1st step s':>10} {'GB/s':>7}" + (f" {'% peak':>7}" if cuda else f" {'faults':>7}"))
-    for section, title in (("adam", "Adam family"), ("sgd", "SGD with momentum")):
+    sections = [("adam", "Adam family"), ("sgd", "SGD with momentum")]
+    sections += [(d, DIRECTION_SECTIONS[d]) for d in args.directions]
+    for section, title in sections:
         a = anchors[section]
         print(f"## {title} — ratio = median step time / {a.name}'s median step time")
         print(head)
@@ -502,7 +576,13 @@ def main(argv: list[str] | None = None) -> dict:
         for note in r["notes"]:
             print(f"note: {r['name']} ({r['backend']}): {note}")
 
-    counted = [r for r in results if r["counted"]]
+    for section in args.directions:
+        for r in results:
+            if r["section"] == section and not r["name"].startswith(("torch", "plain")):
+                print(f"{r['name']} ({r['backend']}): {r['ratio']:.2f} x {anchors[section].name} "
+                      f"(paired IQR {r['paired_ratio_iqr'][0]:.2f}–{r['paired_ratio_iqr'][1]:.2f})"
+                      + (f"; target ≤ {TARGET:.2f} for element-wise directions" if r["counted"] else ""))
+    counted = [r for r in results if r["counted"] and r["section"] == "adam"]
     met = [r for r in counted if r["ratio"] <= TARGET]
     worst = max(counted, key=lambda r: r["ratio"]) if counted else None
     verdict = f"target ≤ {TARGET:.2f}: met for {len(met)}/{len(counted)} forms"

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from decaylab.data import TensorData, TextData
 from decaylab.diagnostics import Monitor, WeightEMA, jacobian_norm, recompute_batchnorm
 from decaylab.groups import split_parameters
-from decaylab.optim import OPTIMIZERS
+from decaylab.optim import DIRECTIONS, OPTIMIZERS
 
 from .config import RunResult, TrainConfig
 from .data import Prepared, Sampler, build_model, check_fits, lm_eval_batches, load_data, prepare, steps_per_epoch
@@ -436,7 +436,8 @@ class _Evaluator:
         self.engine.train(False)
         metrics = self.metrics(self.engine.forward_shared, self.engine.num_models)
         norms = self.engine.weight_norms().tolist()
-        power = 2 if self.config.optimizer == "sgd" else 1  # lr/‖w‖² for SGD, lr/‖w‖ for Adam
+        direction = DIRECTIONS.get(self.config.optimizer)  # torch-adamw: Adam's
+        power = 1 if direction is None or direction.normalized else 2  # lr/‖w‖ (Adam, Lion, …), lr/‖w‖² (SGD)
         points = []
         for i in range(self.engine.num_models):
             point = {"step": step, "epoch": epoch, "lr": lr[i]}

@@ -113,19 +113,20 @@ class AdafactorDirection(Direction):
 
     def update(self, spec, g, new, hp, pp, w=None):
         eps1 = spec.dtype_eps if spec.eps1 is None else spec.eps1
+        # (in place on fresh temporaries only: the inputs are never written)
         if spec.factored:
             row, col = new["row_var"], new["col_var"]
-            vhat = (row @ col) / row.mean(dim=-2, keepdim=True).clamp(min=eps1)
+            ghat = (row @ col).div_(row.mean(dim=-2, keepdim=True).clamp(min=eps1))
         else:
-            vhat = new["variance"]
-        ghat = vhat.clamp(min=eps1 * eps1).rsqrt() * g
+            ghat = new["variance"].clone()
+        ghat = ghat.clamp_(min=eps1 * eps1).rsqrt_().mul_(g)
         lr = hp["lr"]
         # ρ_t / lr_t = min(1, 1/(lr_t·sqrt(t))): the step over lr_t, finite where lr_t = 0
         rho_over_lr = torch.clamp(pp["inv_sqrt_t"] / lr, max=1.0) if isinstance(lr, Tensor) else min(
             1.0, pp["inv_sqrt_t"] / lr if lr else 1.0)
         scale = torch.clamp(_rms(w, spec.stacked), min=spec.eps2) * rho_over_lr
         denom = torch.clamp(_rms(ghat, spec.stacked) / spec.d, min=1.0)
-        return ghat * (scale / denom), None
+        return ghat.mul_(scale / denom), None
 
 
 ADAFACTOR = register(AdafactorDirection())

@@ -41,6 +41,8 @@ class Direction:
     * ``linear`` — ``u_t`` is linear in the gradients, so coupled L2's ``λ·w`` reaches the weights
       unchanged up to the momentum's gain (SGD), rather than rescaled per coordinate (Adam).
     * ``state`` — the state keys, as ``torch.optim`` names them.
+    * ``normalized`` — the update's size does not scale with the gradient's (Adam, Lion, Muon): the
+      effective lr of a scale-invariant weight is ``lr/‖w‖``; else (SGD) ``lr/‖w‖²``.
     """
 
     name: ClassVar[str] = ""
@@ -49,6 +51,7 @@ class Direction:
     statistic: ClassVar[str | None] = None
     linear: ClassVar[bool] = False
     state: ClassVar[tuple[str, ...]] = ()
+    normalized: ClassVar[bool] = True
 
     def validate(self, group: dict[str, Any]) -> None:
         """Check the direction's own keys of a param group (raise ValueError naming the key)."""

@@ -47,6 +47,7 @@ class SGDDirection(Direction):
     provides = frozenset({"u", "D", "mean_vhat"})
     statistic = "constant"
     linear = True
+    normalized = False
     state = ("momentum_buffer",)
 
     def validate(self, group):
