@@ -3,7 +3,6 @@ errors (not tracebacks) from ``report`` and ``status`` on damaged stores, bad ro
 that cannot be written, a method label too long for a file name, and ``status``'s elapsed time."""
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import math
@@ -14,11 +13,10 @@ import pytest
 from test_sweep_contract import config_class
 from test_sweep_store import CONTRACT_SQL
 
+from decaylab.cli import main
 from decaylab.report import build_report
-from decaylab.report.cli import add_cli
 from decaylab.store import load_sweep
 from decaylab.sweep import Store, format_status, load_spec, run_sweep, status_rows
-from decaylab.sweep.cli import main as sweep_main
 from decaylab.sweep.testing import FakeResult, FakeTrainer
 
 SPEC = """
@@ -43,13 +41,6 @@ class Diverging(FakeTrainer):
             curves = [dict(point, test_loss=math.nan) if i else point for i, point in enumerate(result.curves)]
             return FakeResult(config, final, curves)
         return result
-
-
-def report_main(argv):
-    parser = argparse.ArgumentParser(prog="decaylab")
-    add_cli(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.handler(args)
 
 
 @pytest.fixture
@@ -115,7 +106,7 @@ def test_item5_a_store_from_before_divergence_was_recorded_is_read_right(tmp_pat
 def test_item9_report_out_that_is_a_file_is_one_line(diverged_store, tmp_path, capsys):
     out = tmp_path / "out.txt"
     out.write_text("not a folder")
-    assert report_main(["report", str(diverged_store), "--out", str(out)]) == 2
+    assert main(["report", str(diverged_store), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--out {out}: is a file, not a folder" in err
     assert out.read_text() == "not a folder"
@@ -126,7 +117,7 @@ def test_item9_report_on_a_full_disk_is_one_line(diverged_store, tmp_path, monke
         raise OSError(errno.ENOSPC, "No space left on device", str(self))
 
     monkeypatch.setattr(Path, "write_bytes", full)
-    assert report_main(["report", str(diverged_store), "--out", str(tmp_path / "out")]) == 1
+    assert main(["report", str(diverged_store), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "could not write the report (No space left on device" in err
 
@@ -157,11 +148,11 @@ def test_item9_a_damaged_store_is_one_line_everywhere(diverged_store, tmp_path, 
     spec = tmp_path / "probe.toml"
     spec.write_text(SPEC)
     for argv in (["status", str(diverged_store)], ["sweep", str(spec), "--store", str(diverged_store), "--quiet"]):
-        assert sweep_main(argv) == 2, argv
+        assert main(argv) == 2, argv
         err = capsys.readouterr().err  # (sweep first says what it is about to do)
         assert "Traceback" not in err and err.splitlines()[-1].startswith(f"decaylab {argv[0]}: error: store "), err
         assert "database disk image is malformed" in err and "damaged" in err
-    assert report_main(["report", str(diverged_store), "--out", str(tmp_path / "out")]) == 2
+    assert main(["report", str(diverged_store), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "database disk image is malformed" in err, err
 
@@ -171,7 +162,7 @@ def test_item9_a_store_that_cannot_be_written_is_one_line(tmp_path, capsys):
     spec.write_text(SPEC)
     store = tmp_path / "runs.sqlite"
     (tmp_path / "runs.sqlite-wal").mkdir()  # SQLite cannot make its write-ahead log (root ignores chmod)
-    assert sweep_main(["sweep", str(spec), "--store", str(store), "--quiet"]) == 2
+    assert main(["sweep", str(spec), "--store", str(store), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"decaylab sweep: error: --store {store}: store ")
 
@@ -185,12 +176,12 @@ def test_item9_bad_rows_in_status_are_one_line(tmp_path, capsys):
     db.execute("PRAGMA ignore_check_constraints = ON")  # a row only a hand edit (or another tool) makes
     db.execute("UPDATE runs SET status = 'paused' WHERE key = '1'")
     db.commit()
-    assert sweep_main(["status", str(path)]) == 2
+    assert main(["status", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "run 1 in" in err and "has status 'paused'" in err
     db.execute("UPDATE runs SET status = 'pending', config = '{not json' WHERE key = '1'")
     db.commit()
-    assert sweep_main(["status", str(path)]) == 2
+    assert main(["status", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "run 1: its config in the store is not valid JSON" in err
 

@@ -20,8 +20,8 @@ import types
 import pytest
 from test_sweep_contract import config_class
 
+from decaylab.cli import main
 from decaylab.sweep import Store, load_spec, run_sweep
-from decaylab.sweep.cli import main
 from decaylab.sweep.testing import FakeTrainer
 
 SPEC = """
@@ -244,11 +244,10 @@ def test_item6_pending_runs_take_the_new_label(tmp_path, fake_train):
 
 
 def test_item7_status_refuses_another_programs_database_and_leaves_it_as_it_was(tmp_path, capsys):
-    from decaylab.sweep.cli import main as sweep_main
 
     path = foreign_database(tmp_path / "app.db")
     before = file_state(path)
-    assert sweep_main(["status", str(path)]) == 2
+    assert main(["status", str(path)]) == 2
     err = capsys.readouterr().err
     assert "is not a decaylab store" in err and "users" in err and "Traceback" not in err
     assert file_state(path) == before  # no tables added, no switch to WAL, no -wal / -shm files

@@ -5,7 +5,6 @@ change of schema on either side shows up as a failing test.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import doctest
 import json
@@ -18,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from decaylab.cli import build_parser
 from decaylab.report import Section, analysis, build, build_report, diagonal_slope, figures, html, separability
-from decaylab.report.cli import add_cli
 from decaylab.store import reader as store
 from decaylab.store import schema
 
@@ -265,8 +264,7 @@ def test_sections_hook_and_loss_metric(tmp_path):
 
 
 def test_cli(report, tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="decaylab")
-    add_cli(parser.add_subparsers(dest="command"))
+    parser = build_parser("report")
     args = parser.parse_args(["report", str(report[1]), "--sweep", "fig2", "--out", str(tmp_path)])
     assert args.handler(args) == 0
     out = capsys.readouterr().out

@@ -1,7 +1,6 @@
 """decaylab sweep / decaylab status: argument parsing, the commands, and the status table."""
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sqlite3
@@ -14,8 +13,8 @@ from pathlib import Path
 import pytest
 from test_sweep_contract import config_class
 
+from decaylab.cli import build_parser, main
 from decaylab.sweep import Store, format_status, status_rows
-from decaylab.sweep.cli import add_cli, main
 from decaylab.sweep.testing import FakeTrainer
 
 SPEC = """
@@ -32,9 +31,7 @@ decay = "l2"
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="decaylab")
-    add_cli(p.add_subparsers(dest="command"))
-    return p
+    return build_parser()
 
 
 @pytest.fixture
@@ -153,7 +150,7 @@ def test_status_table(tmp_path):
 def test_status_command_subprocess(tmp_path):
     store = Store(tmp_path / "runs.sqlite")
     store.register("demo", "spec", [("AdamW", {"k": 1})], key=lambda c: str(c["k"]))
-    cmd = [sys.executable, "-m", "decaylab.sweep.cli", "status"]
+    cmd = [sys.executable, "-m", "decaylab.cli", "status"]
     out = subprocess.run(cmd + [str(store.path)], capture_output=True, text=True, env=os.environ)
     assert out.returncode == 0 and out.stdout.splitlines()[2].split()[:5] == ["demo", "AdamW", "0/1", "0", "1"]
     missing = tmp_path / "missing.sqlite"
@@ -166,7 +163,7 @@ def test_status_command_subprocess(tmp_path):
 SIGTERM_SWEEP = """
 import sys, types
 from test_sweep_contract import config_class
-from decaylab.sweep.cli import main
+from decaylab.cli import main
 from decaylab.sweep.testing import FakeTrainer
 trainer = FakeTrainer(delay=0.2)
 sys.modules["decaylab.train"] = types.SimpleNamespace(TrainConfig=config_class(), train=trainer.train,

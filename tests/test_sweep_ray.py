@@ -20,9 +20,9 @@ import ray
 from test_sweep_integration import SPEC as TINY_SPEC
 from test_sweep_runner import SPEC as SMALL_SPEC
 
+from decaylab.cli import main as sweep_cli
 from decaylab.store import process_alive
 from decaylab.sweep import Store, SweepAborted, load_spec, run_sweep
-from decaylab.sweep.cli import main as sweep_cli
 from decaylab.sweep.ray_backend import check_reachable, run_sweep_ray
 from decaylab.sweep.testing import FakeTrainer, fake_metrics
 from decaylab.train import TrainConfig
@@ -191,16 +191,16 @@ def test_interrupt_cancels_and_returns_runs_in_flight_to_pending(tmp_path, monke
 DRIVER = """
 import sys
 from decaylab.sweep import load_spec
-from decaylab.sweep.cli import _stop_on_sigterm
+from decaylab.cli._args import stop_on_sigterm
 from decaylab.sweep.ray_backend import run_sweep_ray
 from decaylab.sweep.testing import FakeTrainer
 
-_stop_on_sigterm()  # what `decaylab sweep` does: SIGTERM stops the sweep like Ctrl-C
 trainer = FakeTrainer(delay=1.0)
 spec, store = sys.argv[1:]
 try:
-    run_sweep_ray(load_spec(open(spec).read()), store, stack=4, workers=2, train_fn=trainer.train,
-                  train_stacked_fn=trainer.train_stacked, progress=False)
+    with stop_on_sigterm():  # what `decaylab sweep` does: SIGTERM stops the sweep like Ctrl-C
+        run_sweep_ray(load_spec(open(spec).read()), store, stack=4, workers=2, train_fn=trainer.train,
+                      train_stacked_fn=trainer.train_stacked, progress=False)
 except KeyboardInterrupt:
     sys.exit(130)
 """

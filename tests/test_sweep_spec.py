@@ -160,7 +160,7 @@ def test_find_spec_errors(tmp_path):
                                                             r"did you mean 'decoupled'"),
     (HEAD + "[base]\ndecay_scale = 'paper'", r"decay_scale in \[base\] must be one of 'lr', 'schedule', "
                                              r"'corrected', 'constant'"),
-    (HEAD + "[base]\noptimizer = 'adamw'", r"optimizer in \[base\] must be one of 'adam', 'sgd'"),
+    (HEAD + "[base]\noptimizer = 'adamv'", r"optimizer in \[base\] must be one of .*'adam'.*'sgd'.*; got 'adamv'"),
     (HEAD + "[base]\nschedule = 'cosin'", r"schedule in \[base\] must be one of .*did you mean 'cosine'"),
     (HEAD + "[base]\nprecision = 'fp16'", r"precision in \[base\] must be one of 'fp32'"),
     (HEAD + "[base]\ndataset = 'mnist-1d'", r"dataset in \[base\] must be one of .*did you mean 'mnist1d'"),

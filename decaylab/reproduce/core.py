@@ -7,7 +7,7 @@ and returns a :class:`Verdict`: held / did not hold / inconclusive, one line wit
 margin over seeds, and the report sections that show it.
 
 ``decaylab reproduce NAME [--scale paper]`` calls :meth:`Reproduction.run`; ``decaylab reproduce
---list`` prints :func:`describe` (:mod:`decaylab.reproduce.cli`).
+--list`` prints :func:`describe` (:mod:`decaylab.cli.reproduce`).
 
 Notes for the authors of reproductions (the API above is unchanged; these are additions):
 

@@ -7,7 +7,7 @@
   (:mod:`decaylab.store`); the report reads it.
 - :func:`run_sweep` trains what the store does not have yet, stacked, resumable
   (:mod:`decaylab.sweep.runner`); :func:`format_status` shows a store's progress.
-- ``decaylab sweep SPEC`` and ``decaylab status STORE`` (:mod:`decaylab.sweep.cli`).
+- ``decaylab sweep SPEC`` and ``decaylab status STORE`` (:mod:`decaylab.cli.sweep`, :mod:`decaylab.cli.status`).
 """
 from ..store import SCHEMA, STATUSES, Store
 from .runner import DEFAULT_STACK, SweepAborted, SweepSummary, run_sweep

@@ -316,7 +316,7 @@ def _start_helpers(spec: Spec, store_path: Path, n: int, stack: int,
         spec_file = store_path.with_name(f"{store_path.name}.{spec.name}.toml")
         spec_file.write_text(spec.text)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    command = [sys.executable, "-m", "decaylab.sweep.cli", "sweep", str(spec_file), "--store", str(store_path),
+    command = [sys.executable, "-m", "decaylab.cli", "sweep", str(spec_file), "--store", str(store_path),
                "--stack", str(stack), "--quiet", "--yes"] + (["--allow-spec-change"] if allow_spec_change else [])
     helpers = []
     for i in range(n):

@@ -2,8 +2,8 @@
 
 ::
 
-    torchrun --nproc_per_node 2 -m decaylab.train.distributed run.toml --steps 500 --out result.json
-    torchrun --nproc_per_node 2 -m decaylab train --model mlp --lr 3e-3 --weight_decay 0.1 --steps 500
+    torchrun --nproc_per_node 2 -m decaylab.cli train run.toml --steps 500 --out result.json
+    torchrun --nproc_per_node 2 -m decaylab.cli train --model mlp --lr 3e-3 --weight_decay 0.1 --steps 500
 
 Every rank builds the same model (same seed) and draws the same batch of step ``t`` from the run's
 sampler; rank ``r`` of ``W`` trains on its slice ``r`` of it (``batch_size / W`` examples) and
@@ -25,12 +25,9 @@ For sharded (FSDP2) training, :mod:`decaylab.optim` and the cheap instruments of
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
-import json
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +37,7 @@ from torch import Tensor
 
 from .config import RunResult, TrainConfig
 
-__all__ = ["train_distributed", "load_config", "world", "Replica", "add_cli", "main"]
+__all__ = ["train_distributed", "load_config", "world", "Replica"]
 
 
 def world() -> tuple[int, int, int]:
@@ -229,127 +226,3 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[
             raise ValueError(f"unknown TrainConfig field {name!r}{hint}; the fields are {', '.join(fields)}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return TrainConfig(**values)
-
-
-# ---------------------------------------------------------------------------------------------- command
-
-
-_VALUED = ("--out", "--checkpoint-dir", "--checkpoint-every")
-_FLAGS = ("--resume", "--quiet", "-h", "--help")
-
-
-def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog, usage=f"{prog} [CONFIG.toml] [--FIELD VALUE ...] [--out PATH] [--checkpoint-dir DIR] "
-                         "[--checkpoint-every N] [--resume] [--quiet]",
-        description="Train one run of a TrainConfig: fields from a TOML file, then '--field value' overrides "
-                    "(any TrainConfig field, e.g. --lr 3e-3 --weight_decay 0.1 --steps 500; values read as TOML). "
-                    "Under 'torchrun --nproc_per_node N' the N processes train it data-parallel (DDP), each on "
-                    "1/N of every batch; rank 0 writes the result and the checkpoints.")
-    parser.add_argument("config", nargs="?", default=None, metavar="CONFIG.toml",
-                        help="a TOML file of TrainConfig fields (default: TrainConfig's defaults)")
-    parser.add_argument("--out", default=None, metavar="PATH", help="write the RunResult here as JSON (rank 0)")
-    parser.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="checkpoints go here (rank 0)")
-    parser.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
-                        help="steps between checkpoints (default 0: at the end only)")
-    parser.add_argument("--resume", action="store_true", help="continue from the run's checkpoint if there is one")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
-
-
-def add_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``train`` on an ``add_subparsers()`` object, for the help listing: ``decaylab``'s
-    ``main`` hands ``train``'s arguments to :func:`main` (its ``--field value`` pairs are free-form)."""
-    return subparsers.add_parser("train", help="train one run (a TOML config, --field value overrides); "
-                                               "data-parallel under torchrun")
-
-
-def main(argv: list[str] | None = None, prog: str = "python -m decaylab.train.distributed") -> int:
-    """Parse ``[CONFIG.toml] [--field value ...] [options]``, train, write the result (rank 0).
-
-    Exit status 0; 2 for bad input, found before training (a field or option, a config file that is
-    not UTF-8 TOML, an ``--out`` or ``--checkpoint-dir`` that cannot be written, a checkpoint that
-    cannot be loaded on ``--resume``, a dataset that is missing); 1 when a write fails after training has begun (a
-    full disk: the result then goes to stdout); 130 when interrupted (Ctrl-C or SIGTERM). Each is
-    one line that names the cause.
-    """
-    from decaylab._paths import check_output_dir, check_output_file, describe_os_error
-    from decaylab.data import DataFileError
-    from decaylab.store import divergence, json_safe
-    from decaylab.sweep.cli import _stop_on_sigterm, stopped_how
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    options, overrides, i = [], [], 0
-    while i < len(argv):
-        token = argv[i]
-        if token in _FLAGS or (i == 0 and not token.startswith("-")):
-            options.append(token)
-            i += 1
-        elif token in _VALUED or token.split("=")[0] in _VALUED:
-            step = 1 if "=" in token else 2
-            options += argv[i:i + step]
-            i += step
-        elif token.startswith("--") and "=" in token:  # --field=value
-            overrides += token.split("=", 1)
-            i += 1
-        else:
-            overrides += argv[i:i + 2]
-            i += 2
-    args = _parser(prog).parse_args(options)
-
-    def error(message: object, status: int = 2) -> int:
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return status
-
-    writes = world()[0] == 0
-    try:  # everything that can be found out before training, so that no run is trained for nothing
-        config = load_config(args.config, overrides)
-        if writes and args.out is not None:
-            check_output_file(args.out, "--out")
-        if args.checkpoint_dir is not None:
-            check_output_dir(args.checkpoint_dir, "--checkpoint-dir")
-    except ValueError as problem:
-        return error(problem)
-    steps = [0]
-    previous = _stop_on_sigterm()
-    try:
-        result = train_distributed(config, progress=not args.quiet, checkpoint_dir=args.checkpoint_dir,
-                                   checkpoint_every=args.checkpoint_every, resume=args.resume,
-                                   on_step=lambda step: steps.__setitem__(0, step))
-    except KeyboardInterrupt as stop:
-        saved = (f"--resume with --checkpoint-dir {args.checkpoint_dir} goes on from its last checkpoint"
-                 if args.checkpoint_dir is not None else "nothing was saved (--checkpoint-dir keeps checkpoints)")
-        print(f"{prog}: {stopped_how(stop)}: stopped at step {steps[0]}; {saved}", file=sys.stderr)
-        return 130
-    except DataFileError as problem:  # a dataset that is missing or damaged (and could not be downloaded)
-        return error(f"dataset {config.dataset!r}: {problem}")
-    except ValueError as problem:  # also a checkpoint that cannot be loaded (loop._load_checkpoint), before training
-        return error(problem)
-    except OSError as problem:  # a checkpoint that could not be written (a full disk)
-        return error(f"{describe_os_error(problem)}: {problem.filename or problem}", 1)
-    finally:
-        if previous is not None:
-            import signal
-
-            signal.signal(signal.SIGTERM, previous)
-    if writes:
-        payload = result.to_dict()
-        reason = divergence(payload["final"])
-        if reason:  # as a sweep stores it: a diverged run's metrics mean nothing
-            payload["final"] = dict.fromkeys(payload["final"])
-        payload["diverged"] = reason
-        text = json.dumps(json_safe(payload), indent=1, allow_nan=False)  # null, never a bare NaN
-        if args.out is not None:
-            try:
-                Path(args.out).write_text(text)
-            except OSError as problem:  # keep the result: it goes to stdout
-                print(text)
-                return error(f"--out {args.out}: could not write the result ({describe_os_error(problem)}); it "
-                             "was printed to stdout instead", 1)
-        final = " ".join(f"{k}={v:.4g}" for k, v in result.final.items())
-        print(f"{prog}: {config.model}/{config.dataset} {final}" + (f" (diverged: {reason})" if reason else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

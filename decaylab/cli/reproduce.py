@@ -1,4 +1,4 @@
-"""The ``decaylab reproduce`` command.
+"""``decaylab reproduce``: run a claim of the weight-decay literature and say whether it held.
 
 ::
 
@@ -20,17 +20,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import _positive_int
+from ._args import INTERRUPTED, error, positive_int, stop_on_sigterm
 
-__all__ = ["add_cli", "run_command", "main"]
+__all__ = ["add_parser", "run"]
 
 
-def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+HELP = "run a claim of the weight-decay literature and say whether it held"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``reproduce`` on an ``add_subparsers()`` object; ``args.handler(args)`` runs it."""
-    from .core import SCALES
+    from ..reproduce.core import SCALES
 
     parser = subparsers.add_parser(
-        "reproduce", help="run a claim of the weight-decay literature and say whether it held",
+        "reproduce", help=HELP,
         description="Run a reproduction: its checked-in sweep (small: embedded data, 2 CPU cores, minutes; "
                     "paper: the paper's setup, for a GPU or a cluster), then a numeric verdict with its margin "
                     "over seeds, and the report. 'decaylab reproduce --list' describes them.")
@@ -43,83 +46,59 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="the report's folder (default report-<sweep> beside the store); with 'all', a "
                              "folder that gets one subfolder per reproduction")
-    parser.add_argument("--stack", type=_positive_int("--stack"), default=None, metavar="K",
+    parser.add_argument("--stack", type=positive_int("--stack"), default=None, metavar="K",
                         help="train up to K runs at once as one stacked model (default: the sweep runner's)")
-    parser.add_argument("--processes", type=_positive_int("--processes"), default=None, metavar="N",
+    parser.add_argument("--processes", type=positive_int("--processes"), default=None, metavar="N",
                         help="training processes side by side, one torch thread each (default: one per core, up to 4)")
     parser.add_argument("--retry-failed", action="store_true", help="train the runs that failed before again")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(handler=run_command)
+    parser.set_defaults(handler=run)
     return parser
 
 
-def _error(message: Any) -> int:
-    print(f"decaylab reproduce: error: {message}", file=sys.stderr)
-    return 2
-
-
-def run_command(args: argparse.Namespace) -> int:
-    from . import REGISTRY, describe, get
-    from .core import default_store
+def run(args: argparse.Namespace) -> int:
+    from ..reproduce import REGISTRY, describe, get
+    from ..reproduce.core import default_store
 
     if args.list:
         print(describe())
         return 0
     if args.name is None:
-        return _error(f"NAME is required: one of {', '.join(REGISTRY)}, or 'all' (--list describes them)")
+        return error("reproduce", f"NAME is required: one of {', '.join(REGISTRY)}, or 'all' (--list describes "
+                                  "them)")
     try:
         names = list(REGISTRY) if args.name == "all" else [get(args.name).name]
-    except ValueError as error:
-        return _error(error)
+    except ValueError as problem:
+        return error("reproduce", problem)
     for name in names:  # every spec must load before anything trains
         try:
             get(name).spec(args.scale)
-        except (FileNotFoundError, ValueError) as error:
-            return _error(f"{name}: {error}")
+        except (FileNotFoundError, ValueError) as problem:
+            return error("reproduce", f"{name}: {problem}")
     several = args.name == "all"
-    from ..sweep.cli import _stop_on_sigterm
-
-    previous = _stop_on_sigterm()
     verdicts = []
     try:
-        for name in names:
-            store, out = args.store, args.out
-            if several:
-                store = Path(store) / default_store(name, args.scale).name if store else None
-                out = Path(out) / name if out else None
-            print(f"reproduce {name} ({args.scale}): {get(name).title}", file=sys.stderr)
-            verdict = get(name).run(scale=args.scale, store=store, out=out, stack=args.stack,
-                                    progress=not args.quiet, processes=args.processes,
-                                    retry_failed=args.retry_failed)
-            verdicts.append(verdict)
-            print(verdict.line)
-            print(f"  wall time {verdict.wall_s:.0f} s; report: {verdict.report}")
+        with stop_on_sigterm():
+            for name in names:
+                store, out = args.store, args.out
+                if several:
+                    store = Path(store) / default_store(name, args.scale).name if store else None
+                    out = Path(out) / name if out else None
+                print(f"reproduce {name} ({args.scale}): {get(name).title}", file=sys.stderr)
+                verdict = get(name).run(scale=args.scale, store=store, out=out, stack=args.stack,
+                                        progress=not args.quiet, processes=args.processes,
+                                        retry_failed=args.retry_failed)
+                verdicts.append(verdict)
+                print(verdict.line)
+                print(f"  wall time {verdict.wall_s:.0f} s; report: {verdict.report}")
     except KeyboardInterrupt:
         print("interrupted: every finished run is kept in the store; run the same command again to go on.",
               file=sys.stderr)
-        return 130
-    except ValueError as error:
-        return _error(error)
-    finally:
-        if previous is not None:
-            import signal
-
-            signal.signal(signal.SIGTERM, previous)
+        return INTERRUPTED
+    except ValueError as problem:
+        return error("reproduce", problem)
     if several:
         print()
         for verdict in verdicts:
             print(f"{verdict.status:>12}  {verdict.name}  ({verdict.wall_s:.0f} s)")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m decaylab.reproduce.cli reproduce ...``"""
-    parser = argparse.ArgumentParser(prog="decaylab")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_cli(sub)
-    args = parser.parse_args(argv)
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,36 +1,25 @@
-"""``decaylab report STORE [--sweep NAME] [--out DIR]``: draw a sweep's report and print its table.
-
-Wire it into the main parser with :func:`add_cli` (it sets ``handler`` on the parsed arguments)::
-
-    report_cli.add_cli(sub)              # in build_parser
-    return args.handler(args)            # in main, when args.command == "report"
-"""
+"""``decaylab report STORE [--sweep NAME] [--out DIR]``: draw a sweep's report and print its table."""
 from __future__ import annotations
 
 import argparse
 import sqlite3
-import sys
+from typing import Any
 
-from .build import DEFAULT_DELTA
+from ._args import FAILED, error, non_negative_float
 
-__all__ = ["add_cli", "run"]
-
-
-def _delta(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--delta must be a number >= 0, got {text!r}") from None
-    if not (value >= 0 and value != float("inf")):
-        raise argparse.ArgumentTypeError(f"--delta must be a finite number >= 0, got {value}")
-    return value
+__all__ = ["add_parser", "run"]
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+HELP = "draw the lr × λ heatmaps, curves and the HTML report of a sweep"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``report`` subcommand; returns its parser."""
+    from ..report.build import DEFAULT_DELTA
+
     parser = subparsers.add_parser(
         "report",
-        help="draw the lr × λ heatmaps, curves and the HTML report of a sweep",
+        help=HELP,
         description=(
             "Read a sweep's finished runs from a run store and write report.html (self-contained), "
             "one PNG per figure and summary.json; print the method table."
@@ -44,7 +33,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--metric", default=None,
                         help="what the heatmaps show, lower is better (default: test_error = 1 − test_acc, "
                              "else val_loss or test_loss)")
-    parser.add_argument("--delta", type=_delta, default=DEFAULT_DELTA,
+    parser.add_argument("--delta", type=non_negative_float("--delta", finite=True), default=DEFAULT_DELTA,
                         help="tolerance of the good region in the metric's units "
                              f"(default {DEFAULT_DELTA}: 1 percentage point of test error)")
     parser.set_defaults(handler=run)
@@ -56,24 +45,21 @@ def run(args: argparse.Namespace) -> int:
     damaged or not a store, an output folder that cannot be written): one line on stderr, exit 2; a
     write that fails midway (a full disk): one line, exit 1."""
     from .._paths import check_output_dir, describe_os_error
+    from ..report.build import build_report
     from ..store import describe_error
-    from .build import build_report
-
-    def error(message: object, status: int = 2) -> int:
-        print(f"decaylab report: error: {message}", file=sys.stderr)
-        return status
 
     try:
         if args.out is not None:
             check_output_dir(args.out, "--out")
         result = build_report(args.store, args.sweep, args.out, metric=args.metric, delta=args.delta)
     except (FileNotFoundError, ValueError) as problem:
-        return error(problem)
+        return error("report", problem)
     except sqlite3.DatabaseError as problem:  # a store damaged under the reader
-        return error(describe_error(args.store, problem))
+        return error("report", describe_error(args.store, problem))
     except OSError as problem:
         where = f"--out {args.out}" if args.out is not None else "the report folder"
-        return error(f"{where}: could not write the report ({describe_os_error(problem)}: {problem.filename})", 1)
+        return error("report", f"{where}: could not write the report ({describe_os_error(problem)}: "
+                     f"{problem.filename})", FAILED)
     summary = result.summary
     print(f"sweep {summary['sweep']!r}: metric {summary['metric']}, good region within {summary['delta']:g}")
     print(result.table_text)

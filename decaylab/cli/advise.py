@@ -22,13 +22,13 @@ import argparse
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["add_cli", "run", "main", "fit_store", "StoreFit", "AdviseError"]
+from ._args import error as error_line
 
-PROG = "decaylab advise"
+__all__ = ["add_parser", "run", "fit_store", "StoreFit", "AdviseError"]
+
 TIMESCALE_FLAGS = ("--tau-iters", "--tau-epochs", "--tau-fraction")
 
 
@@ -36,12 +36,15 @@ class AdviseError(ValueError):
     """Bad input to ``decaylab advise``; the message names the argument."""
 
 
-def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+HELP = "what a λ means: timescales, every library's convention, λ from a timescale"
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``advise`` on an ``add_subparsers()`` object; ``args.handler(args)`` runs it."""
-    from .timescale import CONVENTIONS, SCHEDULE_KINDS
+    from ..timescale import CONVENTIONS, SCHEDULE_KINDS
 
     parser = subparsers.add_parser(
-        "advise", help="what a λ means: timescales, every library's convention, λ from a timescale",
+        "advise", help=HELP,
         description="Print the timescales a weight decay sets (τ_iter, τ_epoch, τ as a fraction of the run, "
                     "integrated decay, equilibrium angular update), λ in every convention, and the rules of the "
                     "literature with their sources; or λ from a target timescale; or the best timescale of a "
@@ -125,7 +128,7 @@ class _Setting:
 
 
 def _setting(args: argparse.Namespace) -> _Setting:
-    from . import timescale as ts
+    from .. import timescale as ts
 
     try:
         conv = ts.get_convention(args.convention)
@@ -163,7 +166,7 @@ def _setting(args: argparse.Namespace) -> _Setting:
 
 def _weight_decay(args: argparse.Namespace, s: _Setting) -> tuple[float, str | None]:
     """λ in ``s.convention`` from ``--weight-decay`` or a target timescale, and which timescale it came from."""
-    from . import timescale as ts
+    from .. import timescale as ts
 
     given = [flag for flag in ("--weight-decay", *TIMESCALE_FLAGS) if getattr(args, flag[2:].replace("-", "_"))]
     if len(given) > 1:
@@ -200,7 +203,7 @@ def _fmt(x: float | None, spec: str = ".5g") -> str:
 
 def advice(args: argparse.Namespace) -> dict[str, Any]:
     """The advice as plain data (what ``--json`` prints)."""
-    from . import timescale as ts
+    from .. import timescale as ts
 
     s = _setting(args)
     lam, source = _weight_decay(args, s)
@@ -217,7 +220,7 @@ def advice(args: argparse.Namespace) -> dict[str, Any]:
 
 def format_advice(a: dict[str, Any]) -> str:
     """The readable table of :func:`advice`."""
-    from . import timescale as ts
+    from .. import timescale as ts
 
     conv = ts.CONVENTIONS[a["convention"]]
     head = f"λ = {a['weight_decay_given']:.6g} in the {conv.name} convention (decay per step {conv.per_step}), " \
@@ -306,7 +309,7 @@ def _pick_metric(runs: list[Any], metric: str | None) -> tuple[str, bool]:
 
 
 def _run_tau(config: dict[str, Any], final: dict[str, Any]) -> dict[str, float | None]:
-    from . import timescale as ts
+    from .. import timescale as ts
 
     tau = ts.tau_iter(float(config["weight_decay"]), float(config["lr"]), config.get("decay_scale", "lr"))
     steps = final.get("steps") or config.get("steps")
@@ -332,7 +335,7 @@ def fit_store(store: str, sweep: str | None = None, metric: str | None = None) -
     """Per method and seed, the timescale of the best run (by ``metric``); its geometric mean over
     seeds, range and spread factor ``exp(sd of log τ)``. Runs whose decay is not an EMA of the updates
     (``l2``, ``prox_euclid``, ``cautious``, ``stable``) are left out, with a note."""
-    from .store import load_sweep
+    from ..store import load_sweep
 
     try:
         data = load_sweep(store, sweep)
@@ -376,7 +379,7 @@ def fit_store(store: str, sweep: str | None = None, metric: str | None = None) -
 
 def _store_target(fit: StoreFit, s: _Setting) -> dict[str, Any] | None:
     """λ at the target setting that keeps each method's best timescale (geometric mean over seeds)."""
-    from . import timescale as ts
+    from .. import timescale as ts
 
     if s.lr is None:
         return None
@@ -421,11 +424,6 @@ def format_fit(d: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------- entry points
 
 
-def _error(message: Any) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
-
-
 def run(args: argparse.Namespace) -> int:
     """Print the advice (or the store's fit); bad input: one line on stderr, exit status 2."""
     try:
@@ -444,7 +442,7 @@ def run(args: argparse.Namespace) -> int:
             raise AdviseError("--sweep and --metric go with --from-store")
         a = advice(args)
     except ValueError as error:  # AdviseError, and the library's own checks (which name the argument)
-        return _error(error)
+        return error_line("advise", error)
     print(_dumps(a) if args.json else format_advice(a))
     return 0
 
@@ -462,16 +460,3 @@ def _finite(value: Any) -> Any:
 
 def _dumps(value: Any) -> str:
     return json.dumps(_finite(value), indent=2, allow_nan=False, ensure_ascii=False)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m decaylab.advise ...`` (the same as ``decaylab advise ...``)."""
-    parser = argparse.ArgumentParser(prog="decaylab")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_cli(sub)
-    args = parser.parse_args(["advise", *(sys.argv[1:] if argv is None else argv)])
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
