@@ -640,8 +640,13 @@ class DecayUnderflow(Instrument):
     them near 1; fp32 only below ``lr·λ ≈ 6e-8``).
 
     ``decay_underflow/lost_fraction/…``: the same, but 0 for groups whose 16-bit parameters the
-    optimizer writes with compensation (decaylab's ``low_precision="kahan"`` or
-    ``"stochastic"``), where the decay accumulates even though each step rounds it away.
+    optimizer writes with compensation (decaylab's ``low_precision="kahan"``, ``"stochastic"`` or
+    ``"exact"``), where the decay accumulates even though each step rounds it away.
+
+    ``decay_underflow/frozen_state/{key}/group_i``: the state too. For a decaylab optimizer whose running
+    averages are kept in 16 bits with round-to-nearest (``state_dtype=torch.bfloat16``), the fraction of
+    the elements of each average (``exp_avg_sq``, …) where ``β·x`` rounds back to ``x``: an average that
+    cannot decay (Adam's ``v`` with ``β₂ = 0.999`` in bf16).
 
     Groups with decay in the gradient (``l2``, torch's ``Adam``/``SGD``) and groups with
     ``λ_t = 0`` are skipped: there is no decay applied to the weights to lose. For
@@ -675,10 +680,33 @@ class DecayUnderflow(Instrument):
         if isinstance(totals["count"], Tensor):
             out["decay_underflow/rounded_fraction/total"] = totals["rounded"] / totals["count"]
             out["decay_underflow/lost_fraction/total"] = totals["lost"] / totals["count"]
+        out.update(self._frozen_state(ctx))
+        return out
+
+    def _frozen_state(self, ctx: Context) -> dict[str, Any]:
+        """``decay_underflow/frozen_state/{key}/group_i``: the fraction of a running average's elements that
+        cannot move, where ``β·x`` rounds back to ``x`` in the state's 16-bit dtype (round-to-nearest)."""
+        out: dict[str, Any] = {}
+        direction_of = getattr(ctx.optimizer, "direction_of", None)
+        if direction_of is None:
+            return out
+        for gi, group in enumerate(ctx.optimizer.param_groups):
+            if group.get("state_rounding", "nearest") != "nearest":
+                continue
+            for key, beta in direction_of(group).averages(group).items():
+                frozen, count = 0, 0
+                for p in group["params"]:
+                    x = ctx.optimizer.state.get(p, {}).get(key)
+                    if isinstance(x, Tensor) and x.dtype in LOW_PRECISION:
+                        x = local_shard(x)
+                        frozen += int(rounded_away(x, 1 - beta).sum())
+                        count += x.numel()
+                if count:
+                    out[f"decay_underflow/frozen_state/{key}/group_{gi}"] = frozen / count
         return out
 
     def _group_counts(self, ctx: Context, group: dict[str, Any], decay: Any) -> tuple[Tensor, Tensor, Tensor]:
-        compensated = group.get("low_precision", "none") in ("kahan", "stochastic")
+        compensated = group.get("low_precision", "none") in ("kahan", "stochastic", "exact")
         buckets: dict[tuple, list[Tensor]] = {}
         for p in group["params"]:
             buckets.setdefault((p.device, p.dtype), []).append(p.detach())

@@ -11,7 +11,8 @@ from .directions.lion import Lion
 from .directions.muon import Muon
 from .directions.schedule_free import ScheduleFreeAdamW
 from .directions.sgd import SGD
-from .optimizer import OPTIMIZERS, DecayOptimizer, DecayUnderflowWarning
+from .optimizer import OPTIMIZERS, DecayOptimizer, DecayUnderflowWarning, StateUnderflowWarning
+from .precision import PrecisionOverflowWarning
 from .presets import SGDW, AdamC, AdamS, AdamW, CautiousAdamW, EuclidProxAdam, ProxAdam
 from .rules import FORMS, RULES, SCALES, TARGETS, DecayRule, register
 from .torch_compat import CheckpointFormWarning
@@ -19,6 +20,7 @@ from .torch_compat import CheckpointFormWarning
 __all__ = [
     "Adam", "SGD", "Lion", "Muon", "Adafactor", "ScheduleFreeAdamW",
     "AdamW", "ProxAdam", "EuclidProxAdam", "AdamS", "AdamC", "CautiousAdamW", "SGDW",
-    "DecayOptimizer", "DecayUnderflowWarning", "CheckpointFormWarning", "FORMS", "SCALES", "TARGETS",
+    "DecayOptimizer", "DecayUnderflowWarning", "StateUnderflowWarning", "PrecisionOverflowWarning",
+    "CheckpointFormWarning", "FORMS", "SCALES", "TARGETS",
     "RULES", "DecayRule", "register", "DIRECTIONS", "Direction", "OPTIMIZERS",
 ]

@@ -26,11 +26,15 @@ from .directions.base import DIRECTIONS, Direction
 from .dispatch import BACKENDS, Dispatcher, why_not_backend
 from .executors import EXECUTORS, Bucket, BucketSpec, CarriedSums
 
-__all__ = ["DecayOptimizer", "DecayUnderflowWarning", "OPTIMIZERS", "check_hparam"]
+__all__ = ["DecayOptimizer", "DecayUnderflowWarning", "StateUnderflowWarning", "OPTIMIZERS", "check_hparam"]
 
 
 class DecayUnderflowWarning(UserWarning):
     """Weight decay rounds away: ``s_t·λ`` is below the parameters' dtype resolution."""
+
+
+class StateUnderflowWarning(DecayUnderflowWarning):
+    """A running average kept in 16 bits with round-to-nearest cannot move: ``1 − β`` is below its resolution."""
 
 
 def _is_number(x: Any) -> bool:
@@ -154,6 +158,7 @@ class DecayOptimizer(torch.optim.Optimizer):
         self.dispatcher = Dispatcher()
         self.carried = CarriedSums()  # the stable form's Σv between steps (fused and native paths)
         self._underflow_reported: set[tuple[int, torch.dtype]] = set()
+        self._overflow_reported: set[tuple[int, torch.dtype]] = set()
         super().__init__(params, defaults)
         torch_compat.install_torch_load_warning()
 
@@ -205,9 +210,23 @@ class DecayOptimizer(torch.optim.Optimizer):
             )
         direction = self.direction_of(group)
         direction.check_rule(rule)
-        if group["low_precision"] == "stochastic" and any(p.dtype == torch.float16 for p in group["params"]):
+        if group["low_precision"] in ("stochastic", "exact") and any(p.dtype == torch.float16 for p in group["params"]):
             raise ValueError(
-                "low_precision='stochastic' rounds to bf16 only; for float16 parameters use 'kahan' or 'none'"
+                f"low_precision={group['low_precision']!r} works on bf16 parameters only; for float16 parameters use "
+                "'kahan' or 'none'"
+            )
+        if group.get("state_dtype") not in precision.STATE_DTYPES:
+            raise ValueError(
+                f"state_dtype must be one of None (fp32 for 16-bit parameters, else theirs), "
+                f"{', '.join(str(d) for d in precision.STATE_DTYPES[1:])}; got {group.get('state_dtype')!r}"
+            )
+        _choice("state_rounding", group.get("state_rounding", "nearest"), precision.STATE_ROUNDINGS)
+        if group.get("state_rounding") == "stochastic" and group.get("state_dtype") != torch.bfloat16:
+            raise ValueError("state_rounding='stochastic' rounds bf16 state: give state_dtype=torch.bfloat16 with it")
+        if group["low_precision"] == "exact" and group.get("state_dtype") not in (None, torch.float32):
+            raise ValueError(
+                "low_precision='exact' follows the fp32 optimizer bit for bit, which needs fp32 state: leave "
+                "state_dtype=None"
             )
         direction.validate(group)
         for p in group["params"]:
@@ -218,8 +237,13 @@ class DecayOptimizer(torch.optim.Optimizer):
         stacked = models(self.param_groups) is not None
         for p in group["params"]:
             direction.check_param(p, stacked)
+        for dtype in {p.dtype for p in group["params"]}:
+            why = precision.check_state_averages(direction.averages(group), precision.state_dtype(
+                dtype, group.get("state_dtype")), group.get("state_rounding", "nearest"),
+                f"param group {len(self.param_groups) - 1}")
+            if why:
+                warnings.warn(why, StateUnderflowWarning, stacklevel=4)
         if group["backend"] in ("fused", "native"):
-            stacked = models(self.param_groups) is not None
             for p in group["params"]:
                 why = why_not_backend(group["backend"], self._spec(group, rule, p, stacked), [p])
                 if why:
@@ -275,6 +299,7 @@ class DecayOptimizer(torch.optim.Optimizer):
         self.dispatcher = Dispatcher()
         self.carried = CarriedSums()
         self._underflow_reported = set()
+        self._overflow_reported = set()
 
     def state_dict(self) -> dict[str, Any]:
         return torch_compat.to_torch_state_dict(self, super().state_dict())
@@ -300,6 +325,8 @@ class DecayOptimizer(torch.optim.Optimizer):
             direction=direction, rule=rule, to_init=group["decay_to"] == "init",
             maximize=bool(group["maximize"]), low_precision=low, stacked=stacked,
             options=tuple((direction.options(group) | options).items()),
+            state_dtype=precision.state_dtype(p.dtype, group.get("state_dtype")),
+            state_rounding=group.get("state_rounding", "nearest"),
         )
 
     def _group_hparams(self, group: dict[str, Any]) -> dict[str, Any]:
@@ -434,6 +461,8 @@ class DecayOptimizer(torch.optim.Optimizer):
                     deferred.append((name, local))
                 else:
                     self.dispatcher.step(name, group["backend"], local)
+                if dtype == torch.float16:
+                    precision.warn_overflow(params, f"param group {index}", self._overflow_reported, (index, dtype))
             self.direction_of(group).end_step(group, hp_group)
             group["step"] += 1
         if deferred:
@@ -449,6 +478,8 @@ class DecayOptimizer(torch.optim.Optimizer):
         for p, st in zip(params, per_param, strict=True):
             if spec.low_precision == "kahan" and "kahan_comp" not in st:
                 st["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if spec.low_precision == "exact" and "param_remainder" not in st:
+                st["param_remainder"] = torch.zeros_like(p, dtype=torch.int16)
             if spec.to_init and "init_param" not in st:
                 st["init_param"] = p.detach().clone(memory_format=torch.preserve_format)
         states = {k: [st[k] for st in per_param] for k in spec.state_keys}

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import schedules
+from . import precision, schedules
 
 MAX_LR = "decay_max_lr"
 """The group key of the peak lr that ``decay_scale="schedule"/"corrected"`` divide by."""
@@ -170,6 +170,7 @@ def load_state_dict(opt, state_dict: dict[str, Any], torch_load) -> None:
         torch_load(state_dict)
         for group in opt.param_groups:
             opt._validate_group(group, new=False)
+        _restore_state_dtypes(opt, state_dict)
         check_state_shapes(opt)
     except Exception:
         opt.state, opt.param_groups = saved_state, saved_groups
@@ -177,6 +178,38 @@ def load_state_dict(opt, state_dict: dict[str, Any], torch_load) -> None:
     opt.carried.clear()
     for message in changed:
         warnings.warn(message, CheckpointFormWarning, stacklevel=3)
+
+
+def state_dtype_of(opt, group: dict[str, Any], key: str, p: Tensor) -> torch.dtype | None:
+    """The dtype state ``key`` of ``p`` is kept in (None: not a floating tensor decaylab checks)."""
+    if key == "step":
+        return None
+    if key == "param_remainder":
+        return torch.int16
+    if key in ("kahan_comp", "init_param"):
+        return p.dtype
+    return precision.state_dtype(p.dtype, group.get("state_dtype"))
+
+
+def _restore_state_dtypes(opt, state_dict: dict[str, Any]) -> None:
+    """torch's load casts every floating state tensor to its parameter's dtype; decaylab keeps the running
+    averages of 16-bit parameters in their own dtype (fp32 by default), so they are taken again from the
+    saved tensors, at the group's state dtype (a bf16 checkpoint's moments widen to fp32 exactly)."""
+    saved = state_dict.get("state", {})
+    index = 0
+    for group in opt.param_groups:
+        for p in group["params"]:
+            entries = saved.get(index, {}) if isinstance(saved, dict) else {}
+            index += 1
+            st = opt.state.get(p)
+            if not st or not isinstance(entries, dict):
+                continue
+            for key, value in entries.items():
+                want = state_dtype_of(opt, group, key, p)
+                if want is None or not isinstance(value, Tensor) or key not in st or st[key].dtype == want:
+                    continue
+                if value.is_floating_point() or want == torch.int16:
+                    st[key] = value.to(dtype=want, device=p.device)
 
 
 def check_state_shapes(opt) -> None:
@@ -207,10 +240,11 @@ def check_state_shapes(opt) -> None:
                         f"{key!r} has shape {tuple(value.shape)}: the state dict is from another model (a narrower or "
                         "wider one?). Load the optimizer state saved with these parameters."
                     )
-                if value.dtype != p.dtype or value.device != p.device:
+                want = state_dtype_of(opt, group, key, p)
+                if value.dtype != want or value.device != p.device:
                     raise ValueError(
                         f"state_dict: param group {index}, parameter {j}: state {key!r} is {value.dtype} on "
-                        f"{value.device}, the parameter {p.dtype} on {p.device}"
+                        f"{value.device}, and it must be {want} on the parameter's {p.device}"
                     )
 
 

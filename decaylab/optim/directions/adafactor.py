@@ -85,10 +85,10 @@ class AdafactorDirection(Direction):
             return False
         state["step"] = torch.tensor(0.0, dtype=step_dtype())
         if spec.factored:
-            state["row_var"] = p.new_zeros((*p.shape[:-1], 1))
-            state["col_var"] = p.new_zeros((*p.shape[:-2], 1, p.shape[-1]))
+            state["row_var"] = p.new_zeros((*p.shape[:-1], 1), dtype=spec.state_dtype)
+            state["col_var"] = p.new_zeros((*p.shape[:-2], 1, p.shape[-1]), dtype=spec.state_dtype)
         else:
-            state["variance"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["variance"] = torch.zeros_like(p, dtype=spec.state_dtype, memory_format=torch.preserve_format)
         return True
 
     def prepare(self, group, spec, params, states, fresh, tensor):
@@ -167,11 +167,14 @@ class Adafactor(DecayOptimizer):
         decay_to: str = "zero",
         backend: str = "auto",
         low_precision: str = "kahan",
+        state_dtype: torch.dtype | None = None,
+        state_rounding: str = "nearest",
         foreach: bool | None = None,
     ):
         backend = torch_compat.backend_from_torch_flags(type(self).__name__, backend, foreach=foreach)
         defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay, decay=decay,
                         decay_scale=decay_scale, decay_to=decay_to, maximize=maximize, backend=backend,
                         low_precision=low_precision)
+        defaults.update(state_dtype=state_dtype, state_rounding=state_rounding)
         defaults[torch_compat.MAX_LR] = max_lr
         super().__init__(params, defaults)

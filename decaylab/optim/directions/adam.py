@@ -97,10 +97,10 @@ class AdamDirection(Direction):
         created = "exp_avg" not in state
         if created:
             state["step"] = torch.tensor(0.0, dtype=step_dtype())
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg"] = torch.zeros_like(p, dtype=spec.state_dtype, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=spec.state_dtype, memory_format=torch.preserve_format)
         if spec.amsgrad and "max_exp_avg_sq" not in state:
-            state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["max_exp_avg_sq"] = torch.zeros_like(p, dtype=spec.state_dtype, memory_format=torch.preserve_format)
         return created
 
     def hparams(self, group):
@@ -155,6 +155,9 @@ class AdamDirection(Direction):
 
     def equilibrium_beta(self, group):
         return None if group.get("amsgrad", False) else group["betas"][0]
+
+    def averages(self, group):
+        return {"exp_avg": group["betas"][0], "exp_avg_sq": group["betas"][1]}
 
     def foreach_moments_(self, bucket, g):
         beta1, beta2 = bucket.raw["beta1"], bucket.raw["beta2"]
@@ -245,6 +248,8 @@ class Adam(DecayOptimizer):
         maximize: bool = False,
         backend: str = "auto",
         low_precision: str = "kahan",
+        state_dtype: torch.dtype | None = None,
+        state_rounding: str = "nearest",
         foreach: bool | None = None,
         fused: bool | None = None,
         capturable: bool = False,
@@ -258,5 +263,6 @@ class Adam(DecayOptimizer):
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, decay=decay, decay_scale=decay_scale,
             decay_to=decay_to, amsgrad=amsgrad, maximize=maximize, backend=backend, low_precision=low_precision,
         )
+        defaults.update(state_dtype=state_dtype, state_rounding=state_rounding)
         defaults[torch_compat.MAX_LR] = max_lr
         super().__init__(params, defaults)

@@ -120,6 +120,12 @@ class Direction:
     def check_param(self, p: Tensor, stacked: bool) -> None:
         """Refuse a parameter this direction cannot optimize (raise ValueError naming it)."""
 
+    def averages(self, group: dict[str, Any]) -> dict[str, float]:
+        """The running averages' coefficients ``β`` (``x ← β·x + …``) by state key: a 16-bit state with
+        round-to-nearest freezes where ``1 − β`` is below its resolution (the optimizer warns when a group is
+        added; :class:`decaylab.diagnostics.DecayUnderflow` measures it)."""
+        return {}
+
     def end_step(self, group: dict[str, Any], hp: dict[str, Any]) -> None:
         """After every bucket of the group took the step: group-level state of the direction
         (schedule-free's weight sum), from the values :meth:`hparams` computed for this step."""

@@ -59,7 +59,7 @@ class LionDirection(Direction):
 
     def init_state(self, p, state, spec):
         if "exp_avg" not in state:
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg"] = torch.zeros_like(p, dtype=spec.state_dtype, memory_format=torch.preserve_format)
             return True
         return False
 
@@ -74,6 +74,9 @@ class LionDirection(Direction):
 
     def update(self, spec, g, new, hp, pp, w=None):
         return new["_u"], None
+
+    def averages(self, group):
+        return {"exp_avg": group["betas"][1]}
 
     def equilibrium_beta(self, group):
         # Each coordinate's update is ±1 whatever the momentum, so the per-step update norm is fixed; with
@@ -144,10 +147,13 @@ class Lion(DecayOptimizer):
         decay_to: str = "zero",
         backend: str = "auto",
         low_precision: str = "kahan",
+        state_dtype: torch.dtype | None = None,
+        state_rounding: str = "nearest",
         foreach: bool | None = None,
     ):
         backend = torch_compat.backend_from_torch_flags(type(self).__name__, backend, foreach=foreach)
         defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, decay=decay, decay_scale=decay_scale,
                         decay_to=decay_to, maximize=maximize, backend=backend, low_precision=low_precision)
+        defaults.update(state_dtype=state_dtype, state_rounding=state_rounding)
         defaults[torch_compat.MAX_LR] = max_lr
         super().__init__(params, defaults)

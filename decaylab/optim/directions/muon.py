@@ -112,7 +112,7 @@ class MuonDirection(Direction):
 
     def init_state(self, p, state, spec):
         if state.get("momentum_buffer") is None:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["momentum_buffer"] = torch.zeros_like(p, dtype=spec.state_dtype, memory_format=torch.preserve_format)
             return True
         return False
 
@@ -124,6 +124,9 @@ class MuonDirection(Direction):
         G = torch.lerp(g, buf, spec.momentum) if spec.nesterov else buf
         ortho = newton_schulz(G, spec.ns_coefficients, spec.ns_steps, spec.eps, spec.ns_dtype).to(G.dtype)
         return ortho * adjusted_ratio(spec.adjust_lr_fn, G.size(-2), G.size(-1)), None
+
+    def averages(self, group):
+        return {"momentum_buffer": group["momentum"]}
 
     def equilibrium_beta(self, group):
         # The orthogonalized update's size is fixed by its shape; without momentum consecutive updates are
@@ -178,10 +181,13 @@ class Muon(DecayOptimizer):
         maximize: bool = False,
         backend: str = "auto",
         low_precision: str = "kahan",
+        state_dtype: torch.dtype | None = None,
+        state_rounding: str = "nearest",
     ):
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                         ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn,
                         decay=decay, decay_scale=decay_scale, decay_to=decay_to, ns_dtype=ns_dtype,
                         maximize=maximize, backend=backend, low_precision=low_precision)
+        defaults.update(state_dtype=state_dtype, state_rounding=state_rounding)
         defaults[torch_compat.MAX_LR] = max_lr
         super().__init__(params, defaults)

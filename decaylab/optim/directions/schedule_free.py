@@ -88,8 +88,8 @@ class ScheduleFreeDirection(Direction):
     def init_state(self, p, state, spec):
         if "z" in state:
             return False
-        state["z"] = p.detach().clone(memory_format=torch.preserve_format)
-        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["z"] = p.detach().to(spec.state_dtype, copy=True)  # an iterate: kept at the state's precision
+        state["exp_avg_sq"] = torch.zeros_like(p, dtype=spec.state_dtype, memory_format=torch.preserve_format)
         return True
 
     def effective_lr(self, group):
@@ -115,6 +115,9 @@ class ScheduleFreeDirection(Direction):
             ckp1 = weight / weight_sum if weight_sum else 0.0
         return {"beta1": beta1, "beta2": beta2, "ckp1": ckp1, "bias_correction2": 1 - beta2 ** (k + 1),
                 "sf_lr_max": lr_max, "sf_weight_sum": weight_sum}
+
+    def averages(self, group):
+        return {"exp_avg_sq": group["betas"][1]}
 
     def end_step(self, group, hp):
         group["sf_lr_max"], group["sf_weight_sum"] = hp["sf_lr_max"], hp["sf_weight_sum"]
@@ -194,12 +197,15 @@ class ScheduleFreeAdamW(DecayOptimizer):
         maximize: bool = False,
         backend: str = "auto",
         low_precision: str = "kahan",
+        state_dtype: torch.dtype | None = None,
+        state_rounding: str = "nearest",
         foreach: bool | None = None,
     ):
         backend = torch_compat.backend_from_torch_flags(type(self).__name__, backend, foreach=foreach)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, warmup_steps=warmup_steps, r=r,
                         weight_lr_power=weight_lr_power, decay=decay, decay_at=decay_at, decay_scale=decay_scale,
                         decay_to=decay_to, maximize=maximize, backend=backend, low_precision=low_precision)
+        defaults.update(state_dtype=state_dtype, state_rounding=state_rounding)
         defaults[torch_compat.MAX_LR] = max_lr
         super().__init__(params, defaults)
 

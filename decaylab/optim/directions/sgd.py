@@ -69,7 +69,7 @@ class SGDDirection(Direction):
 
     def init_state(self, p, state, spec):
         if spec.momentum != 0 and state.get("momentum_buffer") is None:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["momentum_buffer"] = torch.zeros_like(p, dtype=spec.state_dtype, memory_format=torch.preserve_format)
             return True
         return False
 
@@ -115,6 +115,9 @@ class SGDDirection(Direction):
             torch._foreach_sub_(params, torch._foreach_mul(u, lr))
         if rule.acts == "after":
             rule.apply_(params, strength=strength, u=u, D=None)
+
+    def averages(self, group):
+        return {"momentum_buffer": group["momentum"]}
 
     def equilibrium_beta(self, group):
         return None if group.get("nesterov", False) else group.get("momentum", 0.0)
@@ -163,6 +166,8 @@ class SGD(DecayOptimizer):
         decay_to: str = "zero",
         backend: str = "auto",
         low_precision: str = "kahan",
+        state_dtype: torch.dtype | None = None,
+        state_rounding: str = "nearest",
         foreach: bool | None = None,
         fused: bool | None = None,
         differentiable: bool = False,
@@ -174,5 +179,6 @@ class SGD(DecayOptimizer):
             decay_scale=decay_scale, decay_to=decay_to, maximize=maximize, backend=backend,
             low_precision=low_precision,
         )
+        defaults.update(state_dtype=state_dtype, state_rounding=state_rounding)
         defaults[torch_compat.MAX_LR] = max_lr
         super().__init__(params, defaults)

@@ -34,9 +34,11 @@ class BucketSpec:
     rule: DecayRule
     to_init: bool = False
     maximize: bool = False
-    low_precision: str = "none"  # "none" | "kahan" | "stochastic", for 16-bit params
+    low_precision: str = "none"  # "none" | "kahan" | "stochastic" | "exact", for 16-bit params
     stacked: bool = False
     options: tuple[tuple[str, Any], ...] = ()
+    state_dtype: torch.dtype = torch.float32  # the running averages' storage (precision.state_dtype)
+    state_rounding: str = "nearest"
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -63,6 +65,8 @@ class BucketSpec:
             keys += ("init_param",)
         if self.low_precision == "kahan":
             keys += ("kahan_comp",)
+        if self.low_precision == "exact":
+            keys += ("param_remainder",)
         return keys
 
     def describe(self) -> str:

@@ -14,6 +14,8 @@ Elementwise only; any device and dtype.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
@@ -29,12 +31,32 @@ def _lists(bucket: Bucket):
 
 
 def in_place(bucket: Bucket) -> bool:
-    """Does this bucket take the in-place lowering? (16-bit storage computes in fp32: it does not.)"""
+    """Does this bucket take the in-place lowering? (16-bit storage computes in fp32: only the exact
+    mode, whose fp32 master is rebuilt for the step, does.)"""
     spec = bucket.spec
     direction, rule = spec.direction, spec.rule
+    state_ok = all(t.dtype == precision.compute_dtype(bucket.params[0].dtype)
+                   for key, v in bucket.states.items() if key not in ("param_remainder", "kahan_comp") for t in v)
     return (direction.foreach_moments_ is not None and direction.foreach_update_ is not None
-            and (rule.acts == "gradient" or rule.apply_ is not None)
-            and not spec.to_init and bucket.params[0].dtype not in precision.LOW_PRECISION)
+            and (rule.acts == "gradient" or rule.apply_ is not None) and not spec.to_init and state_ok
+            and (bucket.params[0].dtype not in precision.LOW_PRECISION or spec.low_precision == "exact"))
+
+
+class _Masters:
+    """The exact mode in place: the bucket's fp32 masters for the step, split back into bf16 + remainder."""
+
+    def __init__(self, bucket: Bucket):
+        self.bucket = bucket
+        self.masters = [precision._join(p, r) for p, r in zip(bucket.params, bucket.states["param_remainder"],
+                                                              strict=True)]
+        self.view = dataclasses.replace(bucket, params=self.masters,
+                                        grads=[g.float() for g in bucket.grads])
+
+    def write_back(self) -> None:
+        for p, r, w in zip(self.bucket.params, self.bucket.states["param_remainder"], self.masters, strict=True):
+            upper, remainder = precision._split(w)
+            p.copy_(upper)
+            r.copy_(remainder)
 
 
 def _per_tensor(x, params: list[Tensor], stacked: bool) -> list:
@@ -84,9 +106,13 @@ class Foreach(Executor):
     def step(self, bucket: Bucket) -> None:
         spec = bucket.spec
         if in_place(bucket):
-            g = self._gradients(bucket)
-            spec.direction.foreach_moments_(bucket, g)
-            self._update_(bucket, g)
+            exact = _Masters(bucket) if spec.low_precision == "exact" else None
+            view = exact.view if exact else bucket
+            g = self._gradients(view)
+            spec.direction.foreach_moments_(view, g)
+            self._update_(view, g)
+            if exact:
+                exact.write_back()
             return
         P, S, PP = _lists(bucket)
         hp = bucket.hp
@@ -96,9 +122,12 @@ class Foreach(Executor):
         spec = bucket.spec
         P, S, PP = _lists(bucket)
         if in_place(bucket):
-            g = self._gradients(bucket)
-            spec.direction.foreach_moments_(bucket, g)
+            exact = _Masters(bucket) if spec.low_precision == "exact" else None
+            view = exact.view if exact else bucket
+            g = self._gradients(view)
+            spec.direction.foreach_moments_(view, g)
             bucket.pp["_g"] = g  # the update needs it again (SGD's u)
+            bucket.pp["_exact"] = exact
             new = moments_from_state(spec, S)
         else:
             new = tensor_moments(spec, P, TensorList(bucket.grads), S, bucket.hp, PP)
@@ -107,7 +136,11 @@ class Foreach(Executor):
     def update(self, bucket: Bucket) -> None:
         spec = bucket.spec
         if in_place(bucket):
-            self._update_(bucket, bucket.pp.pop("_g"))
+            exact = bucket.pp.pop("_exact")
+            view = dataclasses.replace(exact.view, hp=bucket.hp) if exact else bucket
+            self._update_(view, bucket.pp.pop("_g"))
+            if exact:
+                exact.write_back()
             return
         P, S, PP = _lists(bucket)
         tensor_update(spec, P, S, moments_from_state(spec, S), bucket.hp, PP)

@@ -10,7 +10,7 @@ and compiled by ``torch.compile`` in the compiled executor.
 from __future__ import annotations
 
 from .. import precision
-from .base import Bucket, BucketSpec, Executor, compute, expand_all, write
+from .base import Bucket, BucketSpec, Executor, compute, expand_all
 
 
 def tensor_moments(spec: BucketSpec, p, g, st: dict, hp: dict, pp: dict) -> dict:
@@ -32,7 +32,7 @@ def tensor_moments(spec: BucketSpec, p, g, st: dict, hp: dict, pp: dict) -> dict
     new = spec.direction.moments(spec, g, current, hp, pp)
     for key in keys:
         if key in new:
-            write(st[key], new[key])
+            precision.write_state(st[key], new[key], spec)
     return dict(new, g=g)
 
 
@@ -57,7 +57,7 @@ def tensor_update(spec: BucketSpec, p, st: dict, new: dict, hp: dict, pp: dict) 
     u, D = direction.update(spec, new["g"], new, hp, pp, w=w)
     w, updates = direction.step(spec, w, w_ref, u, D, new, hp, pp)
     for key, value in updates.items():
-        write(st[key], value)
+        precision.write_state(st[key], value, spec)
     precision.write_param(p, st, w, spec)
 
 
