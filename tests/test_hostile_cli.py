@@ -136,7 +136,7 @@ def test_item9_a_spec_or_config_that_is_not_utf8_names_the_file(tmp_path, capsys
     assert err == (f"decaylab sweep: error: sweep spec file {str(spec)!r} is not UTF-8 text (byte 0xe9 at offset 9); "
                    "save it as UTF-8\n")
     assert main(["train", str(spec), *TINY]) == 2
-    assert f"config: {str(spec)!r} is not UTF-8 text (byte 0xe9 at offset 9)" in capsys.readouterr().err
+    assert f"config file {str(spec)!r} is not UTF-8 text (byte 0xe9 at offset 9)" in capsys.readouterr().err
 
 
 def test_item9_cifar10_offline_is_one_message(tmp_path, monkeypatch, capsys):

@@ -164,8 +164,8 @@ def test_item4_seeds_near_1e20_are_a_clear_error():
     with pytest.raises(ValueError, match=r"seed in \[grid\]: range \[0, 100000000000000000000\] has "
                                          r"100,000,000,000,000,000,000 values"):
         spec('name = "x"\n[grid]\nseed = { range = [0, 100000000000000000000] }')
-    with pytest.raises(ValueError, match=r"seed must be an int >= 0 and <= 9223372036854775807; got "
-                                         r"100000000000000000000"):
+    with pytest.raises(ValueError, match=r"seed in \[grid\] must be an integer >= 0 and <= 9223372036854775807; "
+                                         r"got 100000000000000000000"):
         load_spec('name = "x"\n[grid]\nseed = [100000000000000000000]')
 
 
@@ -360,3 +360,19 @@ def test_item8_an_older_store_is_upgraded_and_keeps_its_runs(tmp_path, fake_trai
     store = Store(path)
     assert [v["version"] for v in store.spec_versions("probe")] == [1] and store.counts("probe")["done"] == 12
     assert os.path.getsize(path) > 0
+    # the upgraded store records the fields that vary within a stacked group, for the report
+    assert store.sweep_meta("probe") == {"per_model": ["lr", "weight_decay", "seed"]}
+
+
+def test_the_per_model_fields_are_read_from_the_store_not_the_config_class(tmp_path, fake_train):
+    from decaylab.store import load_sweep
+    from decaylab.store.schema import PER_MODEL_BEFORE_V3
+
+    path = tmp_path / "runs.sqlite"
+    sweep(path, fake_train)
+    with sqlite3.connect(path) as db:  # a sweep whose config class stacks runs of several momenta
+        db.execute("UPDATE sweep_meta SET value = '[\"lr\", \"weight_decay\", \"seed\", \"momentum\"]'")
+    assert load_sweep(path, "probe").per_model == ("lr", "weight_decay", "seed", "momentum")
+    with sqlite3.connect(path) as db:  # a store from before the list was kept reads as decaylab was then
+        db.execute("DROP TABLE sweep_meta")
+    assert load_sweep(path, "probe").per_model == PER_MODEL_BEFORE_V3

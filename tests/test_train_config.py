@@ -101,27 +101,27 @@ BAD = [
     ("betas", (0.9, 1.0), r"betas\[1\] must be a finite number >= 0 and < 1"),
     ("eps", -1e-8, "eps must be a finite number >= 0"),
     ("epochs", 0, "epochs must be a finite number > 0"),
-    ("steps", 0, "steps must be an int >= 1 or None"),
-    ("steps", 2.5, "steps must be an int >= 1 or None"),
-    ("batch_size", True, "batch_size must be an int >= 1"),
+    ("steps", 0, "steps must be an integer >= 1 or None"),
+    ("steps", 2.5, "steps must be an integer >= 1 or None"),
+    ("batch_size", True, "batch_size must be an integer >= 1"),
     ("schedule", "linear", "schedule must be one of 'constant', 'cosine', 'warmup_cosine', 'step', 'restarts'"),
-    ("warmup_steps", -1, "warmup_steps must be an int >= 0"),
-    ("seed", -1, "seed must be an int >= 0"),
-    ("no_decay_bias_norm", 1, "no_decay_bias_norm must be True or False"),
-    ("eval_every", -5, "eval_every must be an int >= 0"),
+    ("warmup_steps", -1, "warmup_steps must be an integer >= 0"),
+    ("seed", -1, "seed must be an integer >= 0"),
+    ("no_decay_bias_norm", 1, "no_decay_bias_norm must be true or false"),
+    ("eval_every", -5, "eval_every must be an integer >= 0"),
     ("precision", "fp16", "precision must be one of 'fp32', 'bf16-autocast', 'bf16'; got 'fp16'"),
     ("grad_clip", 0.0, "grad_clip must be a finite number > 0"),
     ("final_lr_ratio", 1.5, "final_lr_ratio must be a finite number >= 0 and <= 1"),
-    ("lr_milestones", (0.75, 0.5), "lr_milestones must be a tuple of fractions of the run in"),
+    ("lr_milestones", (0.75, 0.5), "lr_milestones must be increasing fractions of the run in"),
     ("lr_milestones", (1.5,), r"lr_milestones\[0\] must be a finite number > 0 and < 1"),
-    ("restart_steps", 0, "restart_steps must be an int >= 1 or None"),
-    ("restart_mult", 0, "restart_mult must be an int >= 1"),
+    ("restart_steps", 0, "restart_steps must be an integer >= 1 or None"),
+    ("restart_mult", 0, "restart_mult must be an integer >= 1"),
     ("decay_schedule", "cosine", "decay_schedule must be one of 'constant', 'early', 'late'"),
     ("decay_switch", -0.1, "decay_switch must be a finite number >= 0 and <= 1"),
-    ("ema_beta", 1.0, "ema_beta must be a finite number >= 0 and < 1, or None"),
-    ("train_eval_size", 0, "train_eval_size must be an int >= 1"),
-    ("block_size", 0, "block_size must be an int >= 1"),
-    ("lm_eval_batches", 0, "lm_eval_batches must be an int >= 1"),
+    ("ema_beta", 1.0, "ema_beta must be a finite number >= 0 and < 1 or None"),
+    ("train_eval_size", 0, "train_eval_size must be an integer >= 1"),
+    ("block_size", 0, "block_size must be an integer >= 1"),
+    ("lm_eval_batches", 0, "lm_eval_batches must be an integer >= 1"),
 ]
 
 
@@ -134,5 +134,65 @@ def test_bad_values_raise_naming_field_and_allowed_values(field, value, message)
 def test_combinations_that_make_no_sense_raise():
     with pytest.raises(ValueError, match="decay_scale must be 'lr' with decay='l2'"):
         TrainConfig(decay="l2", decay_scale="schedule")
-    with pytest.raises(ValueError, match="warmup_steps must be an int >= 1 with schedule='warmup_cosine'"):
+    with pytest.raises(ValueError, match="warmup_steps must be an integer >= 1 with schedule='warmup_cosine'"):
         TrainConfig(schedule="warmup_cosine")
+
+
+# ---------------------------------------------------------------------------------------------- one schema
+
+
+def test_every_field_states_its_schema_once():
+    import dataclasses
+
+    from decaylab.optim import OPTIMIZERS as DIRECTIONS
+    from decaylab.optim import RULES, SCALES
+    from decaylab.train.config import field_meta
+
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata["meta"]
+        assert meta.help and meta.kind in ("str", "int", "float", "bool", "floats"), f.name
+        assert TrainConfig.check_field(f.name, f.default) == f.default, f.name  # every default is allowed
+    # choices are the registries' own names, read when checked (a direction registered later is allowed)
+    assert tuple(field_meta("optimizer").choices()) == (*DIRECTIONS, "torch-adamw")
+    assert tuple(field_meta("decay").choices()) == tuple(RULES) and tuple(field_meta("decay_scale").choices()) == SCALES
+    from decaylab.data import available
+    from decaylab.models import available as models
+
+    assert tuple(field_meta("dataset").choices()) == tuple(info.name for info in available())
+    assert tuple(field_meta("model").choices()) == tuple(models())
+    assert TrainConfig.per_model_fields() == ("lr", "weight_decay", "seed")
+
+
+def test_a_spec_the_command_line_and_a_config_file_share_the_check(tmp_path):
+    from decaylab.sweep import load_spec
+    from decaylab.sweep import spec as spec_module
+    from decaylab.train import load_config
+
+    assert not hasattr(spec_module, "_RANGES") and not hasattr(spec_module, "OPTIMIZERS")  # no second copy
+    with pytest.raises(ValueError) as direct:
+        TrainConfig(weight_decay=-1)
+    with pytest.raises(ValueError) as in_spec:
+        load_spec('name = "x"\n[base]\nweight_decay = -1')
+    with pytest.raises(ValueError) as on_line:
+        load_config(None, ["--weight-decay", "-1"])
+    path = tmp_path / "run.toml"
+    path.write_text("weight_decay = -1\n")
+    with pytest.raises(ValueError) as in_file:
+        load_config(path)
+    assert str(direct.value) == "weight_decay must be a finite number >= 0; got -1"
+    assert str(in_spec.value) == "weight_decay in [base] must be a finite number >= 0; got -1"
+    assert str(on_line.value) == "--weight_decay: weight_decay must be a finite number >= 0; got -1.0"
+    assert str(in_file.value) == f"weight_decay in config file {str(path)!r} must be a finite number >= 0; got -1"
+    path.write_text("learning_rate = 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown key 'learning_rate' in config file .*\(did you mean 'lr'\?\)"):
+        load_config(path)
+
+
+def test_every_field_is_an_option_of_decaylab_train():
+    import dataclasses
+
+    from decaylab.cli import build_parser
+
+    options = build_parser("train")._subparsers._group_actions[0].choices["train"]._option_string_actions
+    for f in dataclasses.fields(TrainConfig):
+        assert f"--{f.name}" in options and f"--{f.name.replace('_', '-')}" in options, f.name

@@ -176,5 +176,5 @@ def test_errors():
         train(TrainConfig(batch_size=16, steps=1), data=data, checkpoint_every=1)
     with pytest.raises(ValueError, match="config must be a TrainConfig"):
         train({"lr": 0.1})
-    with pytest.raises(ValueError, match=r"differ only in lr, weight_decay and seed; these differ too: \['momentum'\]"):
+    with pytest.raises(ValueError, match=r"differ only in lr, weight_decay, seed; these differ too: \['momentum'\]"):
         train_stacked([TrainConfig(), TrainConfig(momentum=0.5)], data=data)

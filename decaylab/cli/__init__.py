@@ -13,6 +13,8 @@ import argparse
 import importlib
 import sys
 
+from ._args import error
+
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The subcommands in the order ``decaylab --help`` lists them; each is the module of that name here.
@@ -38,12 +40,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:  # its '--field value' overrides are free-form: decaylab.cli.train parses them
-        from .train import main as train_main
-
-        return train_main(argv[1:])
     parser = build_parser(next((a for a in argv if a in COMMANDS), None))
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # one line (a command may say more: train names the field closest to an unknown --field)
+        explain = getattr(args, "unrecognized", None)
+        return error(args.command or "", explain(extra) if explain else f"unrecognized arguments: {' '.join(extra)}")
     if args.version:
         from .. import __version__
 

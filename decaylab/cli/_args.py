@@ -14,8 +14,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["BAD_INPUT", "FAILED", "INTERRUPTED", "Terminated", "error", "non_negative_float", "positive_int",
-           "stop_on_sigterm", "stopped_how"]
+__all__ = ["BAD_INPUT", "FAILED", "INTERRUPTED", "Terminated", "error", "non_negative_float", "non_negative_int",
+           "positive_int", "stop_on_sigterm", "stopped_how"]
 
 FAILED, BAD_INPUT, INTERRUPTED = 1, 2, 130
 
@@ -26,18 +26,29 @@ def error(command: str, message: Any, status: int = BAD_INPUT) -> int:
     return status
 
 
-def positive_int(name: str) -> Callable[[str], int]:
-    """An argparse type: an integer >= 1, its error naming ``name``."""
+def _integer(name: str, low: int) -> Callable[[str], int]:
+    what = "a positive integer" if low == 1 else f"an integer >= {low}"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be a positive integer, got {value}")
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {value}")
         return value
 
     return parse
+
+
+def positive_int(name: str) -> Callable[[str], int]:
+    """An argparse type: an integer >= 1, its error naming ``name``."""
+    return _integer(name, 1)
+
+
+def non_negative_int(name: str) -> Callable[[str], int]:
+    """An argparse type: an integer >= 0, its error naming ``name``."""
+    return _integer(name, 0)
 
 
 def non_negative_float(name: str, *, finite: bool = False) -> Callable[[str], float]:

@@ -19,66 +19,63 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._args import BAD_INPUT, FAILED, INTERRUPTED, stop_on_sigterm, stopped_how
+from ._args import BAD_INPUT, FAILED, INTERRUPTED, non_negative_int, stop_on_sigterm, stopped_how
 
 PROG = "decaylab train"
-_VALUED = ("--out", "--checkpoint-dir", "--checkpoint-every")
-_FLAGS = ("--resume", "--quiet", "-h", "--help")
-
-
 HELP = "train one run (a TOML config, --field value overrides); data-parallel under torchrun"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``train`` for the help listing; :func:`main` parses its arguments (its ``--field value``
-    pairs are TrainConfig's fields)."""
-    return subparsers.add_parser("train", help=HELP)
+    """Register ``train``: a config file, then one option per TrainConfig field (``--weight_decay`` and
+    ``--weight-decay`` alike), read from the fields' own metadata; and where results go."""
+    import dataclasses
 
+    from ..train.config import TrainConfig
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, usage=f"{PROG} [CONFIG.toml] [--FIELD VALUE ...] [--out PATH] [--checkpoint-dir DIR] "
-                         "[--checkpoint-every N] [--resume] [--quiet]",
-        description="Train one run of a TrainConfig: fields from a TOML file, then '--field value' overrides "
-                    "(any TrainConfig field, e.g. --lr 3e-3 --weight_decay 0.1 --steps 500; values read as TOML). "
+    parser = subparsers.add_parser(
+        "train", help=HELP,
+        description="Train one run of a TrainConfig: fields from a TOML file, then --field value overrides. "
                     "Under 'torchrun --nproc_per_node N' the N processes train it data-parallel (DDP), each on "
                     "1/N of every batch; rank 0 writes the result and the checkpoints.")
     parser.add_argument("config", nargs="?", default=None, metavar="CONFIG.toml",
                         help="a TOML file of TrainConfig fields (default: TrainConfig's defaults)")
     parser.add_argument("--out", default=None, metavar="PATH", help="write the RunResult here as JSON (rank 0)")
     parser.add_argument("--checkpoint-dir", default=None, metavar="DIR", help="checkpoints go here (rank 0)")
-    parser.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+    parser.add_argument("--checkpoint-every", type=non_negative_int("--checkpoint-every"), default=0, metavar="N",
                         help="steps between checkpoints (default 0: at the end only)")
     parser.add_argument("--resume", action="store_true", help="continue from the run's checkpoint if there is one")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    fields = parser.add_argument_group("TrainConfig fields", "override the config file's values; each is checked "
+                                                             "as the config checks it")
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata["meta"]
+        flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        fields.add_argument(*flags, dest=f"{_FIELD}{f.name}", default=None, metavar=meta.kind.upper(),
+                            help=f"{meta.help}: {meta.allowed()} (default {f.default!r})".replace("%", "%%"))
+    parser.set_defaults(handler=run, unrecognized=_unrecognized)
     return parser
 
 
-def main(argv: list[str]) -> int:
-    """Parse ``[CONFIG.toml] [--field value ...] [options]``, train, write the result (rank 0)."""
+_FIELD = "field:"  # the dest prefix of a field's option (not a valid identifier: no clash with the others)
+
+
+def _unrecognized(extra: list[str]) -> str:
+    """The one-line error for arguments that are not options: an unknown field names its closest match."""
+    from ..train.config import unknown_key
+
+    flag = next((a for a in extra if a.startswith("--")), None)
+    if flag is None:
+        return f"unrecognized arguments: {' '.join(extra)}"
+    return str(unknown_key(flag.split("=")[0][2:].replace("-", "_"), "the command line"))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train ``args.config`` with the field overrides, write the result (rank 0)."""
     from .._paths import check_output_dir, check_output_file, describe_os_error
     from ..data import DataFileError
     from ..store import divergence, json_safe
-    from ..train.distributed import load_config, train_distributed, world
-
-    argv = list(argv)
-    options, overrides, i = [], [], 0
-    while i < len(argv):
-        token = argv[i]
-        if token in _FLAGS or (i == 0 and not token.startswith("-")):
-            options.append(token)
-            i += 1
-        elif token in _VALUED or token.split("=")[0] in _VALUED:
-            step = 1 if "=" in token else 2
-            options += argv[i:i + step]
-            i += step
-        elif token.startswith("--") and "=" in token:  # --field=value
-            overrides += token.split("=", 1)
-            i += 1
-        else:
-            overrides += argv[i:i + 2]
-            i += 2
-    args = _parser().parse_args(options)
+    from ..train.config import load_config, parse_value
+    from ..train.distributed import train_distributed, world
 
     def error(message: object, status: int = BAD_INPUT) -> int:
         print(f"{PROG}: error: {message}", file=sys.stderr)
@@ -86,6 +83,8 @@ def main(argv: list[str]) -> int:
 
     writes = world()[0] == 0
     try:  # everything that can be found out before training, so that no run is trained for nothing
+        overrides = {name[len(_FIELD):]: parse_value(name[len(_FIELD):], text) for name, text in vars(args).items()
+                     if name.startswith(_FIELD) and text is not None}
         config = load_config(args.config, overrides)
         if writes and args.out is not None:
             check_output_file(args.out, "--out")

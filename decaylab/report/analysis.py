@@ -63,14 +63,13 @@ from typing import Any
 import numpy as np
 
 from ..store import Run
+from ..store.schema import PER_MODEL_BEFORE_V3
 
 __all__ = [
     "MethodGrid", "choose_metric", "metric_value", "build_grids", "good_region", "separability",
     "diagonal_slope", "additivity", "method_summary",
 ]
 
-# Config fields that span the grid (or are averaged over); the rest identify the method.
-GRID_FIELDS = ("lr", "weight_decay", "seed")
 # Default metrics in order of preference when the caller names none.
 METRIC_PREFERENCE = ("test_error", "val_loss", "test_loss")
 
@@ -167,19 +166,22 @@ def _tick(value: Any) -> str:
     return json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
 
 
-def build_grids(runs: Sequence[Run], metric: str) -> list[MethodGrid]:
+def build_grids(runs: Sequence[Run], metric: str,
+                per_model: Sequence[str] = PER_MODEL_BEFORE_V3) -> list[MethodGrid]:
     """Group finished runs into methods and average each lr × λ cell over seeds.
 
-    A method is a label; if a label's runs differ in config fields other than ``lr``,
-    ``weight_decay`` and ``seed`` (say two numbers of epochs), each combination is its own method,
-    named ``"label [field=value, ...]"``. Methods keep the order in which their labels first appear.
+    ``per_model``: the config fields that vary within a stacked group (the sweep's record:
+    :attr:`decaylab.store.SweepData.per_model`), which span the grid (``lr``, ``weight_decay``) or are
+    averaged over (``seed``). A method is a label; if a label's runs differ in other config fields (say
+    two numbers of epochs), each combination is its own method, named ``"label [field=value, ...]"``.
+    Methods keep the order in which their labels first appear.
     """
     by_label: dict[str, list[Run]] = {}
     for run in runs:
         by_label.setdefault(run.label, []).append(run)
     grids = []
     for label, members in by_label.items():
-        keys = sorted({key for run in members for key in run.config} - set(GRID_FIELDS))
+        keys = sorted({key for run in members for key in run.config} - set(per_model))
         varying = [key for key in keys if len({_tick(run.config.get(key)) for run in members}) > 1]
         groups: dict[tuple, list[Run]] = {}
         for run in members:

@@ -204,7 +204,7 @@ def build_report(
         raise ValueError(f"delta must be a finite number >= 0 (in the metric's units), got {delta!r}")
     data = load_sweep(store_path, sweep)
     metric = choose_metric(data.runs, metric)
-    grids = build_grids(data.runs, metric)
+    grids = build_grids(data.runs, metric, data.per_model)
     names = [grid.name for grid in grids]
     slugs = unique_slugs(names)
     out = Path(out_dir) if out_dir is not None else default_out_dir(store_path, data.name)

@@ -34,13 +34,22 @@ ValueError: sweep 'other' is not in the store ...; available sweeps: demo
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .schema import SCHEMA, STATUSES, NotAStoreError, check_schema, decode_config, decode_final
+from .schema import (
+    PER_MODEL_BEFORE_V3,
+    SCHEMA,
+    STATUSES,
+    NotAStoreError,
+    check_schema,
+    decode_config,
+    decode_final,
+)
 
 __all__ = ["SCHEMA", "Run", "SweepData", "load_sweep", "load_curves", "sweep_names"]
 
@@ -63,7 +72,8 @@ class SweepData:
 
     ``runs`` holds the runs with status ``done``; ``status_counts`` counts every run of the sweep by
     status (per method label in ``label_counts``); ``spec`` is the sweep's spec text ("" if the
-    ``sweeps`` table has no row for it).
+    ``sweeps`` table has no row for it); ``per_model`` the config fields that vary within a stacked
+    group (the sweep's record in ``sweep_meta``; for a store from before it was kept, what they were then).
     """
 
     store_path: str
@@ -75,6 +85,7 @@ class SweepData:
     label_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     first_error: str | None = None
     spec_versions: list[tuple[int, str]] = field(default_factory=list)  # (version, text): every spec it ran with
+    per_model: tuple[str, ...] = PER_MODEL_BEFORE_V3  # config fields that vary within a stacked group
 
     @property
     def diverged(self) -> int:
@@ -146,6 +157,11 @@ def load_sweep(store_path: str | os.PathLike, sweep: str | None = None) -> Sweep
         row = db.execute("SELECT spec, created FROM sweeps WHERE name = ?", (sweep,)).fetchone()
         spec, created = (row[0], row[1]) if row else ("", None)
         tables = _tables(db)
+        per_model = PER_MODEL_BEFORE_V3
+        if "sweep_meta" in tables:
+            row = db.execute("SELECT value FROM sweep_meta WHERE sweep = ? AND name = 'per_model'", (sweep,)).fetchone()
+            if row is not None:
+                per_model = tuple(json.loads(row[0]))
         versions = []
         if "spec_versions" in tables:
             versions = db.execute("SELECT version, spec FROM spec_versions WHERE sweep = ? ORDER BY version",
@@ -184,6 +200,7 @@ def load_sweep(store_path: str | os.PathLike, sweep: str | None = None) -> Sweep
         store_path=os.fspath(store_path), name=sweep, spec=spec, created=created, runs=runs,
         status_counts=counts, label_counts=label_counts, first_error=first_error,
         spec_versions=[(int(v), text) for v, text in versions] or ([(1, spec)] if spec else []),
+        per_model=per_model,
     )
 
 

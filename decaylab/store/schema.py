@@ -4,9 +4,11 @@ advise and the reproductions). Standard library only, so that the report can rea
 importing the sweep engine or torch.
 
 The contract tables are ``runs``, ``curves`` and ``sweeps``; ``leases`` (which process holds a
-running run), ``spec_versions`` (every spec text a sweep was run with: version 1, 2, ...) and
+running run), ``spec_versions`` (every spec text a sweep was run with: version 1, 2, ...),
 ``run_meta`` (per run: the spec version that labelled it, how many times its process died, and
-why it diverged) were added later, so a store written before them lacks them; a writer adds them.
+why it diverged) and ``sweep_meta`` (per sweep, JSON values by name: ``per_model``, the config fields
+that vary within a stacked group, which the report reads instead of importing the config class)
+were added later, so a store written before them lacks them; a writer adds them.
 :func:`check_schema` is the one test of whether a SQLite file is a decaylab store.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ STATUSES = ("pending", "running", "done", "failed")
 
 #: ``PRAGMA user_version`` of a store this decaylab writes; a store with a larger one was written by
 #: a newer decaylab and is refused (its tables may mean something else).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: ``PRAGMA application_id`` of a store created by this decaylab ("dclb"): a SQLite file with another
 #: application id belongs to another program.
 APPLICATION_ID = 0x64636C62
@@ -43,6 +45,8 @@ CREATE TABLE IF NOT EXISTS spec_versions (sweep TEXT NOT NULL, version INTEGER N
   created REAL NOT NULL, PRIMARY KEY (sweep, version));
 CREATE TABLE IF NOT EXISTS run_meta (run_id INTEGER PRIMARY KEY REFERENCES runs(id), spec_version INTEGER,
   deaths INTEGER NOT NULL DEFAULT 0, diverged TEXT);
+CREATE TABLE IF NOT EXISTS sweep_meta (sweep TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
+  PRIMARY KEY (sweep, name));
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (sweep, status);
 """
 
@@ -54,9 +58,13 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "leases": ("run_id", "host", "pid", "proc_start", "heartbeat"),
     "spec_versions": ("sweep", "version", "spec", "created"),
     "run_meta": ("run_id", "spec_version", "deaths", "diverged"),
+    "sweep_meta": ("sweep", "name", "value"),
 }
 #: The tables every store has (the contract); the others are added by a writer when missing.
 CORE_TABLES = ("runs", "curves", "sweeps")
+#: The config fields that vary within a stacked group of a sweep whose store does not record them
+#: (``sweep_meta.per_model``, written since schema version 3): what decaylab's TrainConfig had then.
+PER_MODEL_BEFORE_V3 = ("lr", "weight_decay", "seed")
 
 
 class NotAStoreError(ValueError):

@@ -365,6 +365,14 @@ class Store:
         row = self._conn.execute("SELECT spec, created FROM sweeps WHERE name = ?", (sweep,)).fetchone()
         return [] if row is None else [{"version": 1, "spec": row[0], "created": row[1]}]
 
+    def sweep_meta(self, sweep: str) -> dict[str, Any]:
+        """What the store records about ``sweep`` beyond its spec (``per_model``: the config fields that
+        vary within a stacked group), JSON-decoded; ``{}`` for a store or sweep from before it was kept."""
+        if "sweep_meta" not in self._tables:
+            return {}
+        rows = self._conn.execute("SELECT name, value FROM sweep_meta WHERE sweep = ?", (sweep,)).fetchall()
+        return {name: json.loads(value) for name, value in rows}
+
     def statuses(self, sweep: str) -> dict[str, str]:
         """``run key -> status`` for every run of ``sweep`` (cheap: decodes no JSON)."""
         return dict(self._conn.execute("SELECT key, status FROM runs WHERE sweep = ?", (sweep,)).fetchall())
@@ -380,14 +388,16 @@ class Store:
 
     def register(self, sweep: str, spec_text: str, configs: Iterable[tuple[str, Any]], *,
                  key: Callable[[Any], str] | None = None, to_dict: Callable[[Any], dict] | None = None,
-                 allow_spec_change: bool = False) -> int:
+                 allow_spec_change: bool = False, per_model: Sequence[str] | None = None) -> int:
         """Record a sweep, its spec text and its runs as ``pending``; runs already in the store (same
         sweep and key, any status) are left as they are. Returns how many runs were new.
 
         ``configs`` are ``(label, config)`` pairs; a run's key and stored JSON are
         ``config.key()`` and ``config.to_dict()`` unless ``key`` / ``to_dict`` are given.
         A spec text the sweep has not had before becomes its next version (:meth:`spec_versions`;
-        ``sweeps.spec`` holds the latest), and the new runs are labelled with it.
+        ``sweeps.spec`` holds the latest), and the new runs are labelled with it. ``per_model``: the
+        config fields that vary within a stacked group (the run config class's own list), kept in
+        ``sweep_meta`` for readers that group runs into methods (:meth:`sweep_meta`).
 
         Raises:
             SpecConflictError: the spec gives a run the store already holds another label (a renamed
@@ -409,6 +419,10 @@ class Store:
             if relabelled and not (allow_spec_change or known):
                 raise SpecConflictError(_conflict_message(sweep, self.path, relabelled))
             version = self._spec_version(conn, sweep, spec_text, now)
+            if per_model is not None:
+                conn.execute("INSERT INTO sweep_meta (sweep, name, value) VALUES (?, 'per_model', ?) "
+                             "ON CONFLICT (sweep, name) DO UPDATE SET value = excluded.value",
+                             (sweep, json.dumps(list(per_model))))
             conn.execute("INSERT INTO sweeps (name, spec, created) VALUES (?, ?, ?) "
                          "ON CONFLICT (name) DO UPDATE SET spec = excluded.spec", (sweep, spec_text, now))
             for (run_id, _, status), label in relabelled:

@@ -374,7 +374,10 @@ def _register(spec: Spec, store: Store, retry_failed: bool, allow_spec_change: b
     configs = {c.key(): (label, c) for label, c in spec.configs()}
     stack_keys = {key: c.stack_key() for key, (_, c) in configs.items()}
     versions = store.spec_versions(spec.name)
-    added = store.register(spec.name, spec.text, spec.configs(), allow_spec_change=allow_spec_change)
+    first = next(iter(configs.values()), (None, None))[1]
+    per_model = getattr(type(first), "per_model_fields", None)  # the config class's own list (TrainConfig's)
+    added = store.register(spec.name, spec.text, spec.configs(), allow_spec_change=allow_spec_change,
+                           per_model=per_model() if per_model else None)
     if versions and all(v["spec"] != spec.text for v in versions):
         others = sum(1 for key in store.statuses(spec.name) if key not in configs)
         print(f"note: sweep {spec.name!r} is in {store.path} from a different spec text; the store keeps its "

@@ -52,9 +52,10 @@ Size: the number of runs is counted before anything is expanded; a spec may expa
 ``--yes`` (``run_sweep(yes=True)``) unless the spec's ``max_runs`` covers it. ``max_runs`` is also
 a cap: a spec that expands to more runs than its ``max_runs`` is an error.
 
-Every key and value is checked before anything runs: an unknown key raises a ``ValueError`` that
-names it, its section, the allowed keys and the closest match; a bad value names the field and
-what it may be.
+Every key and value is checked before anything runs, against the config class's own schema
+(:mod:`decaylab.train.config`: each field's metadata states its type, choices and range once): an
+unknown key raises a ``ValueError`` that names it, its section, the allowed keys and the closest
+match; a bad value names the field, where it is, and what it may be.
 
 >>> spec = load_spec('''
 ... name = "tiny"
@@ -65,10 +66,10 @@ what it may be.
 ... [[methods]]
 ... label = "AdamW"
 ... decay = "decoupled"
-... ''', config_class=_ExampleConfig)
+... ''')
 >>> [(label, c.lr) for label, c in spec.configs()]
 [('AdamW', 0.001), ('AdamW', 0.01), ('AdamW', 0.1)]
->>> load_spec('name = "x"\n[grid]\nlearning_rate = [0.1]', config_class=_ExampleConfig)
+>>> load_spec('name = "x"\n[grid]\nlearning_rate = [0.1]')
 Traceback (most recent call last):
 ...
 ValueError: unknown key 'learning_rate' in [grid]; allowed: TrainConfig fields (dataset, ...) (did you mean 'lr'?)
@@ -79,21 +80,12 @@ import difflib
 import itertools
 import math
 import os
-import sys
-import typing
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    try:
-        import tomli as tomllib  # type: ignore[no-redef]
-    except ModuleNotFoundError as error:
-        raise ModuleNotFoundError("reading sweep specs on Python 3.10 needs the 'tomli' package: "
-                                  "pip install tomli") from error
+from decaylab import _toml
 
 __all__ = ["Spec", "load_spec", "find_spec", "available_specs", "log_grid", "linear_grid", "TOP_LEVEL_KEYS",
            "GRID_HELPERS", "MAX_RUNS", "CONFIRM_RUNS"]
@@ -108,11 +100,6 @@ MAX_RUNS = 100_000
 #: A sweep of more runs than this needs a confirmation (``--yes``, or ``max_runs`` in the spec).
 CONFIRM_RUNS = 5_000
 SPECS_DIR = Path(__file__).parent / "specs"
-
-# Allowed values of the TrainConfig fields that have a fixed set (decaylab.train's contract).
-OPTIMIZERS = ("adam", "sgd")
-LR_SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "restarts")
-PRECISIONS = ("fp32", "bf16-autocast", "bf16")
 
 
 def _round(value: float) -> float:
@@ -168,7 +155,7 @@ def _check_helper_args(helper: str, low: Any, high: Any, num: Any, *, positive: 
 
 
 # ----------------------------------------------------------------------------------------------
-# TrainConfig fields: their types and allowed values
+# The run config's schema
 
 
 def _default_config_class() -> type:
@@ -178,151 +165,38 @@ def _default_config_class() -> type:
 
 
 @dataclass(frozen=True)
-class _FieldInfo:
-    name: str
-    kind: str  # "str" | "int" | "float" | "bool" | "tuple" | "other"
-    optional: bool  # may be None (then only by leaving it out of the spec)
-    length: int | None = None  # a tuple's fixed length (None: any length)
-    module: Any = None  # the config class's module, for its lists of allowed values
+class _Schema:
+    """What the spec needs to know of the run config class: its field names, the check of one value
+    (``check(name, value, where)``), which fields hold a tuple (so that a list of lists is an axis), and
+    the error for an unknown key. TrainConfig states all of it itself (``decaylab.train.config``)."""
+
+    names: list[str]
+    check: Callable[[str, Any, str], Any]
+    is_tuple: Callable[[str], bool]
+    unknown: Callable[..., ValueError]
 
 
-def _field_infos(config_class: type) -> dict[str, _FieldInfo]:
+def _schema(config_class: type) -> _Schema:
     if not is_dataclass(config_class):
         raise TypeError(f"config_class must be a dataclass (decaylab.train.TrainConfig), got {config_class!r}")
-    try:
-        hints = typing.get_type_hints(config_class)
-    except Exception:  # unresolvable annotations: fall back to the defaults' types
-        hints = {}
-    infos = {}
-    for f in fields(config_class):
-        if not f.init:
-            continue
-        hint = hints.get(f.name)
-        default = f.default if f.default is not MISSING else None
-        module = sys.modules.get(config_class.__module__)
-        infos[f.name] = _FieldInfo(f.name, *_kind_of(hint, default), module=module)
-    return infos
+    names = [f.name for f in fields(config_class) if f.init]
+    meta = getattr(config_class, "field_meta", None)
+    if meta is not None:  # TrainConfig: its own metadata says everything
+        return _Schema(names, config_class.check_field, lambda name: meta(name).kind == "floats",
+                       config_class.unknown_key)
+    # A stand-in config class (tests written from the contract): its defaults' types; its constructor checks.
+    defaults = {f.name: f.default for f in fields(config_class) if f.init and f.default is not MISSING}
 
+    def check(name: str, value: Any, where: str) -> Any:
+        return tuple(value) if isinstance(defaults.get(name), tuple) and isinstance(value, list) else value
 
-def _kind_of(hint: Any, default: Any) -> tuple[str, bool, int | None]:
-    optional = False
-    args = typing.get_args(hint)
-    if args and type(None) in args:  # X | None
-        optional = True
-        rest = [a for a in args if a is not type(None)]
-        hint = rest[0] if len(rest) == 1 else None
-    origin = typing.get_origin(hint)
-    for kind, cls in (("bool", bool), ("int", int), ("float", float), ("str", str)):
-        if hint is cls:
-            return kind, optional, None
-    if origin is tuple or hint is tuple:
-        args = typing.get_args(hint)
-        return "tuple", optional, (None if not args or Ellipsis in args else len(args))
-    if hint is None:  # no usable annotation: go by the default
-        if default is None:
-            return "other", True, None
-        if isinstance(default, tuple):
-            return "tuple", optional, None
-        for kind, cls in (("bool", bool), ("int", int), ("float", float), ("str", str)):
-            if isinstance(default, cls):
-                return kind, optional, None
-    return "other", optional, None
+    def unknown(key: str, where: str, extra: Iterable[str] = ()) -> ValueError:
+        allowed = [*extra, *names]
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return ValueError(f"unknown key {key!r} in {where}; allowed: {', '.join(allowed)}{hint}")
 
-
-# field -> the name of its tuple of allowed values in the config class's module (decaylab.train.config)
-_CHOICE_LISTS = {"optimizer": "OPTIMIZERS", "schedule": "SCHEDULES", "precision": "PRECISIONS",
-                 "decay_schedule": "DECAY_SCHEDULES"}
-
-
-def _choices(name: str, module: Any = None) -> tuple[str, ...] | None:
-    listed = getattr(module, _CHOICE_LISTS.get(name, "-"), None)
-    if isinstance(listed, tuple):
-        return listed
-    if name in ("decay", "decay_scale"):
-        from decaylab.optim.rules import RULES, SCALES  # imports torch: only when a spec is read
-
-        return tuple(RULES) if name == "decay" else SCALES
-    if name == "optimizer":
-        return OPTIMIZERS
-    if name == "schedule":
-        return LR_SCHEDULES
-    if name == "precision":
-        return PRECISIONS
-    if name == "dataset":
-        from decaylab.data import available
-
-        return tuple(info.name for info in available())
-    if name == "model":
-        from decaylab.models import available
-
-        return tuple(available())
-    return None
-
-
-# name -> (test, what is allowed); numbers are checked after their type.
-_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "lr": (lambda v: v > 0, "a finite number > 0"),
-    "weight_decay": (lambda v: v >= 0, "a finite number >= 0"),
-    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "eps": (lambda v: v >= 0, "a finite number >= 0"),
-    "epochs": (lambda v: v > 0, "a finite number > 0"),
-    "steps": (lambda v: v >= 1, "an integer >= 1 (leave it out to use epochs)"),
-    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
-    "seed": (lambda v: v >= 0, "an integer >= 0"),
-    "eval_every": (lambda v: v >= 0, "an integer >= 0 (0: evaluate only at the end)"),
-    "grad_clip": (lambda v: v > 0, "a finite number > 0 (leave it out for no clipping)"),
-}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_value(info: _FieldInfo, value: Any, where: str) -> Any:
-    """The value as the config wants it (ints become floats for float fields), or a ValueError."""
-    name = info.name
-    at = f"{name} in {where}"
-    if info.kind == "bool":
-        if not isinstance(value, bool):
-            raise ValueError(f"{at} must be true or false, got {value!r}")
-        return value
-    if info.kind == "str":
-        if not isinstance(value, str):
-            raise ValueError(f"{at} must be a string, got {value!r}")
-        allowed = _choices(name, info.module)
-        if name == "dataset":  # names are matched case-insensitively (decaylab.data.load)
-            value = value.lower()
-        if allowed is not None and value not in allowed:
-            close = difflib.get_close_matches(value, allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"{at} must be one of {', '.join(map(repr, allowed))}; got {value!r}{hint}")
-        return value
-    if info.kind in ("int", "float"):
-        rule = _RANGES.get(name, (lambda v: True, "a finite number"))
-        what = rule[1]
-        if info.kind == "int":
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{at} must be {what if what.startswith('an integer') else 'an integer'}, "
-                                 f"got {value!r}")
-        else:
-            if not _is_number(value) or not math.isfinite(value):
-                raise ValueError(f"{at} must be {what}, got {value!r}")
-            value = float(value)
-        if not rule[0](value):
-            raise ValueError(f"{at} must be {what}, got {value!r}")
-        return value
-    if info.kind == "tuple":
-        length = info.length
-        what = "a pair of numbers like [0.9, 0.999]" if length == 2 else (
-            f"a list of {length} numbers" if length else "a list of numbers like [0.5, 0.75]")
-        if (not isinstance(value, (list, tuple)) or (length is not None and len(value) != length)
-                or not all(_is_number(v) and math.isfinite(v) for v in value)):
-            raise ValueError(f"{at} must be {what}, got {value!r}")
-        if name == "betas" and not all(0 <= v < 1 for v in value):
-            raise ValueError(f"{at} must be two numbers in [0, 1), got {value!r}")
-        return tuple(float(v) for v in value)
-    return value
+    return _Schema(names, check, lambda name: isinstance(defaults.get(name), tuple), unknown)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -371,22 +245,12 @@ def load_spec(source: str | os.PathLike[str], *, config_class: type | None = Non
     path: Path | None = None
     if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source and "=" not in source):
         path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"sweep spec file {str(path)!r} does not exist")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as error:
-            raise ValueError(f"sweep spec file {str(path)!r} is not UTF-8 text (byte {error.object[error.start]:#04x} "
-                             f"at offset {error.start}); save it as UTF-8") from None
+        data, text = _toml.read_toml(path, "sweep spec file")
     elif isinstance(source, str):
         text = source
+        data = _toml.loads(text, "the sweep spec")
     else:
         raise TypeError(f"load_spec takes a path or TOML text, got {type(source).__name__}")
-    where = f" in {str(path)!r}" if path else ""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"the sweep spec{where} is not valid TOML: {error}") from None
     return _build(data, text, path, config_class or _default_config_class())
 
 
@@ -411,40 +275,28 @@ def find_spec(name_or_path: str | os.PathLike[str]) -> Path:
                             f"{', '.join(available_specs()) or 'none'})")
 
 
-# Names people write for TrainConfig fields, for the did-you-mean of an unknown key.
-_ALIASES = {
-    "learning_rate": "lr", "learningrate": "lr", "eta": "lr", "wd": "weight_decay", "lambda": "weight_decay",
-    "lam": "weight_decay", "decay_rate": "weight_decay", "form": "decay", "decay_form": "decay",
-    "scale": "decay_scale", "convention": "decay_scale", "seeds": "seed", "bs": "batch_size", "batch": "batch_size",
-    "optim": "optimizer", "scheduler": "schedule", "lr_schedule": "schedule", "beta1": "betas", "beta2": "betas",
-    "epoch": "epochs", "num_steps": "steps", "max_steps": "steps", "warmup": "warmup_steps", "data": "dataset",
-    "arch": "model",
-}
-
-
-def _unknown_key(key: str, section: str, allowed: Iterable[str], what: str = "") -> ValueError:
+def _unknown_key(key: str, section: str, allowed: Iterable[str]) -> ValueError:
+    """The error for a key of the spec's own (not a config field): the allowed keys and the closest match."""
     allowed = list(allowed)
-    alias = _ALIASES.get(key.lower().replace("-", "_"))
-    close = [alias] if alias in allowed else difflib.get_close_matches(key, allowed, n=1)
+    close = difflib.get_close_matches(key, allowed, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    listed = f"{what} ({', '.join(allowed)})" if what else ", ".join(allowed)
-    return ValueError(f"unknown key {key!r} in {section}; allowed: {listed}{hint}")
+    return ValueError(f"unknown key {key!r} in {section}; allowed: {', '.join(allowed)}{hint}")
 
 
-def _is_axis(info: _FieldInfo, value: Any) -> bool:
+def _is_axis(schema: _Schema, name: str, value: Any) -> bool:
     """Whether a method's value is a grid axis (a list or a helper table) rather than one value."""
     if isinstance(value, dict):
         return True
     if isinstance(value, list):
-        if info.kind == "tuple":  # one tuple, or a list of them
+        if schema.is_tuple(name):  # one tuple, or a list of them
             return bool(value) and all(isinstance(v, list) for v in value)
         return True
     return False
 
 
-def _axis(info: _FieldInfo, value: Any, where: str) -> list[Any]:
+def _axis(schema: _Schema, name: str, value: Any, where: str) -> list[Any]:
     """The values of one grid axis, each checked."""
-    at = f"{info.name} in {where}"
+    at = f"{name} in {where}"
     if isinstance(value, dict):
         helpers = [k for k in value if k in GRID_HELPERS]
         for key in value:
@@ -485,7 +337,7 @@ def _axis(info: _FieldInfo, value: Any, where: str) -> list[Any]:
         values = value
     else:
         values = [value]
-    checked = [_check_value(info, v, where) for v in values]
+    checked = [schema.check(name, v, where) for v in values]
     seen: list[Any] = []
     for v in checked:
         if v in seen:
@@ -495,9 +347,7 @@ def _axis(info: _FieldInfo, value: Any, where: str) -> list[Any]:
 
 
 def _build(data: dict[str, Any], text: str, path: Path | None, config_class: type) -> Spec:
-    infos = _field_infos(config_class)
-    field_names = list(infos)
-    config_fields = "TrainConfig fields"
+    schema = _schema(config_class)
     for key in data:
         if key not in TOP_LEVEL_KEYS:
             raise _unknown_key(key, "the top level of the spec", TOP_LEVEL_KEYS)
@@ -514,19 +364,19 @@ def _build(data: dict[str, Any], text: str, path: Path | None, config_class: typ
 
     base: dict[str, Any] = {}
     for key, value in data.get("base", {}).items():
-        if key not in infos:
-            raise _unknown_key(key, "[base]", field_names, config_fields)
-        if _is_axis(infos[key], value):
+        if key not in schema.names:
+            raise schema.unknown(key, "[base]")
+        if _is_axis(schema, key, value):
             raise ValueError(f"{key} in [base] must be one value, got {value!r}; put several values in [grid]")
-        base[key] = _check_value(infos[key], value, "[base]")
+        base[key] = schema.check(key, value, "[base]")
 
     grid: dict[str, list[Any]] = {}
     for key, value in data.get("grid", {}).items():
-        if key not in infos:
-            raise _unknown_key(key, "[grid]", field_names, config_fields)
+        if key not in schema.names:
+            raise schema.unknown(key, "[grid]")
         if key in base:
             raise ValueError(f"{key} is set in both [base] and [grid]; keep it in one of them")
-        grid[key] = _axis(infos[key], value, "[grid]")
+        grid[key] = _axis(schema, key, value, "[grid]")
 
     max_runs = data.get("max_runs")
     if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, int)
@@ -554,13 +404,13 @@ def _build(data: dict[str, Any], text: str, path: Path | None, config_class: typ
         for key, value in method.items():
             if key in METHOD_KEYS:
                 continue
-            if key not in infos:
-                raise _unknown_key(key, where, [*METHOD_KEYS, *field_names], f"label and {config_fields}")
-            if _is_axis(infos[key], value):
-                axes[key] = _axis(infos[key], value, where)
+            if key not in schema.names:
+                raise schema.unknown(key, where, METHOD_KEYS)
+            if _is_axis(schema, key, value):
+                axes[key] = _axis(schema, key, value, where)
                 fixed.pop(key, None)
             else:
-                fixed[key] = _check_value(infos[key], value, where)
+                fixed[key] = schema.check(key, value, where)
                 axes.pop(key, None)
         plans.append((label, where, fixed, axes))
     # Counted before any run is made: a 1000 × 1000 grid is refused at once, not after minutes and gigabytes.
@@ -590,18 +440,3 @@ def _build(data: dict[str, Any], text: str, path: Path | None, config_class: typ
             runs.append((label, config))
     return Spec(name=name, text=text, description=description, path=path, max_runs=max_runs, methods=labels,
                 _runs=runs)
-
-
-@dataclass(frozen=True)
-class _ExampleConfig:
-    """A stand-in run config for this module's doctests (the real one is decaylab.train.TrainConfig)."""
-
-    dataset: str = "mnist1d"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    decay: str = "decoupled"
-    epochs: float = 10
-    seed: int = 0
-
-    def key(self) -> str:
-        return repr(self)

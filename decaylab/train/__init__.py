@@ -12,13 +12,23 @@ sets), :mod:`~decaylab.train.engines` (one model or K stacked), :mod:`~decaylab.
 (the loop, checkpoints, progress), :mod:`~decaylab.train.preflight` (what can be checked and
 estimated before a run trains).
 """
-from .config import DECAY_SCHEDULES, OPTIMIZERS, PRECISIONS, SCHEDULES, RunResult, TrainConfig
+from .config import (
+    DECAY_SCHEDULES,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    RunResult,
+    TrainConfig,
+    load_config,
+    per_model_fields,
+)
 from .loop import stack_groups, total_steps, train, train_stacked
 from .preflight import check_runs
 from .schedules import DecaySchedule, LRSchedule, decay_schedule, lr_schedule
 
 __all__ = [
-    "TrainConfig", "RunResult", "train", "train_stacked", "total_steps", "stack_groups", "check_runs",
+    "TrainConfig", "RunResult", "load_config", "per_model_fields", "train", "train_stacked", "total_steps",
+    "stack_groups", "check_runs",
     "LRSchedule", "DecaySchedule", "lr_schedule", "decay_schedule",
     "OPTIMIZERS", "SCHEDULES", "PRECISIONS", "DECAY_SCHEDULES",
 ]

@@ -2,13 +2,19 @@
 
 A config is plain data: every field is a number, a string, a bool, ``None`` or a tuple of
 numbers, so it round-trips through JSON (:meth:`TrainConfig.to_dict` / :meth:`TrainConfig.from_dict`)
-and hashes to a stable run identity (:meth:`TrainConfig.key`). Bad values raise ``ValueError``
-when the config is made, naming the field and what it allows.
+and hashes to a stable run identity (:meth:`TrainConfig.key`).
 
-The fields above ``# --- additions`` are the contract with :mod:`decaylab.sweep` and
-:mod:`decaylab.report`; the fields below it were added later and enter :meth:`TrainConfig.key`
-only when they differ from their defaults, so adding a field never changes the key of an
-existing run.
+**One schema.** Every field carries its metadata (:class:`Meta`: what it is, its type, its choices
+— read from the registries, never copied —, its range, whether it may differ between runs trained as
+one stacked model). Everything else reads it: the config's own validation (:func:`check_field`), sweep
+specs (:mod:`decaylab.sweep.spec`), the ``--field value`` options of ``decaylab train``
+(:func:`parse_value`), one TOML loader for a run config and a spec's tables (:func:`check_fields`,
+:func:`load_config`), and the per-model field list a sweep writes into its store
+(:func:`per_model_fields`). Bad values raise ``ValueError`` naming the field and what it allows.
+
+The fields marked ``addition`` were added after the contract with :mod:`decaylab.sweep` and
+:mod:`decaylab.report`; they enter :meth:`TrainConfig.key` only when they differ from their defaults,
+so adding a field never changes the key of an existing run.
 
 >>> config = TrainConfig(lr=3e-3, weight_decay=0.1, epochs=2)
 >>> TrainConfig.from_dict(config.to_dict()) == config
@@ -19,21 +25,27 @@ True
 Traceback (most recent call last):
 ...
 ValueError: schedule must be one of 'constant', 'cosine', 'warmup_cosine', 'step', 'restarts'; got 'linear'
+>>> per_model_fields()
+('lr', 'weight_decay', 'seed')
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
 import numbers
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from decaylab.optim import OPTIMIZERS as _DECAYLAB_OPTIMIZERS
 from decaylab.optim import RULES, SCALES
 
-__all__ = ["TrainConfig", "RunResult", "OPTIMIZERS", "SCHEDULES", "PRECISIONS", "DECAY_SCHEDULES"]
+__all__ = ["TrainConfig", "RunResult", "Meta", "OPTIMIZERS", "SCHEDULES", "PRECISIONS", "DECAY_SCHEDULES",
+           "check_field", "check_fields", "parse_value", "load_config", "per_model_fields", "field_meta", "unknown_key"]
 
 # decaylab's directions (decaylab.optim.OPTIMIZERS: "adam", "sgd", …), and torch-adamw: torch.optim.AdamW
 # itself (low-precision baselines)
@@ -45,8 +57,104 @@ DECAY_SCHEDULES = ("constant", "early", "late")
 #: The largest seed: torch's generators take 64-bit seeds, and a store or JSON reader may hold only int64.
 MAX_SEED = 2**63 - 1
 
-# Fields that may differ between configs trained together as one stacked model.
-_PER_MODEL = ("lr", "weight_decay", "seed")
+
+# ---------------------------------------------------------------------------------------------- field metadata
+
+
+def _datasets() -> tuple[str, ...]:
+    from decaylab.data import available
+
+    return tuple(info.name for info in available())
+
+
+def _models() -> tuple[str, ...]:
+    from decaylab.models import available
+
+    return tuple(available())
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What a :class:`TrainConfig` field allows, stated once.
+
+    ``kind``: ``"str"``, ``"int"``, ``"float"``, ``"bool"`` or ``"floats"`` (a tuple of numbers, of
+    ``length`` when given, at least ``min_length``); ``choices``: a function returning the allowed
+    names, read from a registry when a value is checked; ``low``/``high``: the range of a number (or
+    of each number of a tuple), open at ``low`` when ``low_open``, closed at ``high`` when
+    ``high_closed``; ``optional``: None is allowed (a spec leaves it out); ``per_model``: it may differ
+    between runs trained together as one stacked model (``lr``, ``weight_decay``, ``seed``);
+    ``addition``: added after the contract (it enters the key only away from its default);
+    ``aliases``: names people write for it (an unknown key's did-you-mean); ``open_choices``: the
+    choices bind a value read from a spec, a config file or the command line (where the name is all
+    there is), not a config made in Python (``train(config, data=...)`` may name data of its own).
+    """
+
+    help: str
+    kind: str
+    choices: Callable[[], Sequence[str]] | None = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_closed: bool = False
+    optional: bool = False
+    length: int | None = None
+    min_length: int = 0
+    per_model: bool = False
+    addition: bool = False
+    aliases: tuple[str, ...] = ()
+    open_choices: bool = False
+
+    def allowed(self) -> str:
+        """What a value may be, in words: ``"a finite number >= 0 and < 1"``, ``"one of 'a', 'b'"``."""
+        if self.choices is not None:
+            return "one of " + ", ".join(map(repr, self.choices()))
+        if self.kind == "bool":
+            return "true or false"
+        if self.kind == "str":
+            return "a non-empty name"
+        if self.kind == "floats":
+            return self._tuple_text()
+        text = f"{'an integer' if self.kind == 'int' else 'a finite number'}{self._range_text()}"
+        return text + (" or None" if self.optional else "")
+
+    def _range_text(self) -> str:
+        def number(x: float) -> str:
+            return str(int(x)) if self.kind == "int" else f"{x:g}"
+
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {number(self.low)}")
+        if self.high is not None:
+            parts.append(f"{'<=' if self.high_closed else '<'} {number(self.high)}")
+        return (" " + " and ".join(parts)) if parts else ""
+
+    def _tuple_text(self) -> str:
+        each = f"each a finite number{self._range_text()}"
+        if self.length == 2:
+            return f"a pair of numbers, {each}"
+        if self.min_length:
+            return f"a list of at least {self.min_length} numbers, {each}, or [] for none"
+        return f"a list of numbers, {each}"
+
+    def in_range(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value <= self.high if self.high_closed else value < self.high)
+        return above and below
+
+
+def _meta(default: Any, help: str, kind: str, **options: Any) -> Any:
+    """A dataclass field with its :class:`Meta`."""
+    return field(default=default, metadata={"meta": Meta(help, kind, **options)})
+
+
+def _check_milestones(value: tuple[float, ...]) -> str | None:
+    if list(value) != sorted(set(value)):
+        return "increasing fractions of the run in (0, 1)"
+    return None
+
+
+# Checks of a field's value that one Meta cannot state (a relation between its numbers).
+_EXTRA_CHECKS: dict[str, Callable[[Any], str | None]] = {"lr_milestones": _check_milestones}
 
 
 @dataclass(frozen=True)
@@ -59,117 +167,83 @@ class TrainConfig:
     by ``η_t`` (:mod:`decaylab.train.schedules`). The run takes ``steps`` optimizer steps, or
     ``round(epochs · steps_per_epoch)`` when ``steps`` is None, where an epoch is
     ``n_train // batch_size`` steps (the last incomplete batch of each epoch is dropped; every
-    epoch is a fresh permutation from a generator seeded by ``seed``).
+    epoch is a fresh permutation from a generator seeded by ``seed``). Each field's ``Meta`` says
+    what it is and allows (``dataclasses.fields(TrainConfig)[i].metadata["meta"]``).
     """
 
-    dataset: str = "mnist1d"  # decaylab.data.load name
-    model: str = "mlp"  # decaylab.models.build name
-    optimizer: str = "adam"  # a decaylab direction ("adam", "sgd": decaylab.optim.OPTIMIZERS) | "torch-adamw"
-    decay: str = "decoupled"  # decaylab decay form
-    decay_scale: str = "lr"
-    lr: float = 1e-3
-    weight_decay: float = 0.0  # in the convention of decay_scale
-    momentum: float = 0.9  # sgd only
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    epochs: float = 10  # or steps
-    steps: int | None = None  # overrides epochs when set
-    batch_size: int = 128
-    schedule: str = "cosine"  # "constant" | "cosine" | "warmup_cosine" | "step" | "restarts"
-    warmup_steps: int = 0  # linear warmup before any schedule: η_t = (t+1)/warmup_steps
-    seed: int = 0  # model init (torch.manual_seed) and data order (a torch.Generator)
-    no_decay_bias_norm: bool = True  # biases and normalization parameters are not decayed
-    eval_every: int = 0  # steps between evaluations (0: only at the end); one curve point each
-    precision: str = "fp32"  # "fp32" | "bf16-autocast" | "bf16"
-    grad_clip: float | None = None  # max global gradient norm (per model when stacked)
-    # --- additions (enter key() only when not at their defaults)
-    final_lr_ratio: float = 0.0  # cosine / restarts anneal to final_lr_ratio·lr
-    lr_milestones: tuple[float, ...] = (0.5, 0.75)  # "step": fractions of the run where lr *= lr_gamma
-    lr_gamma: float = 0.1  # "step": factor at each milestone
-    restart_steps: int | None = None  # "restarts": first period T_0 in steps (None: 3 periods fill the run)
-    restart_mult: int = 2  # "restarts": T_{i+1} = restart_mult·T_i
-    decay_schedule: str = "constant"  # "constant" | "early" (λ until decay_switch) | "late" (λ from it)
-    decay_switch: float = 0.5  # fraction of the run where early decay stops / late decay starts
-    ema_beta: float | None = None  # weight EMA per step; adds ema_* final metrics
-    train_eval_size: int = 1024  # train loss/acc on a fixed random subset of this many training examples
-    block_size: int = 128  # language models: context length
-    lm_eval_batches: int = 8  # language models: batches of batch_size windows per evaluation
-    loss_scale: float = 1.0  # the training loss is multiplied by this (scale-freeness tests); evaluation is unscaled
-    lr_factors: tuple[float, ...] = ()  # multiplies η_t by the piecewise-linear curve through these values at
-    #   evenly spaced fractions of the run (0, 1/(n−1), …, 1); () for none (see decaylab.train.schedules)
-    jacobian_probe: int = 0  # > 0: final metric jacobian_norm, mean ‖∂logits/∂w‖_F over the first N test inputs
+    dataset: str = _meta("mnist1d", "the dataset (decaylab.data.load name; case-insensitive)", "str",
+                         choices=_datasets, aliases=("data",), open_choices=True)
+    model: str = _meta("mlp", "the model (decaylab.models.build name)", "str", choices=_models, aliases=("arch",))
+    optimizer: str = _meta("adam", "the direction: decaylab.optim.OPTIMIZERS, or torch-adamw (torch.optim.AdamW "
+                                   "itself)", "str", choices=lambda: OPTIMIZERS, aliases=("optim",))
+    decay: str = _meta("decoupled", "the decay rule's form (decaylab.optim.RULES)", "str", choices=lambda: tuple(RULES),
+                       aliases=("form", "decay_form"))
+    decay_scale: str = _meta("lr", "the decay's scale s_t, the convention of weight_decay (decaylab.optim.SCALES)",
+                             "str", choices=lambda: SCALES, aliases=("scale", "convention"))
+    lr: float = _meta(1e-3, "the peak learning rate", "float", low=0.0, low_open=True, per_model=True,
+                      aliases=("learning_rate", "learningrate", "eta"))
+    weight_decay: float = _meta(0.0, "λ, in the convention of decay_scale", "float", low=0.0, per_model=True,
+                                aliases=("wd", "lambda", "lam", "decay_rate"))
+    momentum: float = _meta(0.9, "SGD's momentum", "float", low=0.0, high=1.0)
+    betas: tuple[float, float] = _meta((0.9, 0.999), "Adam's (beta1, beta2)", "floats", low=0.0, high=1.0, length=2,
+                                       aliases=("beta1", "beta2"))
+    eps: float = _meta(1e-8, "Adam's epsilon", "float", low=0.0)
+    epochs: float = _meta(10.0, "passes over the training set (unless steps is set)", "float", low=0.0, low_open=True,
+                          aliases=("epoch",))
+    steps: int | None = _meta(None, "optimizer steps; overrides epochs when set", "int", low=1, optional=True,
+                              aliases=("num_steps", "max_steps"))
+    batch_size: int = _meta(128, "examples per step", "int", low=1, aliases=("bs", "batch"))
+    schedule: str = _meta("cosine", "the lr schedule", "str", choices=lambda: SCHEDULES,
+                          aliases=("scheduler", "lr_schedule"))
+    warmup_steps: int = _meta(0, "linear warmup steps before any schedule: η_t = (t+1)/warmup_steps", "int", low=0,
+                              aliases=("warmup",))
+    seed: int = _meta(0, "model init (torch.manual_seed) and data order (a torch.Generator)", "int", low=0,
+                      high=MAX_SEED, high_closed=True, per_model=True, aliases=("seeds",))
+    no_decay_bias_norm: bool = _meta(True, "biases and normalization parameters are not decayed", "bool")
+    eval_every: int = _meta(0, "steps between evaluations (0: only at the end); one curve point each", "int", low=0)
+    precision: str = _meta("fp32", "parameter and compute precision", "str", choices=lambda: PRECISIONS)
+    grad_clip: float | None = _meta(None, "max global gradient norm (per model when stacked); None: no clipping",
+                                    "float", low=0.0, low_open=True, optional=True)
+    final_lr_ratio: float = _meta(0.0, "cosine / restarts anneal to final_lr_ratio·lr", "float", low=0.0, high=1.0,
+                                  high_closed=True, addition=True)
+    lr_milestones: tuple[float, ...] = _meta((0.5, 0.75), "step schedule: fractions of the run where lr *= lr_gamma",
+                                             "floats", low=0.0, low_open=True, high=1.0, addition=True)
+    lr_gamma: float = _meta(0.1, "step schedule: factor at each milestone", "float", low=0.0, addition=True)
+    restart_steps: int | None = _meta(None, "restarts schedule: first period T_0 in steps (None: 3 periods fill the "
+                                            "run)", "int", low=1, optional=True, addition=True)
+    restart_mult: int = _meta(2, "restarts schedule: T_{i+1} = restart_mult·T_i", "int", low=1, addition=True)
+    decay_schedule: str = _meta("constant", "when λ acts: constant, early (until decay_switch), late (from it)", "str",
+                                choices=lambda: DECAY_SCHEDULES, addition=True)
+    decay_switch: float = _meta(0.5, "the fraction of the run where early decay stops / late decay starts", "float",
+                                low=0.0, high=1.0, high_closed=True, addition=True)
+    ema_beta: float | None = _meta(None, "weight EMA per step; adds ema_* final metrics", "float", low=0.0, high=1.0,
+                                   optional=True, addition=True)
+    train_eval_size: int = _meta(1024, "train loss/acc on a fixed random subset of this many training examples",
+                                 "int", low=1, addition=True)
+    block_size: int = _meta(128, "language models: context length", "int", low=1, addition=True)
+    lm_eval_batches: int = _meta(8, "language models: batches of batch_size windows per evaluation", "int", low=1,
+                                 addition=True)
+    loss_scale: float = _meta(1.0, "the training loss is multiplied by this (scale-freeness tests)", "float", low=0.0,
+                              low_open=True, addition=True)
+    lr_factors: tuple[float, ...] = _meta((), "multiplies η_t by the piecewise-linear curve through these values at "
+                                              "evenly spaced fractions of the run", "floats", low=0.0, min_length=2,
+                                          addition=True)
+    jacobian_probe: int = _meta(0, "> 0: final metric jacobian_norm, mean ‖∂logits/∂w‖_F over the first N test "
+                                   "inputs", "int", low=0, addition=True)
 
     # ------------------------------------------------------------------ validation
 
     def __post_init__(self) -> None:
-        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        for name in ("dataset", "model"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} must be a non-empty name (str); got {value!r}")
-        set_("dataset", self.dataset.lower())
-        _check_model(self.model)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("decay", self.decay, tuple(RULES))
-        _choice("decay_scale", self.decay_scale, SCALES)
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, check_field(f.name, getattr(self, f.name), registered=False))
         scales = RULES[self.decay].scales
         if scales is not None and self.decay_scale not in scales:
             raise ValueError(
                 f"decay_scale must be {' or '.join(repr(x) for x in scales)} with decay={self.decay!r} (the decay "
                 f"enters the gradient and is scaled like it); got {self.decay_scale!r}"
             )
-        set_("lr", _real("lr", self.lr, low=0.0, strict=True))
-        set_("weight_decay", _real("weight_decay", self.weight_decay, low=0.0))
-        set_("momentum", _real("momentum", self.momentum, low=0.0, high=1.0))
-        betas = self.betas
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"betas must be a pair (beta1, beta2), each a number in [0, 1); got {betas!r}")
-        set_("betas", tuple(_real(f"betas[{i}]", b, low=0.0, high=1.0) for i, b in enumerate(betas)))
-        set_("eps", _real("eps", self.eps, low=0.0))
-        set_("epochs", _real("epochs", self.epochs, low=0.0, strict=True))
-        if self.steps is not None:
-            set_("steps", _int("steps", self.steps, low=1, none_ok=True))
-        set_("batch_size", _int("batch_size", self.batch_size, low=1))
-        _choice("schedule", self.schedule, SCHEDULES)
-        set_("warmup_steps", _int("warmup_steps", self.warmup_steps, low=0))
         if self.schedule == "warmup_cosine" and self.warmup_steps == 0:
-            raise ValueError("warmup_steps must be an int >= 1 with schedule='warmup_cosine'; got 0")
-        set_("seed", _int("seed", self.seed, low=0, high=MAX_SEED))
-        _bool("no_decay_bias_norm", self.no_decay_bias_norm)
-        set_("eval_every", _int("eval_every", self.eval_every, low=0))
-        _choice("precision", self.precision, PRECISIONS)
-        if self.grad_clip is not None:
-            set_("grad_clip", _real("grad_clip", self.grad_clip, low=0.0, strict=True, none_ok=True))
-        set_("final_lr_ratio", _real("final_lr_ratio", self.final_lr_ratio, low=0.0, high=1.0, high_ok=True))
-        milestones = self.lr_milestones
-        bad_milestones = (
-            f"lr_milestones must be a tuple of fractions of the run in (0, 1), increasing; got {milestones!r}"
-        )
-        if not isinstance(milestones, (tuple, list)):
-            raise ValueError(bad_milestones)
-        milestones = tuple(
-            _real(f"lr_milestones[{i}]", m, low=0.0, high=1.0, strict=True) for i, m in enumerate(milestones)
-        )
-        if list(milestones) != sorted(set(milestones)):
-            raise ValueError(bad_milestones)
-        set_("lr_milestones", milestones)
-        set_("lr_gamma", _real("lr_gamma", self.lr_gamma, low=0.0))
-        if self.restart_steps is not None:
-            set_("restart_steps", _int("restart_steps", self.restart_steps, low=1, none_ok=True))
-        set_("restart_mult", _int("restart_mult", self.restart_mult, low=1))
-        _choice("decay_schedule", self.decay_schedule, DECAY_SCHEDULES)
-        set_("decay_switch", _real("decay_switch", self.decay_switch, low=0.0, high=1.0, high_ok=True))
-        if self.ema_beta is not None:
-            set_("ema_beta", _real("ema_beta", self.ema_beta, low=0.0, high=1.0, none_ok=True))
-        set_("train_eval_size", _int("train_eval_size", self.train_eval_size, low=1))
-        set_("block_size", _int("block_size", self.block_size, low=1))
-        set_("lm_eval_batches", _int("lm_eval_batches", self.lm_eval_batches, low=1))
-        set_("loss_scale", _real("loss_scale", self.loss_scale, low=0.0, strict=True))
-        factors = self.lr_factors
-        if not isinstance(factors, (tuple, list)) or len(factors) == 1:
-            raise ValueError(f"lr_factors must be a tuple of at least 2 numbers >= 0, or () for none; got {factors!r}")
-        set_("lr_factors", tuple(_real(f"lr_factors[{i}]", f, low=0.0) for i, f in enumerate(factors)))
-        set_("jacobian_probe", _int("jacobian_probe", self.jacobian_probe, low=0))
+            raise ValueError("warmup_steps must be an integer >= 1 with schedule='warmup_cosine'; got 0")
         if self.jacobian_probe and self.is_language_model:
             raise ValueError(f"jacobian_probe must be 0 for a language model ({self.model!r}: its Jacobian has "
                              f"block_size·vocab rows per input); got {self.jacobian_probe}")
@@ -187,9 +261,9 @@ class TrainConfig:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         """The config :meth:`to_dict` wrote (missing fields take their defaults)."""
-        if not isinstance(d, dict):
+        if not isinstance(d, Mapping):
             raise ValueError(f"from_dict needs a dict of TrainConfig fields; got {type(d).__name__}")
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(names))
@@ -200,21 +274,27 @@ class TrainConfig:
     def key(self) -> str:
         """A stable run identity: the sha1 of the sorted JSON of the fields (hex, 40 characters).
 
-        Fields added after the contract (those below ``# --- additions``) are left out while
-        they hold their defaults, so an old run's key stays valid when a field is added.
+        Fields added after the contract (``Meta.addition``) are left out while they hold their defaults, so
+        an old run's key stays valid when a field is added.
         """
         d = self.to_dict()
         for f in dataclasses.fields(self):
-            if f.name not in _CONTRACT_FIELDS and getattr(self, f.name) == f.default:
+            if f.metadata["meta"].addition and getattr(self, f.name) == f.default:
                 del d[f.name]
         text = json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha1(text.encode()).hexdigest()
 
+    @property
+    def per_model(self) -> tuple[str, ...]:
+        """The fields that may differ between this config and the others it trains with as one stacked
+        model: :func:`per_model_fields`, only ``seed`` with ``optimizer="torch-adamw"`` (torch's AdamW
+        takes one lr and one λ per group)."""
+        return ("seed",) if self.optimizer == "torch-adamw" else per_model_fields()
+
     def stack_key(self) -> tuple:
-        """Configs with equal stack keys can train together as one stacked model: everything
-        but ``lr``, ``weight_decay`` and ``seed`` is equal (with ``optimizer="torch-adamw"``, all but ``seed``)."""
-        # torch.optim.AdamW takes one lr and one λ per group: only seeds stack.
-        per_model = ("seed",) if self.optimizer == "torch-adamw" else _PER_MODEL
+        """Configs with equal stack keys can train together as one stacked model: every field but
+        :attr:`per_model` is equal."""
+        per_model = self.per_model
         return tuple((k, _hashable(v)) for k, v in sorted(self.to_dict().items()) if k not in per_model)
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -226,14 +306,9 @@ class TrainConfig:
         return self.model.startswith("gpt")
 
 
-_CONTRACT_FIELDS = frozenset(
-    "dataset model optimizer decay decay_scale lr weight_decay momentum betas eps epochs steps batch_size schedule "
-    "warmup_steps seed no_decay_bias_norm eval_every precision grad_clip".split()
-)
-
-
 @dataclass
 class RunResult:
+
     """What one run gives back.
 
     ``final``: ``train_loss``, ``train_acc``, ``test_loss``, ``test_acc`` (language models:
@@ -271,52 +346,184 @@ class RunResult:
                    list(d.get("records", [])))
 
 
-# ---------------------------------------------------------------------- helpers
+
+# ---------------------------------------------------------------------------------------------- the schema's readers
 
 
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
+def field_meta(name: str) -> Meta:
+    """The :class:`Meta` of the field ``name`` (``KeyError`` for a name that is not a field)."""
+    return _METAS[name]
 
 
-def _check_model(name: str) -> None:
-    from decaylab.models import available
-
-    names = tuple(available())
-    if name not in names:
-        raise ValueError(f"model must be one of {', '.join(repr(a) for a in names)}; got {name!r}")
+def per_model_fields() -> tuple[str, ...]:
+    """The fields that may differ between runs trained as one stacked model, in field order (a sweep writes
+    them into its store, so that the report groups runs into methods without importing torch)."""
+    return tuple(name for name, meta in _METAS.items() if meta.per_model)
 
 
-def _real(name: str, value: Any, *, low: float, high: float | None = None, strict: bool = False,
-          high_ok: bool = False, none_ok: bool = False) -> float:
-    op = ">" if strict else ">="
-    allowed = f"a finite number {op} {low:g}"
-    if high is not None:
-        allowed += f" and {'<=' if high_ok else '<'} {high:g}"
-    if none_ok:
-        allowed += ", or None"
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        above = value > low if strict else value >= low
-        below = high is None or (value <= high if high_ok else value < high)
-        ok = above and below
-    if not ok:
-        raise ValueError(f"{name} must be {allowed}; got {value!r}")
-    return float(value)
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _int(name: str, value: Any, *, low: int, high: int | None = None, none_ok: bool = False) -> int:
-    ok = (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
-          and (high is None or value <= high))
-    if not ok:
-        allowed = f"an int >= {low}" + (f" and <= {high}" if high is not None else "")
-        raise ValueError(f"{name} must be {allowed}{' or None' if none_ok else ''}; got {value!r}")
-    return int(value)
+def _fail(at: str, meta: Meta, value: Any, hint: str = "") -> ValueError:
+    return ValueError(f"{at} must be {meta.allowed()}; got {value!r}{hint}")
 
 
-def _bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False; got {value!r}")
+def check_field(name: str, value: Any, where: str = "", *, registered: bool = True) -> Any:
+    """``value`` as the field ``name`` holds it (ints become floats for float fields, lists tuples, dataset
+    names lower case), or a ``ValueError`` naming the field (``where``: the place, e.g. ``"[base]"``) and
+    what it allows — the one check of a field's value, whatever it comes from. ``registered=False``
+    (a config made in Python) lets a field with ``Meta.open_choices`` name something not registered.
+
+    >>> check_field("weight_decay", 1)
+    1.0
+    >>> check_field("weight_decay", -0.1, "[grid]")
+    Traceback (most recent call last):
+    ...
+    ValueError: weight_decay in [grid] must be a finite number >= 0; got -0.1
+    """
+    meta = field_meta(name)
+    at = f"{name} in {where}" if where else name
+    if value is None and meta.optional:
+        return None
+    if meta.kind == "bool":
+        if not isinstance(value, bool):
+            raise _fail(at, meta, value)
+        return value
+    if meta.kind == "str":
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{at} must be a non-empty name{', ' + meta.allowed() if meta.choices else ''}; "
+                             f"got {value!r}")
+        if name == "dataset":  # names are matched case-insensitively (decaylab.data.load)
+            value = value.lower()
+        if meta.choices is not None and (registered or not meta.open_choices):
+            allowed = tuple(meta.choices())
+            if value not in allowed:
+                close = difflib.get_close_matches(value, allowed, n=1)
+                raise _fail(at, meta, value, f" (did you mean {close[0]!r}?)" if close else "")
+        return value
+    if meta.kind in ("int", "float"):
+        ok = _is_number(value) and math.isfinite(value) and meta.in_range(value)
+        if meta.kind == "int":
+            ok = ok and isinstance(value, numbers.Integral)
+        if not ok:
+            raise _fail(at, meta, value)
+        return int(value) if meta.kind == "int" else float(value)
+    # a tuple of numbers
+    if (not isinstance(value, (list, tuple)) or (meta.length is not None and len(value) != meta.length)
+            or (value and len(value) < meta.min_length)):
+        raise _fail(at, meta, value)
+    items = []
+    for i, item in enumerate(value):
+        if not (_is_number(item) and math.isfinite(item) and meta.in_range(item)):
+            raise ValueError(f"{name}[{i}]{f' in {where}' if where else ''} must be a finite number"
+                             f"{meta._range_text()}; got {item!r}")
+        items.append(float(item))
+    extra = _EXTRA_CHECKS.get(name)
+    problem = extra(tuple(items)) if extra else None
+    if problem:
+        raise ValueError(f"{at} must be {problem}; got {value!r}")
+    return tuple(items)
+
+
+def _unknown(key: str, where: str, allowed: Sequence[str], what: str) -> ValueError:
+    alias = _ALIASES.get(key.lower().replace("-", "_"))
+    close = [alias] if alias in allowed else difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ValueError(f"unknown key {key!r} in {where}; allowed: {what} ({', '.join(allowed)}){hint}")
+
+
+def unknown_key(key: str, where: str, extra: Sequence[str] = ()) -> ValueError:
+    """The error for a key that is not a field: where it is, the allowed keys (``extra`` first) and the
+    closest match (a field's ``Meta.aliases`` count: ``learning_rate`` → ``lr``)."""
+    what = " and ".join([*extra, "TrainConfig fields"])
+    return _unknown(key, where, [*extra, *_METAS], what)
+
+
+def check_fields(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Every key of ``table`` checked to be a field and every value checked by :func:`check_field`
+    (a run config file, a spec's ``[base]``); returns the checked values."""
+    out = {}
+    for key, value in table.items():
+        if key not in _METAS:
+            raise unknown_key(key, where)
+        out[key] = check_field(key, value, where)
+    return out
+
+
+def parse_value(name: str, text: str) -> Any:
+    """The value of field ``name`` from command-line text, by its kind (``3e-3``; ``true``; ``none`` for an
+    optional field; a tuple as ``0.9,0.95`` or ``[0.9, 0.95]``), checked by :func:`check_field`.
+
+    >>> parse_value("betas", "0.9,0.95"), parse_value("steps", "none"), parse_value("no_decay_bias_norm", "false")
+    ((0.9, 0.95), None, False)
+    """
+    meta = field_meta(name)
+    flag = "--" + name
+    raw = text.strip()
+    value: Any = raw
+    if meta.optional and raw.lower() in ("none", "null"):
+        value = None
+    elif meta.kind == "bool":
+        value = {"true": True, "false": False}.get(raw.lower(), raw)
+    elif meta.kind in ("int", "float"):
+        try:
+            value = int(raw) if meta.kind == "int" else float(raw)
+        except ValueError:
+            pass  # check_field names the field and what it allows
+    elif meta.kind == "floats":
+        parts = [p for p in raw.strip("[]()").replace(" ", "").split(",") if p]
+        try:
+            value = [float(p) for p in parts]
+        except ValueError:
+            pass
+    try:
+        return check_field(name, value)
+    except ValueError as error:
+        raise ValueError(f"{flag}: {error}") from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                overrides: Mapping[str, Any] | Sequence[str] = ()) -> TrainConfig:
+    """A :class:`TrainConfig` from a TOML file of its fields (or the defaults), then ``overrides``: a
+    mapping of checked field values, or ``--field value`` pairs of text (``--weight-decay`` and
+    ``--weight_decay`` alike, read by :func:`parse_value`).
+
+    >>> load_config(None, ["--lr", "3e-3", "--model", "mlp", "--betas", "[0.9, 0.95]"]).betas
+    (0.9, 0.95)
+    """
+    from decaylab._toml import read_toml
+
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            table, _ = read_toml(path, "config file")
+        except FileNotFoundError as error:
+            raise ValueError(str(error)) from None
+        values = check_fields(table, f"config file {str(path)!r}")
+    if isinstance(overrides, Mapping):
+        values.update(overrides)
+    else:
+        pairs = list(overrides)
+        for i in range(0, len(pairs), 2):
+            flag = pairs[i]
+            if not flag.startswith("--") or i + 1 >= len(pairs):
+                raise ValueError(f"overrides must be pairs '--field value'; got {' '.join(pairs[i:])!r}")
+            name = flag[2:].replace("-", "_")
+            if name not in _METAS:
+                raise unknown_key(name, "the command line")
+            values[name] = parse_value(name, pairs[i + 1])
+    return TrainConfig(**values)
+
+
+_METAS: dict[str, Meta] = {f.name: f.metadata["meta"] for f in dataclasses.fields(TrainConfig)}
+# Names people write for the fields (each field's Meta.aliases), for the did-you-mean of an unknown key.
+_ALIASES: dict[str, str] = {alias: name for name, meta in _METAS.items() for alias in meta.aliases}
+# The schema, reachable from the class: decaylab.sweep.spec reads it from the config class it is given.
+TrainConfig.field_meta = staticmethod(field_meta)
+TrainConfig.check_field = staticmethod(check_field)
+TrainConfig.unknown_key = staticmethod(unknown_key)
+TrainConfig.per_model_fields = staticmethod(per_model_fields)
 
 
 def _jsonable(value: Any) -> Any:

@@ -25,11 +25,8 @@ For sharded (FSDP2) training, :mod:`decaylab.optim` and the cheap instruments of
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +34,7 @@ from torch import Tensor
 
 from .config import RunResult, TrainConfig
 
-__all__ = ["train_distributed", "load_config", "world", "Replica"]
+__all__ = ["train_distributed", "world", "Replica"]
 
 
 def world() -> tuple[int, int, int]:
@@ -166,63 +163,3 @@ def train_distributed(
     finally:
         if started_here:
             dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------------------------------------- config
-
-
-def _tomllib():
-    try:  # Python 3.11+
-        import tomllib
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib  # the sweep specs need it there too
-    return tomllib
-
-
-def _value(text: str) -> Any:
-    """A command-line value read as a TOML value (``3e-3``, ``true``, ``[0.9, 0.95]``), else a string."""
-    tomllib = _tomllib()
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def load_config(path: str | os.PathLike[str] | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """A :class:`TrainConfig` from a TOML file of its fields (or the defaults), then ``--field value``
-    overrides (``--weight-decay`` and ``--weight_decay`` alike; values read as TOML, else strings).
-
-    >>> load_config(None, ["--lr", "3e-3", "--model", "mlp", "--betas", "[0.9, 0.95]"]).betas
-    (0.9, 0.95)
-    """
-    tomllib = _tomllib()
-
-    fields = [f.name for f in dataclasses.fields(TrainConfig)]
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValueError(f"config: no such file {str(path)!r}") from None
-        except IsADirectoryError:
-            raise ValueError(f"config: {str(path)!r} is a folder; give a TOML file of TrainConfig fields") from None
-        except UnicodeDecodeError as error:
-            raise ValueError(f"config: {str(path)!r} is not UTF-8 text (byte {error.object[error.start]:#04x} at "
-                             f"offset {error.start}); save it as UTF-8") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ValueError(f"config: {path} is not valid TOML: {error}") from None
-    overrides = list(overrides)
-    i = 0
-    while i < len(overrides):
-        flag = overrides[i]
-        if not flag.startswith("--") or i + 1 >= len(overrides):
-            raise ValueError(f"overrides must be pairs '--field value'; got {' '.join(overrides[i:])!r}")
-        values[flag[2:].replace("-", "_")] = _value(overrides[i + 1])
-        i += 2
-    for name in values:
-        if name not in fields:
-            close = difflib.get_close_matches(name, fields, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(f"unknown TrainConfig field {name!r}{hint}; the fields are {', '.join(fields)}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return TrainConfig(**values)

@@ -135,10 +135,10 @@ def train_stacked(
     first = configs[0].to_dict()
     for c in configs[1:]:
         if c.stack_key() != configs[0].stack_key():
-            per_model = ("lr", "weight_decay", "seed")
+            per_model = configs[0].per_model
             diff = sorted(k for k, v in c.to_dict().items() if v != first[k] and k not in per_model)
             raise ValueError(
-                f"configs: stacked configs may differ only in lr, weight_decay and seed; these differ too: {diff}"
+                f"configs: stacked configs may differ only in {', '.join(per_model)}; these differ too: {diff}"
             )
     return _run(configs, data=data, progress=progress, device=device, checkpoint_dir=checkpoint_dir,
                 checkpoint_every=checkpoint_every, resume=resume, instruments=instruments, sinks=sinks,
