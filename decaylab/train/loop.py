@@ -335,7 +335,9 @@ def _optimizer(engine, configs, steps, device, backend, stacked):
     """The decaylab optimizer and each group's base lr (a float, or a (K,) float64 tensor)."""
     config = configs[0]
     flag = config.no_decay_bias_norm
-    split = split_parameters(engine.state_module, no_decay_bias=flag, no_decay_norm=flag)
+    # Muon takes the hidden matrices, AdamW (a group of the same optimizer) the rest: the groups' "muon" preset
+    by_role = {"preset": "muon", "batch_dims": 1 if stacked else 0} if config.optimizer == "muon" else {}
+    split = split_parameters(engine.state_module, no_decay_bias=flag, no_decay_norm=flag, **by_role)
     if stacked:
         lr = torch.tensor([c.lr for c in configs], dtype=torch.float64, device=device)
         wd = torch.tensor([c.weight_decay for c in configs], dtype=torch.float64, device=device)
@@ -344,6 +346,8 @@ def _optimizer(engine, configs, steps, device, backend, stacked):
     groups = split.to_param_groups(decay_schedule(config, wd, steps), with_names=False)
     for g in groups:
         g["max_lr"] = lr.clone() if stacked else lr  # the peak lr of decay_scale="schedule"/"corrected"
+        if g.get("direction") == "adam":  # Muon's AdamW groups: the config's Adam hyperparameters
+            g.update(betas=config.betas, eps=config.eps)
     if config.optimizer == "torch-adamw":  # torch's own AdamW: one lr and λ per group (stacks only seeds)
         groups = split.to_param_groups(config.weight_decay, with_names=False)
         optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
@@ -360,25 +364,10 @@ def _optimizer(engine, configs, steps, device, backend, stacked):
             if parameter.default is inspect.Parameter.empty or isinstance(value, type(parameter.default)):
                 own[name] = value
     if config.optimizer == "muon":
-        groups = _muon_groups(groups, stacked, config)
         own["adjust_lr_fn"] = "match_rms_adamw"  # one lr and λ for both groups (Liu et al. 2025)
     optimizer = cls(groups, **own, **common)
     base_lrs = [lr for _ in optimizer.param_groups]
     return optimizer, base_lrs
-
-
-def _muon_groups(groups: list[dict], stacked: bool, config: TrainConfig) -> list[dict]:
-    """Muon takes the matrices; every other parameter (biases, norms, vectors) goes to an AdamW group of the
-    same optimizer with the same lr and λ (Muon's ``match_rms_adamw`` makes that one lr serve both)."""
-    out = []
-    for group in groups:
-        matrices = [p for p in group["params"] if p.dim() == (3 if stacked else 2)]
-        rest = [p for p in group["params"] if p.dim() != (3 if stacked else 2)]
-        if matrices:
-            out.append(dict(group, params=matrices))
-        if rest:
-            out.append(dict(group, params=rest, direction="adam", betas=config.betas, eps=config.eps))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
