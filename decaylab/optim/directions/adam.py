@@ -12,7 +12,6 @@ The functions are pure and work on a tensor or a :class:`~decaylab.optim.tensorl
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -21,7 +20,7 @@ from torch import Tensor
 
 from .. import rules, torch_compat
 from ..optimizer import DecayOptimizer
-from .base import Direction, _sqrt, is_number, register, step_dtype
+from .base import Direction, _sqrt, check_betas, check_eps, register, step_dtype
 
 
 def adam_moments(g, m, v, v_max, beta1, beta2):
@@ -77,15 +76,8 @@ class AdamDirection(Direction):
     state = ("exp_avg", "exp_avg_sq")
 
     def validate(self, group):
-        betas = group["betas"]
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"betas must be a pair (beta1, beta2) with each in [0, 1); got {betas!r}")
-        for i, b in enumerate(betas):
-            if not is_number(b) or not 0.0 <= b < 1.0:
-                raise ValueError(f"betas[{i}] must be a number in [0, 1); got {b!r}")
-        if not is_number(group["eps"]) or not math.isfinite(group["eps"]) or group["eps"] < 0:
-            raise ValueError(f"eps must be a finite number >= 0; got {group['eps']!r}")
-        group["betas"] = (float(betas[0]), float(betas[1]))
+        check_betas(group)
+        check_eps(group)
 
     def options(self, group):
         return {"eps": float(group["eps"]), "amsgrad": bool(group["amsgrad"])}

@@ -167,6 +167,24 @@ class Direction:
         return f"<direction {self.name!r}>"
 
 
+def check_betas(group: dict[str, Any], *, one_allowed: bool = False) -> None:
+    """``group["betas"]``: a pair of numbers in [0, 1) (or [0, 1]), stored as floats; ValueError naming it."""
+    interval = "[0, 1]" if one_allowed else "[0, 1)"
+    betas = group["betas"]
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"betas must be a pair (beta1, beta2) with each in {interval}; got {betas!r}")
+    for i, b in enumerate(betas):
+        if not is_number(b) or not (0.0 <= b <= 1.0 if one_allowed else 0.0 <= b < 1.0):
+            raise ValueError(f"betas[{i}] must be a number in {interval}; got {b!r}")
+    group["betas"] = (float(betas[0]), float(betas[1]))
+
+
+def check_eps(group: dict[str, Any]) -> None:
+    """``group["eps"]``: a finite number >= 0; ValueError naming it."""
+    if not is_number(group["eps"]) or not math.isfinite(group["eps"]) or group["eps"] < 0:
+        raise ValueError(f"eps must be a finite number >= 0; got {group['eps']!r}")
+
+
 DIRECTIONS: dict[str, Direction] = {}
 """Every direction by name (each module of this package registers its own)."""
 

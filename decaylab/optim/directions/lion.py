@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .. import rules, torch_compat
 from ..optimizer import DecayOptimizer
-from .base import Direction, is_number, register
+from .base import Direction, check_betas, register
 
 
 def lion_direction(g, m, beta1):
@@ -49,13 +49,7 @@ class LionDirection(Direction):
     state = ("exp_avg",)
 
     def validate(self, group):
-        betas = group["betas"]
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"betas must be a pair (beta1, beta2) with each in [0, 1]; got {betas!r}")
-        for i, b in enumerate(betas):
-            if not is_number(b) or not 0.0 <= b <= 1.0:
-                raise ValueError(f"betas[{i}] must be a number in [0, 1]; got {b!r}")
-        group["betas"] = (float(betas[0]), float(betas[1]))
+        check_betas(group, one_allowed=True)
 
     def init_state(self, p, state, spec):
         if "exp_avg" not in state:

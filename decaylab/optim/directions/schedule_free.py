@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .. import rules, torch_compat
 from ..optimizer import DecayOptimizer
-from .base import Direction, is_number, register
+from .base import Direction, check_betas, check_eps, is_number, register
 
 DECAY_AT = ("y", "z")
 
@@ -53,17 +53,10 @@ class ScheduleFreeDirection(Direction):
     state = ("z", "exp_avg_sq")
 
     def validate(self, group):
-        betas = group["betas"]
-        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
-            raise ValueError(f"betas must be a pair (beta1, beta2) with each in [0, 1); got {betas!r}")
-        for i, b in enumerate(betas):
-            if not is_number(b) or not 0.0 <= b < 1.0:
-                raise ValueError(f"betas[{i}] must be a number in [0, 1); got {b!r}")
-        if betas[0] == 0:
+        check_betas(group)
+        if group["betas"][0] == 0:
             raise ValueError("betas[0] must be > 0 for schedule-free AdamW (eval() divides by it)")
-        group["betas"] = (float(betas[0]), float(betas[1]))
-        if not is_number(group["eps"]) or not math.isfinite(group["eps"]) or group["eps"] < 0:
-            raise ValueError(f"eps must be a finite number >= 0; got {group['eps']!r}")
+        check_eps(group)
         warmup = group["warmup_steps"]
         if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
             raise ValueError(f"warmup_steps must be an int >= 0; got {warmup!r}")
