@@ -192,8 +192,8 @@ class DecayOptimizer(torch.optim.Optimizer):
             raise ValueError(f"direction must be one of {', '.join(map(repr, DIRECTIONS))}; got {name!r}")
         return direction
 
-    def _validate_group(self, group: dict[str, Any], *, new: bool = True) -> None:
-        """Check a group as the constructor does; ``new=False`` for a loaded group (keeps its peak lr)."""
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        """Check a group as the constructor does (also a loaded one: a peak lr it has is kept)."""
         check_hparam("lr", group["lr"])
         check_hparam("weight_decay", group["weight_decay"], allow_callable=True)
         rule = rules.resolve(group["decay"])

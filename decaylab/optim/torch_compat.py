@@ -169,7 +169,7 @@ def load_state_dict(opt, state_dict: dict[str, Any], torch_load) -> None:
     try:
         torch_load(state_dict)
         for group in opt.param_groups:
-            opt._validate_group(group, new=False)
+            opt._validate_group(group)
         _restore_state_dtypes(opt, state_dict)
         check_state_shapes(opt)
     except Exception:

@@ -183,13 +183,6 @@ def compute(x):
     return x.float() if dtype in precision.LOW_PRECISION else x
 
 
-def write(dst, src) -> None:
-    if isinstance(dst, TensorList):
-        src.copy_into(dst.items)
-    else:
-        dst.copy_(src)
-
-
 def plain_cpu_float(p: Tensor) -> str | None:
     """Why ``p`` is not a CPU float32/float64 tensor (what torch's fused CPU kernels and the C step take), or None."""
     if p.device.type != "cpu":
@@ -199,5 +192,4 @@ def plain_cpu_float(p: Tensor) -> str | None:
     return None
 
 
-__all__ = ["BucketSpec", "Bucket", "Executor", "CarriedSums", "expand", "expand_all", "compute", "write",
-           "plain_cpu_float"]
+__all__ = ["BucketSpec", "Bucket", "Executor", "CarriedSums", "expand", "expand_all", "compute", "plain_cpu_float"]
