@@ -182,8 +182,8 @@ SCHEDULE_KINDS = ("constant", "cosine", "warmup_cosine", "linear")
 def lr_schedule(kind: str, steps: int, *, warmup_steps: int = 0, final_lr_ratio: float = 0.0) -> LRSchedule:
     """decaylab's :class:`~decaylab.train.schedules.LRSchedule` for ``kind`` over ``steps`` steps.
 
-    ``linear`` is ``TrainConfig(schedule="constant", lr_factors=(1, final_lr_ratio))``: ``η_t`` falls
-    linearly from 1 at the first step to ``final_lr_ratio`` at the last.
+    ``linear`` is ``TrainConfig(schedule="constant", callbacks=("lr_factors:1,R",))`` with ``R =
+    final_lr_ratio``: ``η_t`` falls linearly from 1 at the first step to ``R`` at the last.
     """
     steps = _count("steps", steps)
     if kind not in SCHEDULE_KINDS:

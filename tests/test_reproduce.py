@@ -113,7 +113,7 @@ def test_iterate_specs_pair_every_run_with_its_unscaled_twin(scale):
     spec = load_spec(SPEC_DIR / scale_free.ITERATE_SPECS[scale])
     assert spec_seeds(spec) >= 3
     runs = spec.configs()
-    assert {c.loss_scale for _, c in runs} == {1.0, 10.0, 100.0}
+    assert {scale_free.loss_scale(c) for _, c in runs} == {1.0, 10.0, 100.0}
     assert all(c.eps <= 1e-20 for _, c in runs)
     expected = {label: scale_free.expected_scale_free(c) for label, c in runs}
     assert expected == {"Adam": True, "AdamW": True, "ProxAdam": True, "Adam+L2": False,
@@ -197,7 +197,8 @@ def _early_world(early_gain: float, full_gain: float = 0.04, early_norm: float =
 
     def final_of(label, c):
         noise = 0.004 * (c.seed % 3 - 1)
-        return _final(base_err[label] + noise + 0.001 * c.decay_switch * (label == "early decay"),
+        switch = early_decay.switch_of(c.to_dict()) or 0.0
+        return _final(base_err[label] + noise + 0.001 * switch * (label == "early decay"),
                       weight_norm=norm[label] + c.seed)
 
     def curves_of(label, c):
@@ -305,7 +306,7 @@ def test_loss_scale_leaves_scale_free_iterates_unchanged(decay, weight_decay, sc
                        weight_decay=weight_decay, seed=3)
     reference = _params(train(base).model)
     for c in (10.0, 100.0):
-        moved = _params(train(base.replace(loss_scale=c)).model)
+        moved = _params(train(base.replace(callbacks=(f"loss_scale:{c}",))).model)
         distance = float((moved - reference).norm() / reference.norm())
         if scale_free_:
             assert distance < 1e-4, (decay, c, distance)
@@ -313,12 +314,14 @@ def test_loss_scale_leaves_scale_free_iterates_unchanged(decay, weight_decay, sc
             assert distance > 1e-2, (decay, c, distance)
 
 
-def test_loss_scale_field():
-    assert TrainConfig(loss_scale=1.0).key() == TrainConfig().key()  # an old run's key stays valid
-    assert TrainConfig(loss_scale=10.0).key() != TrainConfig().key()
-    assert TrainConfig.from_dict(TrainConfig(loss_scale=10.0).to_dict()).loss_scale == 10.0
-    with pytest.raises(ValueError, match="loss_scale must be a finite number > 0; got 0"):
-        TrainConfig(loss_scale=0)
+def test_loss_scale_callback():
+    assert TrainConfig(callbacks=("loss_scale:1",)) == TrainConfig()  # a scale of 1 is the plain run
+    assert TrainConfig(callbacks=("loss_scale:10",)).key() != TrainConfig().key()
+    # an old store's loss_scale field reads as the callback, with the key it had
+    old = TrainConfig.from_dict({"loss_scale": 10.0, "lr": 1e-3})
+    assert old.callbacks == ("loss_scale:10",) and old.key() == TrainConfig(callbacks=("loss_scale:10",)).key()
+    with pytest.raises(ValueError, match=r"loss_scale:C: C must be a number > 0; got '0'"):
+        TrainConfig(callbacks=("loss_scale:0",))
 
 
 # ------------------------------------------------------------------------------------- the framework

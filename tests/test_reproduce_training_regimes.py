@@ -1,6 +1,6 @@
 """Reproductions 4-6 (overtraining, undertraining, bf16): specs, verdict logic both ways on stores of
 made-up runs, the two-stage effective-lr control, and the engine fields they added, through the
-real training loop (lr_factors, jacobian_probe, optimizer="torch-adamw")."""
+real training loop (the lr_factors and jacobian callbacks, optimizer="torch-adamw")."""
 from __future__ import annotations
 
 import math
@@ -149,7 +149,7 @@ def test_undertraining_control_factors_are_the_norm_ratio(tmp_path):
     controls = [c for label, c in full.configs() if label == control_label(10.0)]
     assert len(controls) == 3 and {c.weight_decay for c in controls} == {0.0}
     # ‖w(λ=0)‖ / ‖w(λ=10)‖ = 2 at every evaluation, 1 at step 0
-    assert controls[0].lr_factors == (1.0,) + (2.0,) * (120 // 15)
+    assert controls[0].callbacks == ("lr_factors:" + ",".join(["1"] + ["2"] * (120 // 15)),)
     assert "[[methods]]" in full.text and spec.text.strip() in full.text
     assert len(full) == len(spec) + 3
 
@@ -182,7 +182,7 @@ def test_undertraining_runs_both_stages(tmp_path, monkeypatch):
     fake_result = _lm_result()
 
     def fake_train(config, **_):
-        final, curves = fake_result("control" if config.lr_factors else "AdamW", config)
+        final, curves = fake_result("control" if config.callbacks else "AdamW", config)
         return SimpleNamespace(config=config, final=final, curves=curves)
 
     def run_sweep(spec, store, **kwargs):
@@ -269,11 +269,11 @@ def test_lr_factors_interpolate_over_the_run():
 
 
 def test_lr_factors_in_the_training_loop():
-    result = train(TINY.replace(lr_factors=(1.0, 0.5, 0.0)))
+    result = train(TINY.replace(callbacks=("lr_factors:1,0.5,0",)))
     # the lr of each evaluation's last step: factors at steps 3, 7, 11 of 0..11
     assert [p["lr"] for p in result.curves] == pytest.approx([3e-3 * (1 - 0.5 * t / 5.5) for t in (3, 7, 11)])
     # zero lr throughout: Adam and the lr-scaled decay leave the weights where they started
-    frozen = train(TINY.replace(lr_factors=(0.0, 0.0), weight_decay=0.1))
+    frozen = train(TINY.replace(callbacks=("lr_factors:0,0",), weight_decay=0.1))
     torch.manual_seed(0)
     from decaylab.train.data import build_model, load_data
 
@@ -282,27 +282,29 @@ def test_lr_factors_in_the_training_loop():
     assert frozen.final["weight_norm"] == pytest.approx(float(norm0), rel=1e-7)
 
 
-@pytest.mark.parametrize("bad", [(1.0,), (1.0, -0.5), "1,2", (1.0, float("inf"))])
+@pytest.mark.parametrize("bad", ["lr_factors:1", "lr_factors:1,-0.5", "lr_factors:1,inf", "lr_factors:1,x"])
 def test_lr_factors_rejects(bad):
     with pytest.raises(ValueError, match="lr_factors"):
-        TrainConfig(lr_factors=bad)
+        TrainConfig(callbacks=(bad,))
 
 
 def test_lr_factors_key_only_when_set():
-    assert TrainConfig().key() == TrainConfig(lr_factors=()).key() != TrainConfig(lr_factors=(1.0, 2.0)).key()
+    assert TrainConfig().key() == TrainConfig(callbacks=()).key() != TrainConfig(callbacks=("lr_factors:1,2",)).key()
+    # the key an old store gave a run with the lr_factors field
+    assert TrainConfig(callbacks=("lr_factors:1,2",)).key() == TrainConfig.from_dict({"lr_factors": [1.0, 2.0]}).key()
 
 
 def test_jacobian_probe_final_metric():
-    result = train(TINY.replace(jacobian_probe=16))
+    result = train(TINY.replace(callbacks=("jacobian:16",)))
     from decaylab.train.data import load_data
 
     x = load_data(TINY, None).x_test[:16]
     assert result.final["jacobian_norm"] == pytest.approx(jacobian_norm(result.model, x), rel=1e-5)
-    stacked = train_stacked([TINY.replace(jacobian_probe=16, seed=s) for s in (0, 1)])
+    stacked = train_stacked([TINY.replace(callbacks=("jacobian:16",), seed=s) for s in (0, 1)])
     # the same model up to summation order in the stacked forward (Adam magnifies it a little)
     assert stacked[0].final["jacobian_norm"] == pytest.approx(result.final["jacobian_norm"], rel=2e-3)
-    with pytest.raises(ValueError, match="jacobian_probe"):
-        TrainConfig(model="gpt-micro", dataset="pystdlib-text", jacobian_probe=4)
+    with pytest.raises(ValueError, match="jacobian:4 is for classifiers"):
+        TrainConfig(model="gpt-micro", dataset="pystdlib-text", callbacks=("jacobian:4",))
 
 
 def test_torch_adamw_matches_decaylab_adamw_in_fp32():
@@ -331,8 +333,8 @@ def test_torch_adamw_in_bf16_loses_the_decay_and_decaylab_keeps_it():
 def test_torch_adamw_rules():
     with pytest.raises(ValueError, match="decay must be 'decoupled'"):
         TrainConfig(optimizer="torch-adamw", decay="prox")
-    with pytest.raises(ValueError, match="decay_schedule"):
-        TrainConfig(optimizer="torch-adamw", decay_schedule="early")
+    with pytest.raises(ValueError, match="decay_window:0-0.5 needs decaylab's optimizer"):
+        TrainConfig(optimizer="torch-adamw", callbacks=("decay_window:0-0.5",))
     a = TrainConfig(optimizer="torch-adamw", lr=1e-3)
     assert a.stack_key() != a.replace(lr=1e-2).stack_key()
     assert a.stack_key() == a.replace(seed=3).stack_key()

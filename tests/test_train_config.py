@@ -37,15 +37,40 @@ def test_key_changes_with_every_field():
         weight_decay=0.1, momentum=0.8, betas=(0.8, 0.99), eps=1e-6, epochs=3, steps=7, batch_size=64,
         schedule="constant", warmup_steps=2, seed=1, no_decay_bias_norm=False, eval_every=5,
         precision="bf16", grad_clip=1.0, final_lr_ratio=0.1, lr_milestones=(0.3,), lr_gamma=0.5,
-        restart_steps=10, restart_mult=1, decay_schedule="early", decay_switch=0.3, ema_beta=0.99,
-        train_eval_size=10, block_size=64, lm_eval_batches=2, loss_scale=10.0,
-        lr_factors=(1.0, 2.0), jacobian_probe=8,
+        restart_steps=10, restart_mult=1, train_eval_size=10, block_size=64, lm_eval_batches=2,
+        callbacks=("ema:0.99",),
     )
     assert set(changed) == set(base.to_dict()), "every field must be covered"
     keys = {base.key()}
     for name, value in changed.items():
         keys.add(base.replace(**{name: value}).key())
     assert len(keys) == len(changed) + 1
+    # every callback changes the key too, and so does each of its arguments
+    texts = ["ema:0.99", "ema:0.9", "jacobian:8", "loss_scale:10", "lr_factors:1,2", "decay_window:0-0.3",
+             "decay_window:0-0.4", "decay_window:0.3-1", "decay_window:0-0.3,matched", "decay_window:0-0.2,0.5-0.6"]
+    assert len({base.replace(callbacks=(text,)).key() for text in texts} | {base.key()}) == len(texts) + 1
+
+
+def test_callbacks_are_canonical_and_old_knob_fields_keep_their_keys():
+    a = TrainConfig(callbacks=["jacobian:8", "ema:0.9990"])
+    assert a.callbacks == ("ema:0.999", "jacobian:8") == TrainConfig(callbacks=("ema:0.999", "jacobian:8")).callbacks
+    with pytest.raises(ValueError, match="each callback may appear once; 'ema'"):
+        TrainConfig(callbacks=("ema:0.9", "ema:0.99"))
+    with pytest.raises(ValueError, match=r"unknown callback 'emma' \(did you mean 'ema'\?\)"):
+        TrainConfig(callbacks=("emma:0.9",))
+    with pytest.raises(ValueError, match="windows must not overlap"):
+        TrainConfig(callbacks=("decay_window:0-0.5,0.4-0.6",))
+    # what an old store holds (every field, knobs included) loads, with the key the run had
+    old = {**TrainConfig().to_dict(), "decay_schedule": "early", "decay_switch": 0.3, "ema_beta": 0.99,
+           "loss_scale": 1.0, "lr_factors": [], "jacobian_probe": 0}
+    del old["callbacks"]
+    text = json.dumps({k: v for k, v in old.items() if k in CONTRACT_DEFAULTS or k in
+                       ("decay_schedule", "decay_switch", "ema_beta")}, sort_keys=True, separators=(",", ":"))
+    config = TrainConfig.from_dict(old)
+    assert config.callbacks == ("decay_window:0-0.3", "ema:0.99")
+    assert config.key() == hashlib.sha1(text.encode()).hexdigest()  # the key before callbacks
+    with pytest.raises(ValueError, match=r"ema:BETA: BETA must be a number >= 0 and < 1; got '1.0' \(from ema_beta\)"):
+        TrainConfig.from_dict({"ema_beta": 1.0})
 
 
 def test_additions_at_defaults_do_not_enter_the_key():
@@ -53,12 +78,12 @@ def test_additions_at_defaults_do_not_enter_the_key():
     d = {k: v for k, v in config.to_dict().items() if k in CONTRACT_DEFAULTS}
     text = json.dumps(d, sort_keys=True, separators=(",", ":"))
     assert config.key() == hashlib.sha1(text.encode()).hexdigest()
-    assert config.replace(ema_beta=0.999).key() != config.key()
+    assert config.replace(callbacks=("ema:0.999",)).key() != config.key()
 
 
 def test_round_trip_through_json():
     config = TrainConfig(model="cnn1d", lr=3e-3, weight_decay=0.05, steps=100, betas=(0.8, 0.95),
-                         lr_milestones=(0.25, 0.5), grad_clip=0.5, ema_beta=0.99, schedule="step")
+                         lr_milestones=(0.25, 0.5), grad_clip=0.5, callbacks=("ema:0.99",), schedule="step")
     again = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config and again.key() == config.key()
     assert isinstance(again.betas, tuple) and isinstance(again.lr_milestones, tuple)
@@ -79,7 +104,7 @@ def test_stack_key_ignores_only_lr_weight_decay_seed():
     a = TrainConfig(lr=1e-3, weight_decay=0.0, seed=0)
     assert a.stack_key() == TrainConfig(lr=1e-2, weight_decay=0.5, seed=7).stack_key()
     assert a.stack_key() != a.replace(momentum=0.5).stack_key()
-    assert a.stack_key() != a.replace(ema_beta=0.9).stack_key()
+    assert a.stack_key() != a.replace(callbacks=("ema:0.9",)).stack_key()
     hash(a.stack_key())
     configs = [a, a.replace(model="cnn1d"), a.replace(lr=0.1), a.replace(seed=3), a.replace(model="cnn1d", seed=1)]
     assert stack_groups(configs) == [[0, 2, 3], [1, 4]]
@@ -116,9 +141,9 @@ BAD = [
     ("lr_milestones", (1.5,), r"lr_milestones\[0\] must be a finite number > 0 and < 1"),
     ("restart_steps", 0, "restart_steps must be an integer >= 1 or None"),
     ("restart_mult", 0, "restart_mult must be an integer >= 1"),
-    ("decay_schedule", "cosine", "decay_schedule must be one of 'constant', 'early', 'late'"),
-    ("decay_switch", -0.1, "decay_switch must be a finite number >= 0 and <= 1"),
-    ("ema_beta", 1.0, "ema_beta must be a finite number >= 0 and < 1 or None"),
+    ("callbacks", ("ema:1.0",), "callbacks: ema:BETA: BETA must be a number >= 0 and < 1"),
+    ("callbacks", ("decay_window:0.5-0.25",), "a window must not end before it starts"),
+    ("callbacks", "ema:0.9", "callbacks must be a list of strings"),
     ("train_eval_size", 0, "train_eval_size must be an integer >= 1"),
     ("block_size", 0, "block_size must be an integer >= 1"),
     ("lm_eval_batches", 0, "lm_eval_batches must be an integer >= 1"),
@@ -150,7 +175,7 @@ def test_every_field_states_its_schema_once():
 
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata["meta"]
-        assert meta.help and meta.kind in ("str", "int", "float", "bool", "floats"), f.name
+        assert meta.help and meta.kind in ("str", "int", "float", "bool", "floats", "strs"), f.name
         assert TrainConfig.check_field(f.name, f.default) == f.default, f.name  # every default is allowed
     # choices are the registries' own names, read when checked (a direction registered later is allowed)
     assert tuple(field_meta("optimizer").choices()) == (*DIRECTIONS, "torch-adamw")

@@ -118,19 +118,19 @@ def test_pure_bf16_keeps_weight_decay_alive():
 
 def test_ema_metrics():
     data = tiny_data()
-    config = TrainConfig(steps=12, batch_size=16, lr=1e-2, ema_beta=0.9)
+    config = TrainConfig(steps=12, batch_size=16, lr=1e-2, callbacks=("ema:0.9",))
     result = train(config, data=data)
     for name in ("ema_test_loss", "ema_test_acc", "ema_train_loss", "ema_train_acc", "ema_weight_norm"):
         assert name in result.final
     assert result.final["ema_test_loss"] != result.final["test_loss"]
-    live = train(config.replace(ema_beta=0.0), data=data)  # β = 0: the average is the live model
+    live = train(config.replace(callbacks=("ema:0",)), data=data)  # β = 0: the average is the live model
     assert live.final["ema_test_loss"] == pytest.approx(live.final["test_loss"], rel=1e-12)
     assert live.final["ema_weight_norm"] == pytest.approx(live.final["weight_norm"], rel=1e-12)
 
 
 def test_ema_with_batchnorm_recomputes_statistics():
     data = tiny_data(shape=(3, 8, 8), n=32, n_test=16)
-    result = train(TrainConfig(model="resnet20", steps=3, batch_size=16, lr=1e-2, ema_beta=0.5), data=data)
+    result = train(TrainConfig(model="resnet20", steps=3, batch_size=16, lr=1e-2, callbacks=("ema:0.5",)), data=data)
     assert 0 <= result.final["ema_test_acc"] <= 1 and result.final["ema_test_loss"] > 0
 
 

@@ -45,7 +45,7 @@ def assert_identical(a, b):
 
 
 CONFIG = TrainConfig(steps=2 * N, batch_size=16, eval_every=3, lr=1e-2, weight_decay=0.1, schedule="warmup_cosine",
-                     warmup_steps=3, grad_clip=0.5, ema_beta=0.8, decay_schedule="early", decay_switch=0.7)
+                     warmup_steps=3, grad_clip=0.5, callbacks=("ema:0.8", "decay_window:0-0.7"))
 
 
 @pytest.mark.parametrize("model, shape, precision", [("mlp", (40,), "fp32"), ("resnet20", (3, 4, 4), "fp32"),
@@ -99,3 +99,23 @@ def test_checkpoint_of_other_configs_is_refused(tmp_path):
     path.rename(tmp_path / f"{other.key()}.pt")
     with pytest.raises(ValueError, match="belongs to other configs"):
         train(other, data=data, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_a_checkpoint_from_before_callbacks_resumes(tmp_path):
+    """A checkpoint written before the knobs were callbacks holds the EMA under "ema" and its decay window
+    as a DecaySchedule in the optimizer's param group: it resumes to the same end as an uninterrupted run."""
+    data = tiny_data()
+    whole = train(CONFIG, data=data)
+    with pytest.raises(Crash):
+        train(CONFIG, data=data, checkpoint_dir=tmp_path, checkpoint_every=N, on_step=crash_at(N + 2))
+    path = tmp_path / f"{CONFIG.key()}.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["ema"] = ckpt.pop("callbacks")["ema"]  # the layout before callbacks
+    for group in ckpt["optimizer"]["param_groups"]:
+        if isinstance(group["weight_decay"], dict):  # the window, as the DecaySchedule of then held it
+            assert group["weight_decay"]["fields"]["windows"] == ((0, 10),)
+            group["weight_decay"] = {"decaylab_schedule": "DecaySchedule", "module": "decaylab.train.schedules",
+                                     "fields": {"weight_decay": 0.1, "kind": "early", "switch_step": 10}}
+    torch.save(ckpt, path)
+    resumed = train(CONFIG, data=data, checkpoint_dir=tmp_path, checkpoint_every=N, resume=True)
+    assert_identical(whole, resumed)

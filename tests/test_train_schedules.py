@@ -7,7 +7,9 @@ import pickle
 import pytest
 import torch
 
-from decaylab.train import DecaySchedule, LRSchedule, TrainConfig, decay_schedule, lr_schedule
+from decaylab.train import DecayWindows, LRSchedule, TrainConfig, lr_schedule
+from decaylab.train.callbacks import parse
+from decaylab.train.schedules import DecaySchedule
 
 
 def values(schedule, n):
@@ -72,12 +74,32 @@ def test_warmup_must_be_shorter_than_the_run():
         LRSchedule("constant", 5, warmup_steps=5)
 
 
-def test_decay_schedules():
-    assert decay_schedule(TrainConfig(), 0.1, 10) == 0.1
-    early = decay_schedule(TrainConfig(decay_schedule="early", decay_switch=0.3), 0.1, 10)
-    late = decay_schedule(TrainConfig(decay_schedule="late", decay_switch=0.3), 0.1, 10)
+def decay(text, wd=0.1, steps=10, schedule="constant", scale="lr"):
+    return parse(text).weight_decay(wd, steps=steps, lr_schedule=LRSchedule(schedule, steps), decay_scale=scale)
+
+
+def test_decay_windows():
+    early, late = decay("decay_window:0-0.3"), decay("decay_window:0.3-1")
     assert values(early, 5) == [0.1, 0.1, 0.1, 0.0, 0.0]
     assert values(late, 5) == [0.0, 0.0, 0.0, 0.1, 0.1]
-    stacked = DecaySchedule(torch.tensor([0.1, 0.2], dtype=torch.float64), "early", 1)
+    assert values(decay("decay_window:0-0.2,0.5-0.6"), 7) == [0.1, 0.1, 0.0, 0.0, 0.0, 0.1, 0.0]
+    # the windows of the checkpoints written before them (DecaySchedule) decay exactly as the windows do
+    assert values(DecaySchedule(0.1, "early", 3), 10) == values(early, 10)
+    assert values(DecaySchedule(0.1, "late", 3), 10) == values(late, 10)
+    stacked = DecayWindows(torch.tensor([0.1, 0.2], dtype=torch.float64), ((0, 1),))
     assert stacked(0).tolist() == [0.1, 0.2] and stacked(1).tolist() == [0.0, 0.0]
     assert pickle.loads(pickle.dumps(early)) == early  # they travel in optimizer checkpoints
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+@pytest.mark.parametrize("scale", ["lr", "schedule", "corrected", "constant"])
+def test_matched_windows_keep_the_integrated_decay(schedule, scale):
+    lr_schedule_ = LRSchedule(schedule, 20)
+    s = {"lr": lr_schedule_, "schedule": lr_schedule_, "corrected": lambda t: lr_schedule_(t) ** 2,
+         "constant": lambda t: 1.0}[scale]
+    whole = sum(s(t) * 0.1 for t in range(20))
+    for text in ("decay_window:0-0.5,matched", "decay_window:0.25-0.5,0.75-1,matched"):
+        window = decay(text, steps=20, schedule=schedule, scale=scale)
+        assert sum(s(t) * window(t) for t in range(20)) == pytest.approx(whole, rel=1e-12), text
+    with pytest.raises(ValueError, match="no decay to match"):
+        decay("decay_window:0-0.01,matched", steps=20, schedule=schedule, scale=scale)

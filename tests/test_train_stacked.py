@@ -72,7 +72,7 @@ def test_stacked_equals_separate_runs(model):
     shape, extra = CASES[model]
     data = tiny_data(shape)
     base = TrainConfig(model=model, dataset="tiny", steps=7, batch_size=16, eval_every=3, schedule="warmup_cosine",
-                       warmup_steps=2, decay_schedule="early", decay_switch=0.6, grad_clip=1.0, ema_beta=0.9, **extra)
+                       warmup_steps=2, callbacks=("decay_window:0-0.6", "ema:0.9"), grad_clip=1.0, **extra)
     configs = three(base)
     separate = [train(c, data=data) for c in configs]
     stacked = train_stacked(configs, data=data)
@@ -85,7 +85,7 @@ def test_stacked_equals_separate_runs(model):
 def test_stacked_with_restarts_late_decay_and_sgd_l2():
     data = tiny_data((40,))
     base = TrainConfig(model="mlp", steps=9, batch_size=16, eval_every=4, optimizer="sgd", momentum=0.5, decay="l2",
-                       schedule="restarts", restart_steps=2, decay_schedule="late", decay_switch=0.3)
+                       schedule="restarts", restart_steps=2, callbacks=("decay_window:0.3-1",))
     configs = three(base)
     assert_same_runs([train(c, data=data) for c in configs], train_stacked(configs, data=data))
 

@@ -9,7 +9,8 @@ scale-invariant weights stays large).
 **Test.** The sweep (``specs/early-decay.toml``; ``early-decay-paper.toml`` for PreAct-ResNet-18
 on CIFAR-10) trains four methods labelled ``no decay``, ``early decay``, ``late decay`` and ``full
 decay`` with the same lr and λ over several seeds; early and late decay switch at several
-fractions of the run (``decay_switch``), and the verdict is read at :data:`SWITCH`.
+fractions of the run (the ``decay_window:...`` callback; older stores call the switch ``decay_switch``),
+and the verdict is read at :data:`SWITCH`.
 
 **Verdict.** With test errors ``E`` averaged over seeds, the benefit of full decay is
 ``B = E_none − E_full`` and early decay recovers ``R = (E_none − E_early) / B`` of it.
@@ -29,9 +30,9 @@ from ..report.build import Section
 from ..store import load_curves, load_sweep
 from .core import Reproduction, Verdict, mean_std, pm, register, verdict_line
 
-__all__ = ["REPRODUCTION", "analyze", "judge", "SWITCH", "LABELS", "MOST"]
+__all__ = ["REPRODUCTION", "analyze", "judge", "switch_of", "SWITCH", "LABELS", "MOST"]
 
-SWITCH = 0.5  # the decay_switch the verdict is read at
+SWITCH = 0.5  # the switch point (fraction of the run) the verdict is read at
 MOST = 0.5  # "most of the benefit"
 LABELS = {"none": "no decay", "early": "early decay", "late": "late decay", "full": "full decay"}
 
@@ -78,8 +79,21 @@ def _method(run: Any) -> tuple[str, float | None] | None:
     key = names.get(run.label)
     if key is None:
         return None
-    switch = run.config.get("decay_switch") if key in ("early", "late") else None
+    switch = switch_of(run.config) if key in ("early", "late") else None
     return key, switch
+
+
+def switch_of(config: dict[str, Any]) -> float | None:
+    """Where a run's early or late decay switches, from its decay window (an older store's
+    ``decay_schedule``/``decay_switch`` fields read as the window they were)."""
+    from ..train.callbacks import DecayWindow, from_legacy, parse
+
+    for text in from_legacy(config).get("callbacks", ()):
+        callback = parse(text)
+        if isinstance(callback, DecayWindow):
+            legacy = callback.legacy()
+            return None if legacy is None else legacy["decay_switch"]
+    return None
 
 
 def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
@@ -97,7 +111,7 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
         norms.setdefault(method, {})[seed] = run.final["weight_norm"]
         ids.setdefault(method, []).append(run.id)
     at = {"none": ("none", None), "full": ("full", None), "early": ("early", SWITCH), "late": ("late", SWITCH)}
-    missing = [LABELS[k] + (f" (decay_switch {SWITCH})" if m[1] else "") for k, m in at.items() if m not in errors]
+    missing = [LABELS[k] + (f" (switch {SWITCH})" if m[1] else "") for k, m in at.items() if m not in errors]
     if missing:
         raise ValueError(f"the sweep {spec.name!r} has no finished runs of {missing}")
     held, numbers = judge({k: errors[m] for k, m in at.items()}, {k: norms[m] for k, m in at.items()})

@@ -10,7 +10,8 @@ r"""Reproduction 3, ``scale-free``: which Adam variants ignore a rescaled loss, 
    with BN they tie.
 
 **Test of 1** (``specs/scale-free-iterates.toml``, ``…-iterates-paper.toml``): the spec's runs
-(every method × ``loss_scale`` ∈ {1, 10, 100} × 3 seeds, ``eps = 1e-30``) are trained by this module's
+(every method × a loss scale ∈ {1, 10, 100}, the ``loss_scale:C`` callback, × 3 seeds, ``eps = 1e-30``)
+are trained by this module's
 analysis itself with :func:`decaylab.train.train_stacked` (the seeds of one method and scale as one
 stacked model), not by the sweep: the sweep's store keeps metrics, and the claim is about the
 parameters. An instrument snapshots every model's parameters 10 times per run; the distance of run
@@ -68,6 +69,14 @@ def expected_scale_free(config: Any) -> bool:
     return config.weight_decay == 0 or RULES[config.decay].scale_free
 
 
+def loss_scale(config: Any) -> float:
+    """The factor a run's training loss is multiplied by (its ``loss_scale:C`` callback; 1 without)."""
+    scale = 1.0
+    for callback in config.parsed_callbacks:
+        scale *= callback.loss_scale()
+    return scale
+
+
 def has_batchnorm(model: str) -> bool:
     """Whether :func:`decaylab.models.build` ``(model)`` has BatchNorm layers."""
     from torch.nn.modules.batchnorm import _BatchNorm
@@ -109,20 +118,20 @@ def _snapshot_instrument(interval: int):
 def iterate_distances(spec: Any, *, progress: bool = False) -> dict[str, Any]:
     """Train the runs of an iterate spec and measure how far each loss scale moves the iterates.
 
-    Returns ``{"steps": [...], "runs": {(label, loss_scale, seed): {"distance": [...], "early": d0,
+    Returns ``{"steps": [...], "runs": {(label, loss scale, seed): {"distance": [...], "early": d0,
     "final": d, "scale_free": bool, "test_acc": a}}}`` where ``distance[t] = ‖w_c(t) − w_1(t)‖ /
     ‖w_1(t)‖`` at the snapshot steps (every tenth of the run), against the same label and seed at
-    ``loss_scale = 1``; ``early`` is the first snapshot's, ``final`` the last's.
+    loss scale 1; ``early`` is the first snapshot's, ``final`` the last's.
     """
     from ..train import total_steps, train_stacked
 
     configs = spec.configs()
     groups: dict[tuple[str, float], list[Any]] = {}
     for label, config in configs:
-        groups.setdefault((label, config.loss_scale), []).append(config)
+        groups.setdefault((label, loss_scale(config)), []).append(config)
     for label in {label for label, _ in groups}:
         if (label, 1.0) not in groups:
-            raise ValueError(f"the iterate spec {spec.name!r}: method {label!r} needs runs with loss_scale = 1 "
+            raise ValueError(f"the iterate spec {spec.name!r}: method {label!r} needs runs with loss scale 1 "
                              "(the reference)")
     bar = None
     if progress:
@@ -146,7 +155,7 @@ def iterate_distances(spec: Any, *, progress: bool = False) -> dict[str, Any]:
         bar.close()
     runs: dict[tuple[str, float, int], dict[str, Any]] = {}
     for label, config in configs:
-        key = (label, config.loss_scale, config.seed)
+        key = (label, loss_scale(config), config.seed)
         mine, final = snapshots[key]
         ref, _ = snapshots[(label, 1.0, config.seed)]
         distance = [float((a - b).norm() / b.norm()) if float(b.norm()) > 0 else math.nan

@@ -11,7 +11,7 @@ The effective-lr control. For weights followed by a normalization, Adam's step m
 ``lr_t/‖w_t‖²``). Decay keeps ``‖w‖`` small, so it raises the effective lr. The control is a
 λ = 0 run whose lr is multiplied by ``‖w_t^{λ=0}‖ / ‖w_t^{λ}‖`` — the seed-mean weight norms of the
 λ = 0 and the decayed run (the smallest λ > 0 of the grid, the paper's 0.1) at each evaluation —
-given to the engine as ``TrainConfig.lr_factors`` (a piecewise-linear lr table). Its ``lr/‖w‖``
+given to the engine as the ``lr_factors:...`` callback (a piecewise-linear lr table). Its ``lr/‖w‖``
 then follows the decayed run's, to the extent that its own norm follows the λ = 0 run's (the
 larger lr grows it a little faster; the report shows the effective lr reached). Running it needs
 the first runs' curves, so :class:`_TwoStage` runs the spec, writes the control as one more
@@ -37,7 +37,7 @@ from .core import Reproduction, Verdict, default_store, register, verdict_line
 
 NAME = "undertraining"
 METHOD = "AdamW"
-CONTROL_DIGITS = 4  # lr_factors are rounded so that the control's run key is stable across machines
+CONTROL_DIGITS = 4  # the lr factors are rounded so that the control's run key is stable across machines
 
 
 def control_label(wd: float) -> str:
@@ -45,7 +45,7 @@ def control_label(wd: float) -> str:
 
 
 def control_factors(store_path: str | Path, spec: Any) -> tuple[float, list[float]]:
-    """The λ the control mimics (the smallest λ > 0) and its ``lr_factors``: at each evaluation step,
+    """The λ the control mimics (the smallest λ > 0) and its lr factors: at each evaluation step,
     the seed-mean ``‖w‖`` of the λ = 0 runs over that of the λ runs (1 at step 0, where the seeds'
     initial weights are the same). Raises ValueError when those runs are not all finished."""
     runs = [r for r in R.finished_runs(store_path, spec.name) if r.label == METHOD]
@@ -77,7 +77,7 @@ def spec_with_control(store_path: str | Path, spec: Any):
     block = (f'\n\n# Added by decaylab reproduce {NAME}: λ = 0 with the lr multiplied by ‖w(λ=0)‖/‖w(λ={wd:g})‖\n'
              f'# (seed means at each evaluation), so that its lr/‖w‖ follows the decayed run\'s.\n'
              f'[[methods]]\nlabel = "{control_label(wd)}"\nweight_decay = 0.0\n'
-             f'lr_factors = [{", ".join(repr(f) for f in factors)}]\n')
+             f'callbacks = ["lr_factors:{",".join(repr(f) for f in factors)}"]\n')
     return load_spec(spec.text.rstrip("\n") + block)
 
 
@@ -182,7 +182,7 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     prose = ("Validation loss (nats per byte for the byte-level corpora) at mid-training and at the end, mean ± "
              "sample std over seeds; a comparison counts when the difference of means exceeds 2·sqrt(s₁²/n₁ + s₂²/n₂). "
              "The control is λ = 0 with its lr multiplied by the λ = 0 over the decayed runs' seed-mean ‖w‖ "
-             "at each evaluation (TrainConfig.lr_factors), so that its lr/‖w‖ follows the decayed run's; "
+             "at each evaluation (the lr_factors callback), so that its lr/‖w‖ follows the decayed run's; "
              "'recovers' is (L(λ=0) − L(control)) / (L(λ=0) − L(λ)) at the end.")
     sections = [Section("Under-training: loss through the run, gap, effective-lr control", prose=prose, table=table,
                         figures=[("Validation loss and lr/‖w‖ through the run (seed means)",

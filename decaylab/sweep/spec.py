@@ -182,8 +182,19 @@ def _schema(config_class: type) -> _Schema:
     names = [f.name for f in fields(config_class) if f.init]
     meta = getattr(config_class, "field_meta", None)
     if meta is not None:  # TrainConfig: its own metadata says everything
-        return _Schema(names, config_class.check_field, lambda name: meta(name).kind == "floats",
-                       config_class.unknown_key)
+        # Fields an older decaylab had (knobs that are callbacks now): accepted as they were, checked when the
+        # run's config is made from them (TrainConfig.from_dict maps them).
+        legacy = dict(getattr(config_class, "legacy_fields", {}))
+
+        def check(name: str, value: Any, where: str) -> Any:
+            if name in legacy:
+                return tuple(value) if isinstance(value, list) else value
+            return config_class.check_field(name, value, where)
+
+        def is_tuple(name: str) -> bool:
+            return isinstance(legacy[name], tuple) if name in legacy else meta(name).kind in ("floats", "strs")
+
+        return _Schema([*names, *legacy], check, is_tuple, config_class.unknown_key)
     # A stand-in config class (tests written from the contract): its defaults' types; its constructor checks.
     defaults = {f.name: f.default for f in fields(config_class) if f.init and f.default is not MISSING}
 
@@ -428,7 +439,8 @@ def _build(data: dict[str, Any], text: str, path: Path | None, config_class: typ
         for combo in itertools.product(*(axes[n] for n in names)):
             values = {**fixed, **dict(zip(names, combo, strict=True))}
             try:
-                config = config_class(**values)
+                make = getattr(config_class, "from_dict", None)
+                config = make(values) if make is not None else config_class(**values)
             except (TypeError, ValueError) as error:
                 point = f", at {dict(zip(names, combo, strict=True))}" if names else ""
                 raise ValueError(f"{error} (in {where}{point})") from error

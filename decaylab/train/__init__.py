@@ -6,14 +6,15 @@
 >>> sorted(result.final)  # doctest: +SKIP
 ['steps', 'test_acc', 'test_loss', 'train_acc', 'train_loss', 'wall_s', 'weight_norm']
 
-Modules: :mod:`~decaylab.train.config` (the config and the result), :mod:`~decaylab.train.schedules`
-(lr multipliers, weight-decay schedules), :mod:`~decaylab.train.data` (data order, evaluation
+Modules: :mod:`~decaylab.train.config` (the config, its schema, and the result),
+:mod:`~decaylab.train.callbacks` (the knobs beyond the loop, by name), :mod:`~decaylab.train.schedules`
+(lr multipliers, weight-decay windows), :mod:`~decaylab.train.data` (data order, evaluation
 sets), :mod:`~decaylab.train.engines` (one model or K stacked), :mod:`~decaylab.train.loop`
 (the loop, checkpoints, progress), :mod:`~decaylab.train.preflight` (what can be checked and
 estimated before a run trains).
 """
+from .callbacks import CALLBACKS, Callback
 from .config import (
-    DECAY_SCHEDULES,
     OPTIMIZERS,
     PRECISIONS,
     SCHEDULES,
@@ -24,11 +25,11 @@ from .config import (
 )
 from .loop import stack_groups, total_steps, train, train_stacked
 from .preflight import check_runs
-from .schedules import DecaySchedule, LRSchedule, decay_schedule, lr_schedule
+from .schedules import DecayWindows, LRSchedule, lr_schedule
 
 __all__ = [
     "TrainConfig", "RunResult", "load_config", "per_model_fields", "train", "train_stacked", "total_steps",
     "stack_groups", "check_runs",
-    "LRSchedule", "DecaySchedule", "lr_schedule", "decay_schedule",
-    "OPTIMIZERS", "SCHEDULES", "PRECISIONS", "DECAY_SCHEDULES",
+    "LRSchedule", "DecayWindows", "lr_schedule", "CALLBACKS", "Callback",
+    "OPTIMIZERS", "SCHEDULES", "PRECISIONS",
 ]

@@ -12,6 +12,10 @@ specs (:mod:`decaylab.sweep.spec`), the ``--field value`` options of ``decaylab 
 :func:`load_config`), and the per-model field list a sweep writes into its store
 (:func:`per_model_fields`). Bad values raise ``ValueError`` naming the field and what it allows.
 
+What a reproduction needs beyond the loop (a weight-decay window, a loss scale, a probe, EMA weights, an
+lr curve) is a named callback in ``callbacks`` (:mod:`decaylab.train.callbacks`), not a field: the
+fields those knobs were before still load (:func:`~decaylab.train.callbacks.from_legacy`).
+
 The fields marked ``addition`` were added after the contract with :mod:`decaylab.sweep` and
 :mod:`decaylab.report`; they enter :meth:`TrainConfig.key` only when they differ from their defaults,
 so adding a field never changes the key of an existing run.
@@ -44,7 +48,7 @@ from typing import Any
 from decaylab.optim import OPTIMIZERS as _DECAYLAB_OPTIMIZERS
 from decaylab.optim import RULES, SCALES
 
-__all__ = ["TrainConfig", "RunResult", "Meta", "OPTIMIZERS", "SCHEDULES", "PRECISIONS", "DECAY_SCHEDULES",
+__all__ = ["TrainConfig", "RunResult", "Meta", "OPTIMIZERS", "SCHEDULES", "PRECISIONS",
            "check_field", "check_fields", "parse_value", "load_config", "per_model_fields", "field_meta", "unknown_key"]
 
 # decaylab's directions (decaylab.optim.OPTIMIZERS: "adam", "sgd", …), and torch-adamw: torch.optim.AdamW
@@ -52,7 +56,6 @@ __all__ = ["TrainConfig", "RunResult", "Meta", "OPTIMIZERS", "SCHEDULES", "PRECI
 OPTIMIZERS = (*_DECAYLAB_OPTIMIZERS, "torch-adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "restarts")
 PRECISIONS = ("fp32", "bf16-autocast", "bf16")
-DECAY_SCHEDULES = ("constant", "early", "late")
 
 #: The largest seed: torch's generators take 64-bit seeds, and a store or JSON reader may hold only int64.
 MAX_SEED = 2**63 - 1
@@ -77,8 +80,8 @@ def _models() -> tuple[str, ...]:
 class Meta:
     """What a :class:`TrainConfig` field allows, stated once.
 
-    ``kind``: ``"str"``, ``"int"``, ``"float"``, ``"bool"`` or ``"floats"`` (a tuple of numbers, of
-    ``length`` when given, at least ``min_length``); ``choices``: a function returning the allowed
+    ``kind``: ``"str"``, ``"int"``, ``"float"``, ``"bool"``, ``"floats"`` (a tuple of numbers, of
+    ``length`` when given) or ``"strs"`` (a tuple of strings); ``choices``: a function returning the allowed
     names, read from a registry when a value is checked; ``low``/``high``: the range of a number (or
     of each number of a tuple), open at ``low`` when ``low_open``, closed at ``high`` when
     ``high_closed``; ``optional``: None is allowed (a spec leaves it out); ``per_model``: it may differ
@@ -98,7 +101,6 @@ class Meta:
     high_closed: bool = False
     optional: bool = False
     length: int | None = None
-    min_length: int = 0
     per_model: bool = False
     addition: bool = False
     aliases: tuple[str, ...] = ()
@@ -114,6 +116,8 @@ class Meta:
             return "a non-empty name"
         if self.kind == "floats":
             return self._tuple_text()
+        if self.kind == "strs":
+            return "a list of strings"
         text = f"{'an integer' if self.kind == 'int' else 'a finite number'}{self._range_text()}"
         return text + (" or None" if self.optional else "")
 
@@ -132,8 +136,6 @@ class Meta:
         each = f"each a finite number{self._range_text()}"
         if self.length == 2:
             return f"a pair of numbers, {each}"
-        if self.min_length:
-            return f"a list of at least {self.min_length} numbers, {each}, or [] for none"
         return f"a list of numbers, {each}"
 
     def in_range(self, value: float) -> bool:
@@ -147,14 +149,21 @@ def _meta(default: Any, help: str, kind: str, **options: Any) -> Any:
     return field(default=default, metadata={"meta": Meta(help, kind, **options)})
 
 
-def _check_milestones(value: tuple[float, ...]) -> str | None:
+def _increasing(value: tuple[float, ...]) -> tuple[float, ...]:
     if list(value) != sorted(set(value)):
-        return "increasing fractions of the run in (0, 1)"
-    return None
+        raise ValueError(f"lr_milestones must be increasing fractions of the run in (0, 1); got {value!r}")
+    return value
 
 
-# Checks of a field's value that one Meta cannot state (a relation between its numbers).
-_EXTRA_CHECKS: dict[str, Callable[[Any], str | None]] = {"lr_milestones": _check_milestones}
+def _callbacks(value: tuple[str, ...]) -> tuple[str, ...]:
+    from .callbacks import canonical
+
+    return canonical(value)
+
+
+# What one Meta cannot state about a field's value (a relation between its items, a registry's parser):
+# a function of the checked tuple that returns it as the config holds it, or raises ValueError.
+_NORMALIZE: dict[str, Callable[[Any], Any]] = {"lr_milestones": _increasing, "callbacks": _callbacks}
 
 
 @dataclass(frozen=True)
@@ -212,24 +221,14 @@ class TrainConfig:
     restart_steps: int | None = _meta(None, "restarts schedule: first period T_0 in steps (None: 3 periods fill the "
                                             "run)", "int", low=1, optional=True, addition=True)
     restart_mult: int = _meta(2, "restarts schedule: T_{i+1} = restart_mult·T_i", "int", low=1, addition=True)
-    decay_schedule: str = _meta("constant", "when λ acts: constant, early (until decay_switch), late (from it)", "str",
-                                choices=lambda: DECAY_SCHEDULES, addition=True)
-    decay_switch: float = _meta(0.5, "the fraction of the run where early decay stops / late decay starts", "float",
-                                low=0.0, high=1.0, high_closed=True, addition=True)
-    ema_beta: float | None = _meta(None, "weight EMA per step; adds ema_* final metrics", "float", low=0.0, high=1.0,
-                                   optional=True, addition=True)
     train_eval_size: int = _meta(1024, "train loss/acc on a fixed random subset of this many training examples",
                                  "int", low=1, addition=True)
     block_size: int = _meta(128, "language models: context length", "int", low=1, addition=True)
     lm_eval_batches: int = _meta(8, "language models: batches of batch_size windows per evaluation", "int", low=1,
                                  addition=True)
-    loss_scale: float = _meta(1.0, "the training loss is multiplied by this (scale-freeness tests)", "float", low=0.0,
-                              low_open=True, addition=True)
-    lr_factors: tuple[float, ...] = _meta((), "multiplies η_t by the piecewise-linear curve through these values at "
-                                              "evenly spaced fractions of the run", "floats", low=0.0, min_length=2,
-                                          addition=True)
-    jacobian_probe: int = _meta(0, "> 0: final metric jacobian_norm, mean ‖∂logits/∂w‖_F over the first N test "
-                                   "inputs", "int", low=0, addition=True)
+    callbacks: tuple[str, ...] = _meta((), "knobs beyond the loop, each 'name:ARGS' of decaylab.train.callbacks."
+                                            "CALLBACKS (e.g. ema:0.999)", "strs", addition=True,
+                                        aliases=("callback", "knobs"))
 
     # ------------------------------------------------------------------ validation
 
@@ -244,11 +243,10 @@ class TrainConfig:
             )
         if self.schedule == "warmup_cosine" and self.warmup_steps == 0:
             raise ValueError("warmup_steps must be an integer >= 1 with schedule='warmup_cosine'; got 0")
-        if self.jacobian_probe and self.is_language_model:
-            raise ValueError(f"jacobian_probe must be 0 for a language model ({self.model!r}: its Jacobian has "
-                             f"block_size·vocab rows per input); got {self.jacobian_probe}")
+        for callback in self.parsed_callbacks:
+            callback.check(self)
         if self.optimizer == "torch-adamw":
-            fixed = {"decay": "decoupled", "decay_scale": "lr", "decay_schedule": "constant"}
+            fixed = {"decay": "decoupled", "decay_scale": "lr"}
             for name, value in fixed.items():
                 if getattr(self, name) != value:
                     raise ValueError(f"{name} must be {value!r} with optimizer='torch-adamw' (torch.optim.AdamW's "
@@ -262,9 +260,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """The config :meth:`to_dict` wrote (missing fields take their defaults)."""
+        """The config :meth:`to_dict` wrote (missing fields take their defaults; the knob fields of an
+        older decaylab become their callbacks: :func:`~decaylab.train.callbacks.from_legacy`)."""
+        from .callbacks import from_legacy
+
         if not isinstance(d, Mapping):
             raise ValueError(f"from_dict needs a dict of TrainConfig fields; got {type(d).__name__}")
+        d = from_legacy(d)
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(names))
         if unknown:
@@ -275,12 +277,19 @@ class TrainConfig:
         """A stable run identity: the sha1 of the sorted JSON of the fields (hex, 40 characters).
 
         Fields added after the contract (``Meta.addition``) are left out while they hold their defaults, so
-        an old run's key stays valid when a field is added.
+        an old run's key stays valid when a field is added; callbacks that were fields before are hashed
+        as those fields (:func:`~decaylab.train.callbacks.legacy_fields`), so an old run keeps its key.
         """
+        from .callbacks import legacy_fields
+
         d = self.to_dict()
         for f in dataclasses.fields(self):
             if f.metadata["meta"].addition and getattr(self, f.name) == f.default:
                 del d[f.name]
+        old = legacy_fields(self.callbacks) if self.callbacks else None
+        if old is not None:
+            del d["callbacks"]
+            d.update(old)
         text = json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha1(text.encode()).hexdigest()
 
@@ -304,6 +313,14 @@ class TrainConfig:
     @property
     def is_language_model(self) -> bool:
         return self.model.startswith("gpt")
+
+    @property
+    def parsed_callbacks(self) -> list[Any]:
+        """The :class:`~decaylab.train.callbacks.Callback` objects of ``callbacks`` (new ones each time: a
+        callback may hold a run's state)."""
+        from .callbacks import parse
+
+        return [parse(text) for text in self.callbacks]
 
 
 @dataclass
@@ -409,9 +426,12 @@ def check_field(name: str, value: Any, where: str = "", *, registered: bool = Tr
         if not ok:
             raise _fail(at, meta, value)
         return int(value) if meta.kind == "int" else float(value)
+    if meta.kind == "strs":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise _fail(at, meta, value)
+        return _NORMALIZE[name](tuple(value)) if name in _NORMALIZE else tuple(value)
     # a tuple of numbers
-    if (not isinstance(value, (list, tuple)) or (meta.length is not None and len(value) != meta.length)
-            or (value and len(value) < meta.min_length)):
+    if not isinstance(value, (list, tuple)) or (meta.length is not None and len(value) != meta.length):
         raise _fail(at, meta, value)
     items = []
     for i, item in enumerate(value):
@@ -419,11 +439,7 @@ def check_field(name: str, value: Any, where: str = "", *, registered: bool = Tr
             raise ValueError(f"{name}[{i}]{f' in {where}' if where else ''} must be a finite number"
                              f"{meta._range_text()}; got {item!r}")
         items.append(float(item))
-    extra = _EXTRA_CHECKS.get(name)
-    problem = extra(tuple(items)) if extra else None
-    if problem:
-        raise ValueError(f"{at} must be {problem}; got {value!r}")
-    return tuple(items)
+    return _NORMALIZE[name](tuple(items)) if name in _NORMALIZE else tuple(items)
 
 
 def _unknown(key: str, where: str, allowed: Sequence[str], what: str) -> ValueError:
@@ -442,9 +458,12 @@ def unknown_key(key: str, where: str, extra: Sequence[str] = ()) -> ValueError:
 
 def check_fields(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Every key of ``table`` checked to be a field and every value checked by :func:`check_field`
-    (a run config file, a spec's ``[base]``); returns the checked values."""
+    (a run config file); the knob fields of an older decaylab become their callbacks. Returns the checked
+    values."""
+    from .callbacks import from_legacy
+
     out = {}
-    for key, value in table.items():
+    for key, value in from_legacy(table).items():
         if key not in _METAS:
             raise unknown_key(key, where)
         out[key] = check_field(key, value, where)
@@ -453,7 +472,8 @@ def check_fields(table: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 def parse_value(name: str, text: str) -> Any:
     """The value of field ``name`` from command-line text, by its kind (``3e-3``; ``true``; ``none`` for an
-    optional field; a tuple as ``0.9,0.95`` or ``[0.9, 0.95]``), checked by :func:`check_field`.
+    optional field; numbers as ``0.9,0.95`` or ``[0.9, 0.95]``; strings as ``a;b`` or ``["a", "b"]``),
+    checked by :func:`check_field`.
 
     >>> parse_value("betas", "0.9,0.95"), parse_value("steps", "none"), parse_value("no_decay_bias_norm", "false")
     ((0.9, 0.95), None, False)
@@ -477,6 +497,10 @@ def parse_value(name: str, text: str) -> Any:
             value = [float(p) for p in parts]
         except ValueError:
             pass
+    elif meta.kind == "strs":  # a TOML list, or items separated by ';' (a callback's own arguments use ',')
+        from decaylab._toml import loads
+
+        value = loads(f"v = {raw}", flag)["v"] if raw.startswith("[") else [p.strip() for p in raw.split(";") if p]
     try:
         return check_field(name, value)
     except ValueError as error:
@@ -532,3 +556,13 @@ def _jsonable(value: Any) -> Any:
 
 def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
+
+
+def _legacy_fields() -> dict[str, Any]:
+    from .callbacks import LEGACY_FIELDS
+
+    return dict(LEGACY_FIELDS)
+
+
+# The knob fields of an older decaylab, which specs and stores may still name (decaylab.train.callbacks).
+TrainConfig.legacy_fields = _legacy_fields()

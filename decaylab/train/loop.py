@@ -6,7 +6,7 @@ Both run the same loop, top to bottom, once per step ``t`` (0-based):
 2. the batch of step ``t`` (each model's own data order), forward (under ``torch.autocast`` for
    ``precision="bf16-autocast"``), the mean cross-entropy per model, summed over models;
 3. ``backward`` (the sum gives each model its own gradient), gradient clipping per model,
-   ``optimizer.step()``, the weight EMA;
+   ``optimizer.step()``, then the callbacks' ``after_step`` (the weight EMA);
 4. every ``eval_every`` steps and after the last one: an evaluation (one curve point per model);
    every ``checkpoint_every`` steps: a checkpoint.
 
@@ -15,9 +15,13 @@ no-decay split of :func:`decaylab.groups.split_parameters` (biases and normaliza
 not decayed when ``no_decay_bias_norm``). Stacked, its ``lr``, ``max_lr`` and ``weight_decay`` are
 ``(K,)`` tensors, and K stacked runs equal K separate :func:`train` runs (tested in float64).
 
-Checkpoints hold the model, the optimizer, the weight EMA, the data order (generators and the
-current epoch's permutation), torch's RNG states, the step and the curves, so a run resumed from
-one continues bit for bit as if it had never stopped.
+What a run needs beyond this loop (EMA weights, a loss scale, a probe, a weight-decay window, an lr
+curve) is a named callback in ``config.callbacks`` (:mod:`decaylab.train.callbacks`), called at fixed
+points of it.
+
+Checkpoints hold the model, the optimizer, the callbacks' state (the weight EMA), the data order
+(generators and the current epoch's permutation), torch's RNG states, the step and the curves, so a
+run resumed from one continues bit for bit as if it had never stopped.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +42,14 @@ import torch
 from torch import Tensor, nn
 
 from decaylab.data import TensorData, TextData
-from decaylab.diagnostics import Monitor, WeightEMA, jacobian_norm, recompute_batchnorm
+from decaylab.diagnostics import Monitor, WeightEMA, recompute_batchnorm
 from decaylab.groups import split_parameters
 from decaylab.optim import DIRECTIONS, OPTIMIZERS
 
 from .config import RunResult, TrainConfig
 from .data import Prepared, Sampler, build_model, check_fits, lm_eval_batches, load_data, prepare, steps_per_epoch
 from .engines import SingleModel, StackedModels, clip_grad_norm_per_model, cross_entropy_per_model
-from .schedules import decay_schedule, lr_schedule
+from .schedules import lr_schedule
 
 __all__ = ["train", "train_stacked", "total_steps", "stack_groups", "CHECKPOINT_FORMAT"]
 
@@ -207,15 +212,17 @@ def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, r
         engine, sampler = replica.wrap(engine, sampler)
 
     # --- optimizer over the decay / no-decay split; per-model hyperparameters as (K,) tensors
-    optimizer, base_lrs = _optimizer(engine, configs, steps, device, backend, stacked)
+    callbacks = config.parsed_callbacks  # the knobs beyond the loop (decaylab.train.callbacks), in name order
+    optimizer, base_lrs = _optimizer(engine, configs, steps, device, backend, stacked, schedule, callbacks)
     if stacked and hasattr(optimizer, "dispatcher"):
         # the run's length tells the dispatcher when compiling a small stacked step pays off
         optimizer.dispatcher.expected_steps = steps
-    ema = None
-    if config.ema_beta is not None:
-        # A bf16 average could not resolve (1 − β)·step: keep it in fp32.
-        ema_dtype = torch.float32 if config.precision == "bf16" else None
-        ema = WeightEMA(engine.state_module, config.ema_beta, dtype=ema_dtype)
+    run = RunState(config, engine, optimizer, prepared, device)
+    for callback in callbacks:
+        callback.start(run)
+    loss_scale = 1.0
+    for callback in callbacks:
+        loss_scale *= callback.loss_scale()
 
     curves: list[list[dict]] = [[] for _ in range(k)]
     records: list[dict] = []
@@ -228,8 +235,11 @@ def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, r
         engine.state_module.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         sampler.load_state_dict(ckpt["sampler"])
-        if ema is not None:
-            ema.load_state_dict(ckpt["ema"])
+        # a checkpoint written before callbacks holds the EMA under "ema"
+        states = ckpt.get("callbacks") or ({"ema": ckpt["ema"]} if ckpt.get("ema") is not None else {})
+        for callback in callbacks:
+            if callback.name in states:
+                callback.load_state_dict(states[callback.name])
         _set_rng_state(ckpt["rng"])
         start, curves, records, wall_before = ckpt["step"], ckpt["curves"], ckpt["records"], ckpt["wall_s"]
 
@@ -237,7 +247,7 @@ def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, r
     if instruments or sinks:
         monitor = Monitor(engine.state_module, optimizer, instruments, sinks, stacked=k if stacked else None)
     autocast = _autocast(config.precision, device)
-    evaluator = _Evaluator(engine, prepared, config, device, autocast)
+    evaluator = run.evaluator = _Evaluator(engine, prepared, config, device, autocast)
     bar = _progress_bar(progress, steps, start, configs, stacked, engine)
     engine.train(True)
     # schedule-free optimizers hold y while training and the average x for evaluation (train()/eval())
@@ -249,6 +259,8 @@ def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, r
     try:
         for t in range(start, steps):
             eta = schedule(t)
+            for callback in callbacks:
+                eta *= callback.lr_factor(t, steps)
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * eta
             x, y = sampler.batch(t)
@@ -256,12 +268,12 @@ def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, r
                 logits = engine.forward(x)
             per_model = cross_entropy_per_model(logits, y).mean(1)
             optimizer.zero_grad(set_to_none=True)
-            (per_model.sum() * config.loss_scale).backward()  # loss_scale: scale-freeness tests
+            (per_model.sum() * loss_scale).backward()
             if config.grad_clip is not None:
                 grad_norm = clip_grad_norm_per_model(engine.parameters(), config.grad_clip, stacked)
             optimizer.step()
-            if ema is not None:
-                ema.update()
+            for callback in callbacks:
+                callback.after_step(run)
             done = t + 1
             last_loss = per_model.detach()
             if done == steps or (config.eval_every and done % config.eval_every == 0):
@@ -276,7 +288,7 @@ def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, r
             writes = path is not None and (replica is None or replica.writes)
             if writes and (done == steps or (checkpoint_every and done % checkpoint_every == 0)):
                 wall = wall_before + time.perf_counter() - started
-                _save_checkpoint(path, configs, done, engine, optimizer, sampler, ema, curves,
+                _save_checkpoint(path, configs, done, engine, optimizer, sampler, callbacks, curves,
                                  _records(monitor, records), wall)
             if bar is not None:
                 bar.update(1)
@@ -290,25 +302,42 @@ def _run(configs, *, data, progress, device, checkpoint_dir, checkpoint_every, r
         if monitor is not None:
             monitor.close()
 
-    # --- final metrics (from the last evaluation), EMA metrics, per-model modules
+    # --- final metrics (from the last evaluation, then the callbacks'), per-model modules
     wall = (wall_before + time.perf_counter() - started) / k
     all_records = _records(monitor, records)
-    ema_metrics = evaluator.evaluate_ema(ema, config) if ema is not None else [{} for _ in range(k)]
-    trained = engine.modules()
+    trained = run.trained = engine.modules()
+    extra: list[dict[str, float]] = [{} for _ in range(k)]
+    for callback in callbacks:
+        for i, metrics in enumerate(callback.final(run) or []):
+            extra[i].update(metrics)
     results = []
     for i, c in enumerate(configs):
         last = curves[i][-1]
         final = {name: value for name, value in last.items()
                  if name not in ("step", "epoch", "lr", "effective_lr", "grad_norm")}
-        final.update(ema_metrics[i])
         final["wall_s"] = wall
         final["steps"] = float(steps)
-        if c.jacobian_probe:  # the "Why WD" ‖J‖_F on the first jacobian_probe test inputs
-            final["jacobian_norm"] = float(jacobian_norm(trained[i], prepared.x_test[:c.jacobian_probe]))
+        final.update(extra[i])
         mine = [{key: v for key, v in r.items() if key != "model"} for r in all_records
                 if not stacked or r.get("model") in (i, None)]
         results.append(RunResult(c, final, curves[i], mine, model=trained[i]))
     return results
+
+
+@dataclass
+class RunState:
+    """What a callback (:mod:`decaylab.train.callbacks`) sees of the run it serves: its config (the
+    first of a stack), the engine, the optimizer, the data on the device, the evaluator (from
+    :meth:`~decaylab.train.callbacks.Callback.after_step` on) and the trained per-model modules (in
+    :meth:`~decaylab.train.callbacks.Callback.final`)."""
+
+    config: TrainConfig
+    engine: Any
+    optimizer: Any
+    prepared: Prepared
+    device: torch.device
+    evaluator: Any = None
+    trained: list[nn.Module] | None = None
 
 
 def _per_model_floats(value: Any, k: int) -> list[float]:
@@ -331,8 +360,9 @@ def _autocast(precision: str, device: torch.device) -> Callable[[], Any]:
 # ---------------------------------------------------------------------------------------------- optimizer
 
 
-def _optimizer(engine, configs, steps, device, backend, stacked):
-    """The decaylab optimizer and each group's base lr (a float, or a (K,) float64 tensor)."""
+def _optimizer(engine, configs, steps, device, backend, stacked, schedule, callbacks):
+    """The decaylab optimizer and each group's base lr (a float, or a (K,) float64 tensor); the decayed
+    group's λ as the callbacks shape it (a decay window)."""
     config = configs[0]
     flag = config.no_decay_bias_norm
     # Muon takes the hidden matrices, AdamW (a group of the same optimizer) the rest: the groups' "muon" preset
@@ -343,7 +373,9 @@ def _optimizer(engine, configs, steps, device, backend, stacked):
         wd = torch.tensor([c.weight_decay for c in configs], dtype=torch.float64, device=device)
     else:
         lr, wd = config.lr, config.weight_decay
-    groups = split.to_param_groups(decay_schedule(config, wd, steps), with_names=False)
+    for callback in callbacks:
+        wd = callback.weight_decay(wd, steps=steps, lr_schedule=schedule, decay_scale=config.decay_scale)
+    groups = split.to_param_groups(wd, with_names=False)
     for g in groups:
         g["max_lr"] = lr.clone() if stacked else lr  # the peak lr of decay_scale="schedule"/"corrected"
         if g.get("direction") == "adam":  # Muon's AdamW groups: the config's Adam hyperparameters
@@ -509,7 +541,8 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def _save_checkpoint(path: Path, configs, step, engine, optimizer, sampler, ema, curves, records, wall) -> None:
+def _save_checkpoint(path: Path, configs, step, engine, optimizer, sampler, callbacks, curves, records,
+                     wall) -> None:
     state = {
         "format": CHECKPOINT_FORMAT,
         "keys": [c.key() for c in configs],
@@ -518,7 +551,7 @@ def _save_checkpoint(path: Path, configs, step, engine, optimizer, sampler, ema,
         "model": engine.state_module.state_dict(),
         "optimizer": optimizer.state_dict(),
         "sampler": sampler.state_dict(),
-        "ema": ema.state_dict() if ema is not None else None,
+        "callbacks": {cb.name: cb.state_dict() for cb in callbacks if cb.state_dict() is not None},
         "rng": _rng_state(),
         "curves": curves,
         "records": records,

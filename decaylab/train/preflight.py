@@ -90,7 +90,8 @@ def estimate(config: TrainConfig, data: TensorData | TextData | None = None, *, 
     per_example = made / config.batch_size
     width = 2 if config.precision == "bf16" else 4
     moments = 1 if config.optimizer == "sgd" else 2
-    state = params * width * (2 + moments + (1 if config.ema_beta is not None else 0))  # w, grad, moments, EMA
+    copies = sum(callback.weight_copies for callback in config.parsed_callbacks)  # the EMA's average
+    state = params * width * (2 + moments + copies)  # weights, gradients, moments, callbacks' copies
     if isinstance(data, TextData):
         data_bytes = len(data.train) + len(data.val)
         evaluated = k * config.batch_size

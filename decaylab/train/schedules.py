@@ -17,23 +17,30 @@ schedule             ``η_t`` (after ``η_t = (t+1)/W`` for ``t < W``)
                      fill the run), ``T_mult = M = restart_mult``, ``η_min = r``
 ===================  ==================================================================
 
-With ``lr_factors = (f_0, …, f_{n−1})`` the result is multiplied by the piecewise-linear curve
-through ``f_i`` at step ``i·(T−1)/(n−1)``: a learning-rate schedule given as a table, e.g. one
-measured from another run (``decaylab reproduce undertraining`` gives a λ = 0 run the effective
-learning rate of a decayed one this way).
+With ``factors = (f_0, …, f_{n−1})`` the result is multiplied by the piecewise-linear curve
+through ``f_i`` at step ``i·(T−1)/(n−1)`` (:func:`piecewise_linear`): a learning-rate schedule given
+as a table, e.g. one measured from another run (the ``lr_factors:...`` callback; ``decaylab reproduce
+undertraining`` gives a λ = 0 run the effective learning rate of a decayed one this way).
 
-A weight-decay schedule (:class:`DecaySchedule`) says *when* λ acts: ``constant``; ``early``
-(λ for ``t < round(decay_switch·T)``, then 0: Golatkar et al. 2019); ``late`` (0, then λ). The
-optimizer still scales it by ``s_t`` (``decay_scale``). Both classes are frozen dataclasses
-registered as plain data, so checkpoints hold them as numbers (``torch.load(weights_only=True)``).
+A weight-decay window (:class:`DecayWindows`, made by the ``decay_window:...`` callback of
+:mod:`decaylab.train.callbacks`) says *when* λ acts: in any union of ``[start, end)`` step ranges
+(early decay, Golatkar et al. 2019: ``[0, round(0.5·T))``; late decay the rest), times a factor that
+may match the integrated decay of the whole run. ``λ`` may be a ``(K,)`` tensor, one per stacked model,
+like the schedules of :mod:`decaylab.optim.schedules` that it builds on: the optimizer still scales it
+by ``s_t`` (``decay_scale``). Both classes are frozen dataclasses registered as plain data
+(:func:`decaylab.optim.schedules.plain_data`), so checkpoints hold them as numbers
+(``torch.load(weights_only=True)``); :class:`DecaySchedule` is kept so that checkpoints written with
+it still load.
 
 >>> s = LRSchedule("cosine", total_steps=4, warmup_steps=2)
 >>> [round(s(t), 4) for t in range(4)]
 [0.5, 1.0, 1.0, 0.5]
 >>> [LRSchedule("constant", total_steps=5, factors=(1.0, 3.0))(t) for t in range(5)]
 [1.0, 1.5, 2.0, 2.5, 3.0]
->>> [DecaySchedule(0.1, "early", switch_step=2)(t) for t in range(4)]
+>>> [DecayWindows(0.1, ((0, 2),))(t) for t in range(4)]
 [0.1, 0.1, 0.0, 0.0]
+>>> [DecayWindows(0.1, ((1, 2), (3, 4)), factor=2.0)(t) for t in range(4)]
+[0.0, 0.2, 0.0, 0.2]
 """
 from __future__ import annotations
 
@@ -45,7 +52,7 @@ from decaylab.optim.schedules import plain_data, warm_restart_multiplier
 
 from .config import TrainConfig
 
-__all__ = ["LRSchedule", "DecaySchedule", "lr_schedule", "decay_schedule"]
+__all__ = ["LRSchedule", "DecayWindows", "DecaySchedule", "lr_schedule", "piecewise_linear"]
 
 
 @plain_data
@@ -61,7 +68,7 @@ class LRSchedule:
     gamma: float = 0.1
     restart_steps: int | None = None
     restart_mult: int = 2
-    factors: tuple[float, ...] = ()  # lr_factors: a piecewise-linear multiplier over the run
+    factors: tuple[float, ...] = ()  # a piecewise-linear multiplier over the run (piecewise_linear)
 
     def __post_init__(self) -> None:
         if self.warmup_steps >= self.total_steps and self.warmup_steps > 0:
@@ -81,12 +88,8 @@ class LRSchedule:
         return self._eta(t) * self.factor(t) if self.factors else self._eta(t)
 
     def factor(self, t: int) -> float:
-        """The ``lr_factors`` curve at step ``t``: linear between the values placed at steps
-        ``i·(T−1)/(n−1)``, so the first value acts at step 0 and the last at the last step."""
-        n = len(self.factors)
-        x = min(max(t, 0), self.total_steps - 1) * (n - 1) / max(1, self.total_steps - 1)
-        i = min(int(x), n - 2)
-        return self.factors[i] + (x - i) * (self.factors[i + 1] - self.factors[i])
+        """The ``factors`` curve at step ``t`` (:func:`piecewise_linear`)."""
+        return piecewise_linear(self.factors, t, self.total_steps)
 
     def _eta(self, t: int) -> float:
         w = self.warmup_steps
@@ -107,11 +110,40 @@ class LRSchedule:
         )
 
 
+def piecewise_linear(values: tuple[float, ...], t: int, total_steps: int) -> float:
+    """The curve through ``values`` at step ``t`` of ``total_steps``: linear between the values placed at
+    steps ``i·(T−1)/(n−1)``, so the first value acts at step 0 and the last at the last step.
+
+    >>> [piecewise_linear((1.0, 3.0), t, 5) for t in range(5)]
+    [1.0, 1.5, 2.0, 2.5, 3.0]
+    """
+    n = len(values)
+    x = min(max(t, 0), total_steps - 1) * (n - 1) / max(1, total_steps - 1)
+    i = min(int(x), n - 2)
+    return values[i] + (x - i) * (values[i + 1] - values[i])
+
+
+@plain_data
+@dataclass(frozen=True)
+class DecayWindows:
+    """``λ_t = weight_decay·factor`` while ``t`` is in one of the ``[start, end)`` step ranges of
+    ``windows``, else 0. ``weight_decay`` is a number or a ``(K,)`` tensor (one per stacked model)."""
+
+    weight_decay: Any
+    windows: tuple[tuple[int, int], ...]
+    factor: float = 1.0
+
+    def __call__(self, t: int) -> Any:
+        on = any(start <= t < end for start, end in self.windows)
+        return self.weight_decay * (self.factor if on else 0.0)
+
+
 @plain_data
 @dataclass(frozen=True)
 class DecaySchedule:
-    """``λ_t``: ``weight_decay`` (a number, or a ``(K,)`` tensor for stacked models) switched on
-    or off at ``switch_step``: ``early`` decays for ``t < switch_step``, ``late`` for ``t ≥ switch_step``."""
+    """Early or late decay as checkpoints written before :class:`DecayWindows` hold it (they load into
+    this class, which acts as the window it stands for): ``early`` decays for ``t < switch_step``,
+    ``late`` for ``t ≥ switch_step``."""
 
     weight_decay: Any
     kind: str
@@ -123,7 +155,8 @@ class DecaySchedule:
 
 
 def lr_schedule(config: TrainConfig, total_steps: int) -> LRSchedule:
-    """The :class:`LRSchedule` of ``config`` for a run of ``total_steps`` steps."""
+    """The :class:`LRSchedule` of ``config`` for a run of ``total_steps`` steps (the lr callbacks'
+    factors multiply it in the loop)."""
     return LRSchedule(
         kind=config.schedule,
         total_steps=total_steps,
@@ -133,13 +166,4 @@ def lr_schedule(config: TrainConfig, total_steps: int) -> LRSchedule:
         gamma=config.lr_gamma,
         restart_steps=config.restart_steps,
         restart_mult=config.restart_mult,
-        factors=config.lr_factors,
     )
-
-
-def decay_schedule(config: TrainConfig, weight_decay: Any, total_steps: int) -> Any:
-    """What goes into the decayed param group's ``weight_decay``: the value itself for a
-    ``constant`` schedule, else a :class:`DecaySchedule`."""
-    if config.decay_schedule == "constant":
-        return weight_decay
-    return DecaySchedule(weight_decay, config.decay_schedule, round(config.decay_switch * total_steps))
