@@ -98,8 +98,9 @@ def no_network(monkeypatch):
 def test_cifar10_round_trip(cifar10) -> None:
     root, archive, members = cifar10
     d = data.load("cifar10", root=root, md5=file_md5(archive), download=False)
-    assert (d.n_train, d.n_test, d.input_shape, d.num_classes) == (5 * N, N, (3, 32, 32), 10)
-    assert d.x_train.dtype == torch.float32 and d.y_train.dtype == torch.int64
+    # the test batch held out in two halves: validation first, then test
+    assert (d.n_train, d.n_val + d.n_test, d.input_shape, d.num_classes) == (5 * N, N, (3, 32, 32), 10)
+    assert d.n_val == N // 2 and d.x_train.dtype == torch.float32 and d.y_train.dtype == torch.int64
     train_files = [f"cifar-10-batches-py/data_batch_{i}" for i in range(1, 6)]
     raw_x, raw_y = raw_batches(members, train_files)
     assert torch.equal(d.y_train, torch.from_numpy(raw_y))  # batches 1..5 in order
@@ -109,7 +110,7 @@ def test_cifar10_round_trip(cifar10) -> None:
     assert torch.allclose(d.x_train, (pixels - mean[:, None, None]) / std[:, None, None], rtol=1e-6, atol=1e-6)
     assert d.x_train[0, 1, 0, 0] == (raw_x[0, 1024] / 255 - mean[1]) / std[1]
     test_x, test_y = raw_batches(members, ["cifar-10-batches-py/test_batch"])
-    assert torch.equal(d.y_test, torch.from_numpy(test_y))
+    assert torch.equal(torch.cat([d.y_val, d.y_test]), torch.from_numpy(test_y))
     assert d.meta["classes"][:2] == ["airplane", "automobile"] and d.meta["source"] == str(archive)
 
 
@@ -117,7 +118,8 @@ def test_cifar10_unnormalized_is_pixels_over_255(cifar10) -> None:
     root, archive, members = cifar10
     d = data.load_cifar10(root, md5=file_md5(archive), download=False, normalize=False)
     test_x, _ = raw_batches(members, ["cifar-10-batches-py/test_batch"])
-    assert torch.equal((d.x_test * 255).round().to(torch.uint8).view(N, -1), torch.from_numpy(test_x))
+    held_out = torch.cat([d.x_val, d.x_test])
+    assert torch.equal((held_out * 255).round().to(torch.uint8).view(N, -1), torch.from_numpy(test_x))
     assert d.meta["normalize"] is None
 
 
@@ -127,7 +129,7 @@ def test_cifar100_round_trip_fine_and_coarse(tmp_path) -> None:
     md5 = file_md5(archive)
     fine = data.load("cifar100", root=tmp_path, md5=md5, download=False)
     coarse = data.load("cifar100", root=tmp_path, md5=md5, download=False, labels="coarse")
-    assert (fine.n_train, fine.n_test, fine.num_classes, coarse.num_classes) == (5, 2, 100, 20)
+    assert (fine.n_train, fine.n_val + fine.n_test, fine.num_classes, coarse.num_classes) == (5, 2, 100, 20)
     _, fine_y = raw_batches(members, ["cifar-100-python/train"], b"fine_labels")
     _, coarse_y = raw_batches(members, ["cifar-100-python/train"], b"coarse_labels")
     assert torch.equal(fine.y_train, torch.from_numpy(fine_y))
@@ -210,7 +212,7 @@ def test_download_saves_the_verified_archive(tmp_path, monkeypatch) -> None:
     root = tmp_path / "root"
     d = data.load_cifar10(root, md5=file_md5(blob_path))
     assert requested == ["https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"]
-    assert (root / "cifar-10-python.tar.gz").read_bytes() == blob and d.n_test == N
+    assert (root / "cifar-10-python.tar.gz").read_bytes() == blob and d.n_val + d.n_test == N
     # a download that does not match the checksum is not kept
     with pytest.raises(CorruptDataError, match=r"downloaded .* has md5 \w{32}, expected 0{32}"):
         data.load_cifar100(root, md5="0" * 32)

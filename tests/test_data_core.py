@@ -105,7 +105,7 @@ def test_batch_uses_every_start_position() -> None:
 @pytest.mark.parametrize(
     "args, match",
     [
-        (("test", 2, 4), "split must be 'train' or 'val'"),
+        (("test", 2, 4), "split must be one of 'train', 'val', got 'test'"),
         (("train", 0, 4), "batch_size"),
         (("train", 2, 0), "block_size"),
         (("val", 2, 100), "block_size=100"),

@@ -70,6 +70,15 @@ def test_mnist1d_is_the_package_output(tmp_path) -> None:
     assert torch.equal(ours.x_train, torch.from_numpy(theirs["x"].astype(np.float32)))
     assert torch.equal(ours.y_test, torch.from_numpy(theirs["y_test"]))
     assert ours.x_train.shape == (240, 40) and ours.x_test.shape == (60, 40)
+    # the validation split: the package's process with another seed (its first training signals), so the
+    # training and test splits above stay the package's own
+    args.seed = 7 + data.MNIST1D_VAL_SEED_OFFSET
+    other = mnist1d.data.make_dataset(args)
+    assert torch.equal(ours.x_val, torch.from_numpy(other["x"][:60].astype(np.float32)))
+    assert torch.equal(ours.y_val, torch.from_numpy(other["y"][:60]))
+    assert ours.meta["validation"]["seed"] == 7 + data.MNIST1D_VAL_SEED_OFFSET
+    held = {tuple(x.tolist()) for x in torch.cat([ours.x_train, ours.x_test])}
+    assert not any(tuple(x.tolist()) in held for x in ours.x_val)  # no validation signal is trained or tested on
 
 
 def test_mnist1d_same_seed_same_arrays(tmp_path) -> None:
@@ -114,9 +123,10 @@ def test_mnist1d_argument_errors(tmp_path) -> None:
 
 def test_digits_split_sizes_and_types() -> None:
     d = data.load("digits")
-    assert (d.n_train, d.n_test, d.input_shape, d.num_classes) == (1258, 539, (64,), 10)
+    # the held-out 539 images: the first half validation, the rest test; training as decaylab quickstart's
+    assert (d.n_train, d.n_val, d.n_test, d.input_shape, d.num_classes) == (1258, 269, 270, (64,), 10)
     assert d.x_train.dtype == torch.float32 and d.y_train.dtype == torch.int64
-    assert set(d.y_test.tolist()) == set(range(10))
+    assert set(d.y_test.tolist()) == set(range(10)) == set(d.y_val.tolist())
     assert d.meta["image_shape"] == (1, 8, 8)
 
 
@@ -124,7 +134,8 @@ def test_digits_split_is_seeded() -> None:
     a, b, c = data.load_digits(seed=1), data.load_digits(seed=1), data.load_digits(seed=2)
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
     assert not torch.equal(a.y_train, c.y_train)
-    assert data.load_digits(test_fraction=0.5).n_test == 898
+    half = data.load_digits(test_fraction=0.5)
+    assert (half.n_val, half.n_test) == (449, 449)
 
 
 def test_digits_are_standardized_with_train_statistics() -> None:
@@ -136,7 +147,8 @@ def test_digits_are_standardized_with_train_statistics() -> None:
     train = raw[perm[539:]]
     mean, std = train.mean(0), train.std(0)
     assert torch.equal(d.x_train, (train - mean) / (std + 1e-3))
-    assert torch.equal(d.x_test, (raw[perm[:539]] - mean) / (std + 1e-3))
+    assert torch.equal(d.x_val, (raw[perm[:269]] - mean) / (std + 1e-3))
+    assert torch.equal(d.x_test, (raw[perm[269:539]] - mean) / (std + 1e-3))
     varying = std > 0.1
     assert d.x_train.mean(0).abs().max() < 1e-5
     assert (d.x_train.std(0)[varying] - 1).abs().max() < 0.02
@@ -153,9 +165,9 @@ def test_digits_errors() -> None:
 def test_pystdlib_text_is_deterministic_and_recorded() -> None:
     a = data.load("pystdlib-text", max_bytes=100_000)
     b = data.load_pystdlib_text(max_bytes=100_000)
-    assert torch.equal(a.train, b.train) and torch.equal(a.val, b.val)
-    raw = bytes(torch.cat([a.train, a.val]).numpy())
-    assert len(raw) == 100_000 and (len(a.train), len(a.val)) == (90_000, 10_000)
+    assert torch.equal(a.train, b.train) and torch.equal(a.val, b.val) and torch.equal(a.test, b.test)
+    raw = bytes(torch.cat([a.train, a.val, a.test]).numpy())  # the held-out tail: validation, then test
+    assert len(raw) == 100_000 and (len(a.train), len(a.val), len(a.test)) == (90_000, 5_000, 5_000)
     assert a.meta["sha256"] == hashlib.sha256(raw).hexdigest() == b.meta["sha256"]
     assert a.meta["python_version"] == __import__("platform").python_version()
     assert a.vocab_size == 256 and a.name == "pystdlib-text"
@@ -168,12 +180,12 @@ def test_pystdlib_text_is_the_sorted_sources_joined() -> None:
     assert files == sorted(files) and files[0] == text.meta["first_file"]
     assert not any(part in embedded.STDLIB_EXCLUDED_DIRS for f in files for part in f.split("/")[:-1])
     expected = b"\xff".join((stdlib / f).read_bytes() for f in files[: text.meta["files"]])[:300_000]
-    assert bytes(torch.cat([text.train, text.val]).numpy()) == expected
+    assert bytes(torch.cat([text.train, text.val, text.test]).numpy()) == expected
 
 
 def test_pystdlib_text_default_size_and_batches() -> None:
     text = data.load("pystdlib-text")
-    assert len(text.train) + len(text.val) == 2_000_000
+    assert len(text.train) + len(text.val) + len(text.test) == 2_000_000
     x, y = text.batch("val", batch_size=4, block_size=64, generator=torch.Generator().manual_seed(0))
     assert x.shape == y.shape == (4, 64) and x.dtype == torch.int64
     assert torch.equal(y[:, :-1], x[:, 1:])

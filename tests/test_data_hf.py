@@ -46,7 +46,7 @@ def online(monkeypatch, rows: list[dict], calls: list) -> None:
 
 
 def as_bytes(text: data.TextData) -> bytes:
-    return bytes(torch.cat([text.train, text.val]).numpy())
+    return bytes(torch.cat([text.train, text.val, text.test]).numpy())  # the held-out tail: validation, then test
 
 
 # --- local copies -------------------------------------------------------------------------------------
@@ -57,8 +57,9 @@ def test_save_to_disk_round_trip(tmp_path) -> None:
     text = data.load("tinystories", root=tmp_path, max_bytes=None)
     expected = stream(DOCS)
     assert as_bytes(text) == expected
-    n_val = int(len(expected) * 0.1)
-    assert len(text.val) == n_val and len(text.train) == len(expected) - n_val
+    n_held = int(len(expected) * 0.1)  # held out: its first half validation, the rest test
+    assert len(text.val) == n_held // 2 and len(text.test) == n_held - n_held // 2
+    assert len(text.train) == len(expected) - n_held
     assert text.train.dtype == torch.uint8 and text.vocab_size == 256 and text.name == "tinystories"
     assert text.meta["sha256"] == hashlib.sha256(expected).hexdigest()
     assert text.meta["documents"] == len(DOCS) and text.meta["repo"] == "roneneldan/TinyStories"
@@ -87,7 +88,9 @@ def test_max_bytes_and_separator(tmp_path) -> None:
     capped = data.load_hf_text("tinystories", tmp_path, max_bytes=40)
     assert as_bytes(capped) == stream(DOCS)[:40] and capped.meta["documents"] == 2
     newline = data.load_hf_text("tinystories", tmp_path, max_bytes=None, separator=b"\n\n", val_fraction=0.5)
-    assert as_bytes(newline) == stream(DOCS, b"\n\n") and len(newline.val) == len(stream(DOCS, b"\n\n")) // 2
+    held = len(stream(DOCS, b"\n\n")) // 2
+    assert as_bytes(newline) == stream(DOCS, b"\n\n") and (len(newline.val), len(newline.test)) == (held // 2,
+                                                                                                    held - held // 2)
 
 
 def test_parquet_files(tmp_path) -> None:

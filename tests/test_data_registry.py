@@ -69,3 +69,15 @@ def test_register_a_custom_dataset() -> None:
             data.register("toy2", lambda n=1: None, kind="text", offline=True, description="x")
     finally:
         registry._REGISTRY.pop("toy-for-test", None)
+
+
+def test_every_offline_dataset_has_train_validation_and_test() -> None:
+    for info in data.available():
+        if not info.offline:
+            continue
+        d = data.load(info.name)
+        assert d.splits == ("train", "val", "test"), info.name
+        if info.kind == "classification":
+            assert min(d.n_train, d.n_val, d.n_test) > 0, info.name
+        else:
+            assert min(len(d.train), len(d.val), len(d.test)) > 0, info.name

@@ -302,3 +302,26 @@ def test_score_functions_directly():
 def test_doctests(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_validation_selects_and_test_is_reported_for_the_selected_cell(tmp_path):
+    from decaylab.store import SCHEMA
+
+    path = tmp_path / "val.db"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA)
+    db.execute("INSERT INTO sweeps VALUES ('v', 'x', 0)")
+    # the cell validation prefers (lr 1e-3) is not the one test would have picked (lr 1e-2)
+    for k, (lr, val_acc, test_acc) in enumerate([(1e-3, 0.90, 0.50), (1e-2, 0.80, 0.95)]):
+        final = {"val_acc": val_acc, "val_loss": 1 - val_acc, "test_acc": test_acc, "test_loss": 1 - test_acc}
+        db.execute("INSERT INTO runs (sweep, key, config, label, status, final) VALUES ('v', ?, ?, 'A', 'done', ?)",
+                   (f"k{k}", json.dumps({"lr": lr, "weight_decay": 0.1, "seed": 0}), json.dumps(final)))
+    db.commit()
+    db.close()
+    result = build_report(path, out_dir=tmp_path / "out")
+    row = result.summary["methods"]["A"]
+    assert result.summary["metric"] == "val_error"
+    assert row["best_lr"] == 1e-3 and row["best_test_acc"] == 0.50  # selected on validation, test reported
+    assert "50.00" in result.table_text.splitlines()[1]
+    html = result.html_path.read_text(encoding="utf-8")
+    assert "validation error (%)" in html and "never selects what it judges" in html

@@ -1,4 +1,4 @@
-"""decaylab reproduce timescale: carving, the statistic, the verdict both ways, premises, the run's plumbing."""
+"""decaylab reproduce timescale: nested training subsets, the statistic, the verdict both ways, premises, the run."""
 from __future__ import annotations
 
 import doctest
@@ -31,40 +31,34 @@ def test_doctests() -> None:
 def _toy(n_train: int = 40, n_test: int = 7) -> TensorData:
     x = torch.arange(n_train, dtype=torch.float32)[:, None].repeat(1, 3)
     return TensorData(x, torch.arange(n_train) % 3, -torch.ones(n_test, 3), torch.zeros(n_test, dtype=torch.int64),
-                      num_classes=3, name="toy")
+                      num_classes=3, name="toy", x_val=-2 * torch.ones(n_test, 3),
+                      y_val=torch.zeros(n_test, dtype=torch.int64))
 
 
-def test_carve_is_deterministic_disjoint_and_nested() -> None:
+def test_training_subsets_are_deterministic_and_nested() -> None:
     full = _toy()
-    small, large = T.carve(full, 10, 5), T.carve(full, 10, 30)
-    again = T.carve(full, 10, 5)
+    small, large = full.train_subset(5), full.train_subset(30)
+    again = full.train_subset(5)
     assert torch.equal(small.x_train, again.x_train) and small.meta == again.meta
     ids = lambda x: set(x[:, 0].long().tolist())  # noqa: E731 -- example i has features (i, i, i)
-    assert ids(small.x_train) <= ids(large.x_train)  # the ×1 subset is a prefix of the ×6 one
-    assert torch.equal(small.x_test, large.x_test)  # one validation split for every size
-    assert not ids(large.x_train) & ids(large.x_test)  # validation never trained on
-    assert len(ids(large.x_train) | ids(large.x_test)) == 40
-    test = T.carve(full, 10, 5, evaluate="test")
-    assert torch.equal(test.x_train, small.x_train) and torch.equal(test.x_test, full.x_test)
-    assert small.name == "toy-n5-val" and test.name == "toy-n5-test"
-    with pytest.raises(ValueError, match="n_val \\+ n_train must be at most 40"):
-        T.carve(full, 10, 31)
+    assert ids(small.x_train) <= ids(large.x_train)  # the ×1 subset is part of the ×6 one
+    assert small.x_train[:, 0].tolist() == sorted(small.x_train[:, 0].tolist())  # in the dataset's own order
+    # validation and test are the dataset's own, the same for every size
+    assert torch.equal(small.x_val, full.x_val) and torch.equal(large.x_test, full.x_test)
+    with pytest.raises(ValueError, match="train_examples must be an integer from 1 to 40"):
+        full.train_subset(41)
 
 
-def test_carved_datasets_exist_only_inside_the_block() -> None:
-    with T.carved_datasets("small") as names:
-        assert names == [f"mnist1d-n{n}-{split}" for n in (750, 1500, 3000) for split in ("val", "test")]
-        with T.carved_datasets("small"):  # nested: run() loads the spec inside its own block
-            pass
-        assert set(names) <= {info.name for info in data.available()}
-    assert {info.name for info in data.available()} == BUILTIN
+def test_train_examples_trains_on_the_subset() -> None:
+    from decaylab.train import TrainConfig
+    from decaylab.train.data import load_data, steps_per_epoch
 
-
-def test_carved_mnist1d_sizes() -> None:
-    with T.carved_datasets("small"):
-        val, test = data.load("mnist1d-n750-val"), data.load("mnist1d-n750-test")
-    assert (val.n_train, len(val.x_test), len(test.x_test)) == (750, 1000, 1000)
-    assert torch.equal(val.x_train, test.x_train) and not torch.equal(val.x_test, test.x_test)
+    config = TrainConfig(dataset="mnist1d", train_examples=750, batch_size=100)
+    subset = load_data(config)
+    assert (subset.n_train, subset.n_val, subset.n_test) == (750, 1000, 1000)
+    assert steps_per_epoch(config, subset) == 7 and load_data(config) is subset  # loaded once per process
+    assert config.stack_key() != config.replace(train_examples=1500).stack_key()
+    assert {info.name for info in data.available()} == BUILTIN  # nothing registered for it
 
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -137,9 +131,10 @@ def _store(tmp_path, losses, name="reproduce-timescale"):
     db.executescript(SCHEMA)
     db.execute("INSERT INTO sweeps VALUES (?, '', 0.0)", (name,))
     for i, ((n, lr, lam, s), loss) in enumerate(losses.items()):
-        config = {"dataset": f"mnist1d-n{n}-val", "model": "mlp", "lr": lr, "weight_decay": lam, "seed": s,
-                  "batch_size": 100, "epochs": 40, "decay": "decoupled", "decay_scale": "lr"}
-        final = {"test_loss": loss, "test_acc": 0.5, "train_loss": 0.3, "train_acc": 0.9, "steps": 40 * n // 100}
+        config = {"dataset": "mnist1d", "train_examples": n, "model": "mlp", "lr": lr, "weight_decay": lam,
+                  "seed": s, "batch_size": 100, "epochs": 40, "decay": "decoupled", "decay_scale": "lr"}
+        final = {"val_loss": loss, "val_acc": 0.55, "test_loss": loss + 0.1, "test_acc": 0.5, "train_loss": 0.3,
+                 "train_acc": 0.9, "steps": 40 * n // 100}
         db.execute("INSERT INTO runs (sweep, key, config, label, status, final) VALUES (?, ?, ?, ?, 'done', ?)",
                    (name, f"k{i}", json.dumps(config), f"N={n}", json.dumps(final)))
     db.commit()
@@ -151,27 +146,21 @@ class _Spec:
     name = "reproduce-timescale"
 
 
-@pytest.fixture
-def no_retraining(monkeypatch):
-    def fake(configs, progress):
-        return [{"test_acc": 0.6, "test_loss": 1.0, "train_loss": 0.3} for _ in configs]
-
-    monkeypatch.setattr(T, "_selected_test_error", fake)
-
-
 @pytest.mark.parametrize("lam_star, status", [
     (lambda n, lr: 3.0 / (n * lr), "HELD"),
     (lambda n, lr: 1.0, "DID NOT HOLD"),
     (lambda n, lr: 50.0, "PREMISE NOT MET"),
 ])
-def test_analyze_both_ways_and_premise_not_met(tmp_path, no_retraining, lam_star, status) -> None:
-    verdict = T.analyze(_store(tmp_path, _losses(lam_star)), _Spec(), "small", progress=False)
+def test_analyze_both_ways_and_premise_not_met(tmp_path, lam_star, status) -> None:
+    verdict = T.analyze(_store(tmp_path, _losses(lam_star)), _Spec(), "small")
     assert verdict.status == status and verdict.line.startswith(f"timescale: {status} — ")
     numbers = verdict.numbers
     assert numbers["selection"] == "validation" and numbers["seeds"] == 5 and numbers["threshold"] == -0.5
     assert [p["name"] for p in numbers["premises"]] == ["optimum inside the λ grid", "decay matters"]
     assert all(set(p) >= {"name", "value", "threshold", "held"} for p in numbers["premises"])
-    assert len(numbers["cells"]) == 9 and numbers["retrained_train_loss_max_relative_difference"] == 0.0
+    assert len(numbers["cells"]) == 9
+    # the test accuracy reported is that of the validation-selected runs (0.5 in every run here)
+    assert {c["test accuracy of the selected runs"] for c in numbers["cells"]} == {"0.500 ± 0.000"}
     if status == "HELD":
         # τ*_epoch = B/(lr·λ*·N) = 100/3 epochs in every cell when λ* = 3/(N·lr) (up to the seeds' noise)
         assert [float(c["τ*_epoch"]) for c in numbers["cells"]] == pytest.approx([100 / 3] * 9, rel=0.02)
@@ -183,12 +172,13 @@ def test_analyze_both_ways_and_premise_not_met(tmp_path, no_retraining, lam_star
 # ------------------------------------------------------------------------------------------- specs and the run
 
 
-@pytest.mark.parametrize("scale", ["small", "paper"])
-def test_specs_load_with_their_carved_datasets(scale) -> None:
+@pytest.mark.parametrize("scale, base, sizes", [("small", "mnist1d", (750, 1500, 3000)),
+                                                ("paper", "cifar10", (10000, 20000, 40000))])
+def test_specs_train_on_nested_subsets(scale, base, sizes) -> None:
     spec = get("timescale").spec(scale)
     assert spec.name.startswith("reproduce-timescale") and spec_seeds(spec) >= 3
-    base, _, sizes = T.CARVED[scale]
-    assert {c.dataset for _, c in spec.configs()} == {f"{base}-n{n}-val" for n in sizes}
+    assert {c.dataset for _, c in spec.configs()} == {base}
+    assert {c.train_examples for _, c in spec.configs()} == set(sizes)
     assert {c.lr for _, c in spec.configs()} and len({c.weight_decay for _, c in spec.configs()}) == 9
     assert {info.name for info in data.available()} == BUILTIN
 
@@ -208,32 +198,23 @@ weight_decay = [0.1, 1.0, 10.0]
 seed = [0, 1, 2]
 [[methods]]
 label = "N=750"
-dataset = "mnist1d-n750-val"
+train_examples = 750
 [[methods]]
 label = "N=1500"
-dataset = "mnist1d-n1500-val"
+train_examples = 1500
 [[methods]]
 label = "N=3000"
-dataset = "mnist1d-n3000-val"
+train_examples = 3000
 """
 
 
-def test_the_run_trains_in_one_process_on_the_carved_data(tmp_path, monkeypatch) -> None:
+def test_the_run_selects_on_validation_and_reports_test(tmp_path, monkeypatch) -> None:
     spec_file = tmp_path / "tiny.toml"
     spec_file.write_text(TINY)
     monkeypatch.setattr(core, "spec_path", lambda reproduction, scale: spec_file)
-    seen = {}
-    real_run_sweep = __import__("decaylab.sweep", fromlist=["run_sweep"]).run_sweep
-
-    def run_sweep(*args, **kwargs):
-        seen.update(kwargs)
-        return real_run_sweep(*args, **kwargs)
-
-    monkeypatch.setattr("decaylab.sweep.run_sweep", run_sweep)
-    verdict = get("timescale").run(store=tmp_path / "s.sqlite", out=tmp_path / "report", progress=False, processes=2)
-    assert seen["processes"] == 1
+    verdict = get("timescale").run(store=tmp_path / "s.sqlite", out=tmp_path / "report", progress=False, processes=1)
     assert verdict.status in ("HELD", "DID NOT HOLD", "INCONCLUSIVE", "PREMISE NOT MET")
     record = json.loads((tmp_path / "report" / "verdict.json").read_text())
     assert record["status"] == verdict.status and record["numbers"]["selection"] == "validation"
-    assert 0 <= record["numbers"]["retrained_train_loss_max_relative_difference"] < 1e-3  # the same training again
-    assert {info.name for info in data.available()} == BUILTIN
+    cells = record["numbers"]["cells"]
+    assert len(cells) == 6 and all(c["test accuracy of the selected runs"] for c in cells)

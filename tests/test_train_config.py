@@ -37,7 +37,7 @@ def test_key_changes_with_every_field():
         weight_decay=0.1, momentum=0.8, betas=(0.8, 0.99), eps=1e-6, epochs=3, steps=7, batch_size=64,
         schedule="constant", warmup_steps=2, seed=1, no_decay_bias_norm=False, eval_every=5,
         precision="bf16", grad_clip=1.0, final_lr_ratio=0.1, lr_milestones=(0.3,), lr_gamma=0.5,
-        restart_steps=10, restart_mult=1, train_eval_size=10, block_size=64, lm_eval_batches=2,
+        restart_steps=10, restart_mult=1, train_examples=100, train_eval_size=10, block_size=64, lm_eval_batches=2,
         callbacks=("ema:0.99",),
     )
     assert set(changed) == set(base.to_dict()), "every field must be covered"

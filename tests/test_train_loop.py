@@ -36,9 +36,11 @@ def test_loss_decreases_on_mnist1d():
     config = TrainConfig(model="mlp", dataset="mnist1d", lr=3e-3, weight_decay=1e-2, steps=300, eval_every=50,
                          schedule="warmup_cosine", warmup_steps=20)
     result = train(config)
-    assert set(result.final) == CLASSIFICATION_FINAL
+    validation = {"val_loss", "val_acc"}  # every registered dataset has a validation split
+    assert set(result.final) == CLASSIFICATION_FINAL | validation
     assert [p["step"] for p in result.curves] == [50, 100, 150, 200, 250, 300]
-    assert all(set(p) == CURVE_KEYS for p in result.curves)
+    assert all(set(p) == CURVE_KEYS | validation for p in result.curves)
+    assert result.final["val_acc"] > 0.35 and result.final["val_acc"] != result.final["test_acc"]
     first, last = result.curves[0], result.curves[-1]
     assert last["train_loss"] < 0.85 * first["train_loss"]
     assert result.final["test_acc"] > 0.35  # chance is 0.1

@@ -353,7 +353,7 @@ def fit_store(store: str, sweep: str | None = None, metric: str | None = None) -
     higher = name.endswith("_acc")
     if not validation:
         notes.append(f"the runs record no validation metric: the best run is selected on {name}, which makes the "
-                     "timescale optimistic for that split (decaylab's classification runs record train and test)")
+                     "timescale optimistic for that split (a store from before decaylab's runs recorded validation)")
     taus = {id(r): _run_tau(r.config, r.final) for r in runs}
     unit = next(u for u in ("epochs", "fraction", "iterations") if all(taus[id(r)][u] is not None for r in runs))
     fit = StoreFit(data.name, name, higher, validation, unit, notes=notes)

@@ -15,14 +15,21 @@ name                kind             offline   source
 ``tinystories``     text             no        Hugging Face Hub (streamed), or a local copy
 ==================  ===============  ========  ==================================================
 
+Every dataset has a train, a validation and a test split: ``mnist1d``'s validation signals are
+generated apart from its training and test splits (another seed of the same process); the others hold
+out their source's test split (``digits``: its seeded held-out part; ``cifar10``/``cifar100``: the test
+batch; text: the held-out tail) and split it in two halves, validation then test. The training split
+stays as its source defines it.
+
 Files live under ``root``, default :func:`cache_dir` (``$DECAYLAB_DATA``, else
 ``~/.cache/decaylab``). A missing file raises :class:`MissingDataError` and a damaged one
 :class:`CorruptDataError`; both name the file, where it was expected and what it should be.
 
 >>> from decaylab import data
 >>> digits = data.load("digits", seed=0)
->>> digits
-TensorData(name='digits', train=1258, test=539, input_shape=(64,), num_classes=10, dtype=torch.float32, device=cpu)
+>>> digits  # doctest: +NORMALIZE_WHITESPACE
+TensorData(name='digits', train=1258, val=269, test=270, input_shape=(64,), num_classes=10,
+           dtype=torch.float32, device=cpu)
 """
 
 from .cifar import CIFAR, CIFAR_FILE_MD5, load_cifar, load_cifar10, load_cifar100
@@ -36,7 +43,7 @@ from .core import (
     cache_dir,
     file_md5,
 )
-from .embedded import MNIST1D_DEFAULT_SHAPES, load_digits, load_mnist1d, load_pystdlib_text
+from .embedded import MNIST1D_DEFAULT_SHAPES, MNIST1D_VAL_SEED_OFFSET, load_digits, load_mnist1d, load_pystdlib_text
 from .hf_text import HF_CORPORA, load_hf_text
 from .registry import DatasetInfo, available, load, register
 
@@ -46,6 +53,7 @@ __all__ = [
     "END_OF_TEXT",
     "HF_CORPORA",
     "MNIST1D_DEFAULT_SHAPES",
+    "MNIST1D_VAL_SEED_OFFSET",
     "CorruptDataError",
     "DataFileError",
     "DatasetInfo",

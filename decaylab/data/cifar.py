@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import CorruptDataError, MissingDataError, TensorData, cache_dir, file_md5
+from .core import CorruptDataError, MissingDataError, TensorData, cache_dir, file_md5, split_held_out
 
 __all__ = ["CIFAR", "CIFAR_FILE_MD5", "CifarSpec", "load_cifar", "load_cifar10", "load_cifar100"]
 
@@ -316,8 +316,13 @@ def load_cifar(
         "labels": labels,
         "normalize": {"mean": spec.mean, "std": spec.std} if normalize else None,
     }
-    return TensorData(images(x_train), torch.from_numpy(y_train), images(x_test), torch.from_numpy(y_test),
-                      num_classes=num_classes, name=name if labels == "fine" else f"{name}-{labels}", meta=meta)
+    # the test batch held out in two halves: validation (the first 5,000 images), then test; training as is
+    val, test = split_held_out(len(y_test))
+    meta["validation"] = f"the first {val.stop} images of the test batch (the test split: the rest)"
+    return TensorData(images(x_train), torch.from_numpy(y_train), images(x_test[test]),
+                      torch.from_numpy(np.ascontiguousarray(y_test[test])), num_classes=num_classes,
+                      name=name if labels == "fine" else f"{name}-{labels}", meta=meta, x_val=images(x_test[val]),
+                      y_val=torch.from_numpy(np.ascontiguousarray(y_test[val])))
 
 
 def load_cifar10(root: str | os.PathLike[str] | None = None, *, download: bool = True, md5: str | None = None,

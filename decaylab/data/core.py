@@ -5,12 +5,20 @@ many stacked models on the same tensors, so a dataset is plain tensors, not a ``
 with a per-item ``__getitem__``:
 
 - :class:`TensorData` — classification: ``x_train, y_train, x_test, y_test`` (``y`` int64 class
-  indices), ``num_classes``, ``name`` and a ``meta`` dict that says where the numbers came from.
-- :class:`TextData` — byte-level language modelling: ``train`` and ``val`` are 1-D uint8 tensors
-  of raw bytes (vocabulary 256), sampled into ``(x, y)`` blocks by :meth:`TextData.batch`.
+  indices), ``num_classes``, ``name``, a ``meta`` dict that says where the numbers came from, and the
+  validation split ``x_val, y_val``;
+- :class:`TextData` — byte-level language modelling: ``train``, ``val`` and ``test`` are 1-D uint8
+  tensors of raw bytes (vocabulary 256), sampled into ``(x, y)`` blocks by :meth:`TextData.batch`.
+
+Every registered dataset has a train, a validation and a test split: runs select on validation and
+report test (decaylab's datasets keep their training split as their sources define it; where the
+validation examples come from is each loader's to say). Data made by hand may leave validation out:
+runs on it then record no ``val_*`` metrics.
 
 >>> import torch
 >>> text = TextData(train=torch.arange(100, dtype=torch.uint8), val=torch.arange(20, dtype=torch.uint8), name="demo")
+>>> text.splits
+('train', 'val')
 >>> x, y = text.batch("train", batch_size=4, block_size=8, generator=torch.Generator().manual_seed(0))
 >>> x.shape, x.dtype, y.shape
 (torch.Size([4, 8]), torch.int64, torch.Size([4, 8]))
@@ -89,9 +97,10 @@ def file_md5(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
 class TensorData:
     """A classification dataset held in memory as tensors.
 
-    ``x_train`` and ``x_test`` share every dimension but the first (float32 from every decaylab
-    loader); ``y_train`` and ``y_test`` are int64 class indices in ``[0, num_classes)``. ``meta``
-    records where the numbers came from (source file, checksum, seed, normalization).
+    ``x_train``, ``x_val`` and ``x_test`` share every dimension but the first (float32 from every
+    decaylab loader); the ``y`` are int64 class indices in ``[0, num_classes)``. ``meta`` records
+    where the numbers came from (source file, checksum, seed, normalization, the validation split's
+    origin). ``x_val``/``y_val`` is None for data made without a validation split.
     """
 
     x_train: torch.Tensor
@@ -101,9 +110,13 @@ class TensorData:
     num_classes: int
     name: str
     meta: dict[str, Any] = field(default_factory=dict)
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        for split in ("train", "test"):
+        if (self.x_val is None) != (self.y_val is None):
+            raise ValueError("x_val and y_val must be given together (the validation split), or neither")
+        for split in self.splits:
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
             if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
                 raise TypeError(f"x_{split} and y_{split} must be torch.Tensor, got {type(x).__name__} "
@@ -113,13 +126,15 @@ class TensorData:
                                  f"dtype {y.dtype} and shape {tuple(y.shape)}")
             if x.ndim < 1 or len(x) != len(y):
                 raise ValueError(f"x_{split} has {len(x) if x.ndim else 0} rows but y_{split} has {len(y)}")
-        if self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise ValueError(f"x_train and x_test must have the same example shape, got "
-                             f"{tuple(self.x_train.shape[1:])} and {tuple(self.x_test.shape[1:])}")
+        for split in self.splits[1:]:
+            x = getattr(self, f"x_{split}")
+            if self.x_train.shape[1:] != x.shape[1:]:
+                raise ValueError(f"x_train and x_{split} must have the same example shape, got "
+                                 f"{tuple(self.x_train.shape[1:])} and {tuple(x.shape[1:])}")
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, numbers.Integral) \
                 or self.num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {self.num_classes!r}")
-        for split in ("train", "test"):
+        for split in self.splits:
             y = getattr(self, f"y_{split}")
             if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
                 raise ValueError(f"y_{split} has labels in [{int(y.min())}, {int(y.max())}], outside "
@@ -138,19 +153,38 @@ class TensorData:
     def n_test(self) -> int:
         return len(self.y_test)
 
+    @property
+    def n_val(self) -> int:
+        return 0 if self.y_val is None else len(self.y_val)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """``("train", "val", "test")``, or ``("train", "test")`` without a validation split."""
+        return ("train", "test") if self.x_val is None else ("train", "val", "test")
+
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> TensorData:
         """A copy with every tensor on ``device`` (and the inputs in ``dtype``, if given)."""
-        return replace(
-            self,
-            x_train=self.x_train.to(device=device, dtype=dtype),
-            y_train=self.y_train.to(device),
-            x_test=self.x_test.to(device=device, dtype=dtype),
-            y_test=self.y_test.to(device),
-            meta=dict(self.meta),
-        )
+        moved = {}
+        for split in self.splits:
+            moved[f"x_{split}"] = getattr(self, f"x_{split}").to(device=device, dtype=dtype)
+            moved[f"y_{split}"] = getattr(self, f"y_{split}").to(device)
+        return replace(self, meta=dict(self.meta), **moved)
+
+    def train_subset(self, n: int, seed: int = 0) -> TensorData:
+        """A copy that trains on ``n`` of the training examples: the first ``n`` of a fixed permutation
+        (``seed``), in the dataset's own order, so that a smaller subset is part of every larger one
+        (data-scaling experiments); validation and test are unchanged."""
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 1 <= n <= self.n_train:
+            raise ValueError(f"train_examples must be an integer from 1 to {self.n_train} (the training examples of "
+                             f"{self.name!r}); got {n!r}")
+        keep = torch.randperm(self.n_train, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        meta = {**self.meta, "train_subset": {"n": int(n), "of": self.n_train, "seed": seed,
+                                              "indices_md5": hashlib.md5(keep.numpy().tobytes()).hexdigest()}}
+        return replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep], meta=meta)
 
     def __repr__(self) -> str:
-        return (f"TensorData(name={self.name!r}, train={self.n_train}, test={self.n_test}, "
+        val = f", val={self.n_val}" if self.x_val is not None else ""
+        return (f"TensorData(name={self.name!r}, train={self.n_train}{val}, test={self.n_test}, "
                 f"input_shape={self.input_shape}, num_classes={self.num_classes}, "
                 f"dtype={self.x_train.dtype}, device={self.x_train.device})")
 
@@ -164,6 +198,12 @@ def bytes_to_tensor(data: bytes | bytearray) -> torch.Tensor:
     if len(data) == 0:
         return torch.empty(0, dtype=torch.uint8)
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def split_held_out(n: int) -> tuple[slice, slice]:
+    """A held-out block of ``n`` examples (or bytes) as validation and test: the first half (rounded down)
+    and the rest, nothing random (the same data give the same split)."""
+    return slice(0, n // 2), slice(n // 2, n)
 
 
 def split_bytes(data: bytes, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,9 +223,10 @@ def split_bytes(data: bytes, val_fraction: float) -> tuple[torch.Tensor, torch.T
 class TextData:
     """A byte-level language-modelling corpus held in memory.
 
-    ``train`` and ``val`` are 1-D uint8 tensors of raw bytes (UTF-8 text; documents separated by
-    :data:`END_OF_TEXT`, 0xFF, where the source has documents), so the vocabulary is the 256 byte
+    ``train``, ``val`` and ``test`` are 1-D uint8 tensors of raw bytes (UTF-8 text; documents separated
+    by :data:`END_OF_TEXT`, 0xFF, where the source has documents), so the vocabulary is the 256 byte
     values and no tokenizer is involved. ``meta`` records the source and a sha256 of the bytes.
+    ``test`` is None for text made without a test split (then runs evaluate ``val`` only).
     """
 
     train: torch.Tensor
@@ -193,21 +234,25 @@ class TextData:
     name: str
     vocab_size: int = 256
     meta: dict[str, Any] = field(default_factory=dict)
+    test: torch.Tensor | None = None
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """``("train", "val", "test")``, or ``("train", "val")`` without a test split."""
+        return ("train", "val") if self.test is None else ("train", "val", "test")
 
     def __post_init__(self) -> None:
-        for split in ("train", "val"):
+        for split in self.splits:
             t = getattr(self, split)
             if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.ndim != 1:
                 got = f"dtype {t.dtype}, shape {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"TextData.{split} must be a 1-D uint8 tensor of bytes, got {got}")
 
     def split(self, split: str) -> torch.Tensor:
-        """The byte tensor of ``split``: ``"train"`` or ``"val"``."""
-        if split == "train":
-            return self.train
-        if split == "val":
-            return self.val
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        """The byte tensor of ``split``: one of :attr:`splits`."""
+        if split not in self.splits:
+            raise ValueError(f"split must be one of {', '.join(map(repr, self.splits))}, got {split!r}")
+        return getattr(self, split)
 
     def batch(
         self,
@@ -258,5 +303,6 @@ class TextData:
                                     for part in raw.split(bytes([END_OF_TEXT])))
 
     def __repr__(self) -> str:
-        return (f"TextData(name={self.name!r}, train={len(self.train):,} bytes, val={len(self.val):,} bytes, "
+        test = f", test={len(self.test):,} bytes" if self.test is not None else ""
+        return (f"TextData(name={self.name!r}, train={len(self.train):,} bytes, val={len(self.val):,} bytes{test}, "
                 f"vocab_size={self.vocab_size})")

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .core import END_OF_TEXT, MissingDataError, TensorData, TextData, cache_dir, split_bytes
+from .core import END_OF_TEXT, MissingDataError, TensorData, TextData, cache_dir, split_bytes, split_held_out
 
-__all__ = ["MNIST1D_DEFAULT_SHAPES", "STDLIB_EXCLUDED_DIRS", "load_digits", "load_mnist1d", "load_pystdlib_text"]
+__all__ = ["MNIST1D_DEFAULT_SHAPES", "MNIST1D_VAL_SEED_OFFSET", "STDLIB_EXCLUDED_DIRS", "load_digits", "load_mnist1d",
+           "load_pystdlib_text"]
 
 
 def _check_seed(seed: object) -> int:
@@ -46,6 +47,10 @@ def _check_seed(seed: object) -> int:
 MNIST1D_DEFAULT_SHAPES = {"n_train": 4000, "n_test": 1000, "length": 40, "num_classes": 10}
 
 _MNIST1D_FILE_KEYS = ("x_train", "y_train", "x_test", "y_test")
+#: The validation split of MNIST-1D with seed ``s`` is generated with seed ``s + MNIST1D_VAL_SEED_OFFSET``
+#: (its first ``n_test`` training signals): new signals from the same process, so the training and test
+#: splits stay exactly those of the package's dataset.
+MNIST1D_VAL_SEED_OFFSET = 1000
 
 
 def _import_mnist1d() -> Any:
@@ -131,9 +136,26 @@ def load_mnist1d(
     as they were.
 
     Returns float32 ``x`` of shape ``(N, 40)`` (models that want channels add ``x[:, None]``) and
-    int64 ``y``, standardized by the package itself (zero mean, unit std over the whole set).
+    int64 ``y``, standardized by the package itself (zero mean, unit std over the whole set). The
+    validation split (as many signals as the test split) is the package's dataset generated with seed
+    ``seed + MNIST1D_VAL_SEED_OFFSET`` (its first training signals): the same process, other draws, so
+    the training and test splits are exactly the paper's.
     """
     seed = _check_seed(seed)
+    arrays, meta = _mnist1d_arrays(root, seed, args)
+    val, val_meta = _mnist1d_arrays(root, seed + MNIST1D_VAL_SEED_OFFSET, args)
+    n_val = len(arrays["y_test"])
+    meta["validation"] = {"seed": seed + MNIST1D_VAL_SEED_OFFSET, "signals": n_val, "cache": val_meta["cache"],
+                          "from": "the first training signals of that generation"}
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    return TensorData(**tensors, num_classes=10, name="mnist1d", meta=meta,
+                      x_val=torch.from_numpy(np.ascontiguousarray(val["x_train"][:n_val])),
+                      y_val=torch.from_numpy(np.ascontiguousarray(val["y_train"][:n_val])))
+
+
+def _mnist1d_arrays(root: str | os.PathLike[str] | None, seed: int,
+                    args: Mapping[str, Any] | None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays of one MNIST-1D generation (cached) and where they came from."""
     mnist1d = _import_mnist1d()
     full_args = dict(mnist1d.data.get_dataset_args(as_dict=True))
     full_args.pop("url", None)  # the download path is never used
@@ -168,8 +190,7 @@ def load_mnist1d(
         "cache": str(path),
         "generated": generated,
     }
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
-    return TensorData(**tensors, num_classes=10, name="mnist1d", meta=meta)
+    return arrays, meta
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,10 +206,11 @@ def load_digits(
     """scikit-learn's 8×8 handwritten digits (1,797 images, shipped inside scikit-learn).
 
     A seeded split: ``perm = torch.randperm(1797, generator=torch.Generator().manual_seed(seed))``,
-    the first ``int(1797 * test_fraction)`` indices are the test set. Pixels (0..16) are divided
+    the first ``int(1797 * test_fraction)`` indices are held out: their first half is the validation
+    split, the rest the test split (the training split is that of ``decaylab quickstart``). Pixels (0..16) are divided
     by 16 and standardized per pixel with the *training* split's mean and standard deviation,
     ``x ← (x − mean_train) / (std_train + 1e-3)`` (the 1e-3 keeps always-blank pixels finite).
-    This is exactly the data of ``decaylab quickstart``. ``x`` is float32 ``(N, 64)`` (reshape to
+    ``x`` is float32 ``(N, 64)`` (reshape to
     ``(N, 1, 8, 8)`` for a CNN), ``y`` int64. ``root`` is accepted for a uniform call and unused.
     """
     seed = _check_seed(seed)
@@ -200,18 +222,22 @@ def load_digits(
     x = torch.tensor(x_np, dtype=torch.float32) / 16.0
     y = torch.tensor(y_np, dtype=torch.int64)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_test = int(len(x) * test_fraction)
-    test, train = perm[:n_test], perm[n_test:]
+    n_held = int(len(x) * test_fraction)
+    held, train = perm[:n_held], perm[n_held:]
+    val_part, test_part = split_held_out(n_held)
+    val, test = held[val_part], held[test_part]
     mean, std = x[train].mean(0), x[train].std(0) + 1e-3
     x = (x - mean) / std
     meta = {
         "source": "sklearn.datasets.load_digits",
         "seed": seed,
         "test_fraction": test_fraction,
+        "validation": "the first half of the held-out test_fraction, the test split the rest",
         "standardization": "per pixel, training split's mean and std (+1e-3), after dividing by 16",
         "image_shape": (1, 8, 8),
     }
-    return TensorData(x[train], y[train], x[test], y[test], num_classes=10, name="digits", meta=meta)
+    return TensorData(x[train], y[train], x[test], y[test], num_classes=10, name="digits", meta=meta, x_val=x[val],
+                      y_val=y[val])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,8 +271,9 @@ def load_pystdlib_text(
     :data:`STDLIB_EXCLUDED_DIRS`: third-party packages and test suites) are read as raw bytes in
     sorted order of their relative paths, joined with ``separator`` (default one
     :data:`END_OF_TEXT` byte), and the stream is cut at ``max_bytes`` (``None``: all of it, about
-    12 MB on CPython 3.11). The first ``1 - val_fraction`` of the bytes is ``train``, the rest
-    ``val``. Nothing random is involved: the same Python gives the same bytes.
+    12 MB on CPython 3.11). The first ``1 - val_fraction`` of the bytes is ``train``; the held-out
+    rest is split in two halves, ``val`` and ``test``. Nothing random is involved: the same Python gives
+    the same bytes.
 
     The exact bytes depend on the Python version and distribution (the standard library changes
     between releases), so ``meta`` records ``python_version`` and the ``sha256`` of the corpus
@@ -275,7 +302,8 @@ def load_pystdlib_text(
     data = separator.join(parts)
     if max_bytes is not None:
         data = data[:max_bytes]
-    train, val = split_bytes(data, val_fraction)
+    train, held = split_bytes(data, val_fraction)
+    val, test = (held[part] for part in split_held_out(len(held)))
     meta = {
         "source": str(stdlib),
         "python_version": platform.python_version(),
@@ -288,4 +316,4 @@ def load_pystdlib_text(
         "separator": separator,
         "val_fraction": val_fraction,
     }
-    return TextData(train=train, val=val, name="pystdlib-text", meta=meta)
+    return TextData(train=train, val=val, test=test, name="pystdlib-text", meta=meta)

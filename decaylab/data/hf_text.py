@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .core import END_OF_TEXT, CorruptDataError, MissingDataError, TextData, cache_dir, split_bytes
+from .core import END_OF_TEXT, CorruptDataError, MissingDataError, TextData, cache_dir, split_bytes, split_held_out
 
 __all__ = ["HF_CORPORA", "HFCorpus", "load_hf_text"]
 
@@ -326,7 +326,8 @@ def load_hf_text(
     data, n_docs = _to_bytes(documents, max_bytes, separator, source)
     if not data:
         raise CorruptDataError(f"{source} holds no text for {name!r} split {split!r}")
-    train, val = split_bytes(data, val_fraction)
+    train, held = split_bytes(data, val_fraction)
+    val, test = (held[part] for part in split_held_out(len(held)))  # validation, then test
     meta = {
         "source": str(source),
         "repo": corpus.repo if corpus else None,
@@ -338,4 +339,4 @@ def load_hf_text(
         "val_fraction": val_fraction,
         "download_note": note,
     }
-    return TextData(train=train, val=val, name=name, meta=meta)
+    return TextData(train=train, val=val, test=test, name=name, meta=meta)

@@ -1,9 +1,13 @@
 r"""The lr × λ grid of a method and the numbers the report states about it.
 
 A method's runs (one method label; seeds averaged) form a matrix ``E[i, j]``: the mean over seeds
-of the sweep's metric (test error ``1 − test_acc`` by default, lower is better) at learning rate
+of the sweep's selection metric (validation error ``1 − val_acc`` by default, lower is better; a store
+from before runs recorded validation: test error ``1 − test_acc``) at learning rate
 ``lr_i`` (rows, ascending) and weight decay ``λ_j`` (columns, ascending). A cell no run filled is
-``nan`` (missing); a cell where a seed ended with a non-finite metric is ``inf`` (diverged).
+``nan`` (missing); a cell where a seed ended with a non-finite metric is ``inf`` (diverged). What
+selects (the best cell, the good region, the best λ of each lr) reads ``E``; the test accuracy is
+reported for the selected cell only (``acc_mean``), so the number that picks a cell is not the one
+that judges it.
 
 Three numbers say how the good region of the grid is shaped (AdamW paper, Fig. 2: with L2 it is a
 diagonal band, with decoupled decay an axis-aligned block, so lr and λ can be tuned one at a time):
@@ -66,12 +70,13 @@ from ..store import Run
 from ..store.schema import PER_MODEL_BEFORE_V3
 
 __all__ = [
-    "MethodGrid", "choose_metric", "metric_value", "build_grids", "good_region", "separability",
+    "MethodGrid", "choose_metric", "metric_value", "is_error", "accuracy_of", "build_grids", "good_region",
+    "separability",
     "diagonal_slope", "additivity", "method_summary",
 ]
 
 # Default metrics in order of preference when the caller names none.
-METRIC_PREFERENCE = ("test_error", "val_loss", "test_loss")
+METRIC_PREFERENCE = ("val_error", "val_loss", "test_error", "test_loss")
 
 
 @dataclass
@@ -107,11 +112,12 @@ class MethodGrid:
 
 
 def metric_value(final: dict[str, Any], metric: str) -> float | None:
-    """A run's value of ``metric`` (``test_error`` is ``1 − test_acc``); ``None`` if it lacks it.
+    """A run's value of ``metric`` (``X_error`` is ``1 − X_acc``: ``val_error``, ``test_error``); ``None``
+    if it lacks it.
 
     Non-finite values (a diverged run), and ``null`` (how the store writes them), come back as ``inf``.
     """
-    key = "test_acc" if metric == "test_error" else metric
+    key = accuracy_of(metric) if is_error(metric) else metric
     if key not in final:
         return None
     if final[key] is None:  # decaylab.sweep stores a non-finite metric as JSON null
@@ -122,22 +128,34 @@ def metric_value(final: dict[str, Any], metric: str) -> float | None:
         return None
     if not math.isfinite(value):
         return math.inf
-    return 1.0 - value if metric == "test_error" else value
+    return 1.0 - value if is_error(metric) else value
+
+
+def is_error(metric: str) -> bool:
+    """Whether ``metric`` is an error rate ``1 − X_acc`` (``val_error``, ``test_error``)."""
+    return metric.endswith("_error")
+
+
+def accuracy_of(metric: str) -> str:
+    """The accuracy an error metric is read from: ``val_error`` → ``val_acc``."""
+    return metric[: -len("_error")] + "_acc"
 
 
 def choose_metric(runs: Sequence[Run], metric: str | None = None) -> str:
-    """The metric the heatmaps show: ``metric`` if given, else the first of ``test_error`` (needs
-    ``test_acc``), ``val_loss``, ``test_loss`` that every run records."""
+    """The metric that selects (and the heatmaps show): ``metric`` if given, else the first of
+    ``val_error`` (needs ``val_acc``), ``val_loss``, ``test_error``, ``test_loss`` that every run records
+    (validation first: a store from before runs recorded it selects on test, as its report always did)."""
     if metric is not None:
         missing = [run.id for run in runs if metric_value(run.final, metric) is None]
         if missing:
             have = sorted({key for run in runs for key in run.final})
             raise ValueError(
                 f"metric {metric!r} is missing from the final results of {len(missing)} run(s) (e.g. run "
-                f"{missing[0]}); runs record: {', '.join(have)} (test_error means 1 − test_acc)"
+                f"{missing[0]}); runs record: {', '.join(have)} (X_error means 1 − X_acc)"
             )
         if metric.endswith("_acc"):
-            raise ValueError(f"metric must be lower-is-better; for {metric!r} use 'test_error' (1 − test_acc)")
+            raise ValueError(f"metric must be lower-is-better; for {metric!r} use "
+                             f"{metric[:-len('_acc')] + '_error'!r} (1 − {metric})")
         return metric
     for name in METRIC_PREFERENCE:
         if all(metric_value(run.final, name) is not None for run in runs):
@@ -145,7 +163,7 @@ def choose_metric(runs: Sequence[Run], metric: str | None = None) -> str:
     have = sorted({key for run in runs for key in run.final})
     raise ValueError(
         f"the finished runs share none of the metrics {', '.join(METRIC_PREFERENCE)} "
-        f"(test_error needs test_acc); they record: {', '.join(have) or 'nothing'}"
+        f"(X_error needs X_acc); they record: {', '.join(have) or 'nothing'}"
     )
 
 

@@ -25,13 +25,13 @@ from .. import __version__
 from .._paths import check_output_dir
 from ..store import SweepData, load_curves, load_sweep
 from . import figures as fig
-from .analysis import MethodGrid, build_grids, choose_metric, method_summary
+from .analysis import MethodGrid, build_grids, choose_metric, is_error, method_summary
 from .html import HtmlFigure, definitions_html, figure_html, page, prose_html, slug, table_html, unique_slugs
 
 __all__ = ["Section", "ReportResult", "build_report", "default_out_dir", "format_table", "SEPARABILITY_TEXT",
            "DEFAULT_DELTA"]
 
-#: Tolerance of the good region, in the metric's units (0.01 = 1 percentage point of test error).
+#: Tolerance of the good region, in the metric's units (0.01 = 1 percentage point of the error rate).
 DEFAULT_DELTA = 0.01
 
 SEPARABILITY_TEXT = """\
@@ -95,7 +95,7 @@ def _num(value: float | None, spec: str) -> str:
 
 
 def _best_text(row: dict[str, Any], metric: str) -> str:
-    if metric == "test_error" or row["best_test_acc"] is not None:
+    if is_error(metric) or row["best_test_acc"] is not None:
         mean, std = row["best_test_acc"], row["best_test_acc_std"]
         if mean is None:
             return "–"
@@ -107,7 +107,7 @@ def _best_text(row: dict[str, Any], metric: str) -> str:
 
 
 def _table_rows(rows: Sequence[dict[str, Any]], metric: str) -> tuple[list[str], list[list[Any]]]:
-    accuracy = metric == "test_error" or all(r["best_test_acc"] is not None for r in rows)
+    accuracy = is_error(metric) or all(r["best_test_acc"] is not None for r in rows)
     columns = [
         "method", "runs", ("best test acc (%)" if accuracy else f"best {metric}"), "seeds", "best lr", "best λ",
         "separability", "good cells", "diagonal slope", "additivity",
@@ -189,8 +189,10 @@ def build_report(
 
     ``sweep=None`` takes the store's only sweep. ``out_dir`` (default: ``report-<sweep>`` beside the
     store) receives ``report.html`` (self-contained), the PNGs and ``summary.json``. ``metric`` is
-    what the heatmaps show, lower is better: ``test_error`` (``1 − test_acc``, the default when runs
-    record ``test_acc``), else ``val_loss`` or ``test_loss``, or any key of the runs' final results.
+    what selects and the heatmaps show, lower is better: ``val_error`` (``1 − val_acc``, the default when
+    runs record ``val_acc``), else ``val_loss``, ``test_error``, ``test_loss`` (a store from before
+    validation was recorded: it selects on test, as its report always did), or any key of the runs' final
+    results. The table's test accuracy is that of the selected cell.
     ``delta`` is the tolerance of the good region for the separability score, in the metric's units.
     ``sections`` are :class:`Section` objects, or callables that take the :class:`SweepData` and
     return one.
@@ -299,6 +301,10 @@ def build_report(
     return ReportResult(html_path=html_path, png_paths=written, table_text=table_text, summary=summary)
 
 
+_SELECTED_ON_VALIDATION = (" Validation selects (the best cell, the good region, the best λ of each lr); the test "
+                            "accuracy in the table is that of the selected cell, so it never selects what it judges.")
+
+
 def _html(
     data: SweepData, summary: dict[str, Any], rows: list[dict[str, Any]], heatmaps: list[HtmlFigure],
     curve_figures: list[HtmlFigure], extra: list[tuple[Section, str, list[HtmlFigure]]], metric: str, delta: float,
@@ -309,15 +315,15 @@ def _html(
             f"{escape(fig.metric_title(metric))} · generated {escape(summary['generated'])} by decaylab "
             f"{escape(__version__)}")
     columns, table = _table_rows(rows, metric)
-    if metric == "test_error":
-        unit = f"{100 * delta:g} percentage point{'' if 100 * delta == 1 else 's'} of test error"
+    if is_error(metric):
+        unit = f"{100 * delta:g} percentage point{'' if 100 * delta == 1 else 's'} of {fig.metric_title(metric)[:-4]}"
     else:
         unit = f"in units of {metric}"
     summary_html = (
         table_html(columns, table, table_id="summary-table")
         + f"\n<p>Best cell: the lowest mean {escape(fig.metric_title(metric))} over seeds; ± is the standard "
         f"deviation over the seeds of that cell. Good region tolerance δ = {delta:g} "
-        f"({escape(unit)}).</p>"
+        f"({escape(unit)}).{_SELECTED_ON_VALIDATION if metric.startswith('val') else ''}</p>"
     )
     vmin, vmax = summary["color_range"]
     heat_text = (

@@ -70,11 +70,13 @@ def format_number(value: float) -> str:
 
 
 def _display(metric: str, values: np.ndarray) -> np.ndarray:
-    return values * 100.0 if metric == "test_error" else values
+    return values * 100.0 if metric.endswith("_error") else values
 
 
 def metric_title(metric: str) -> str:
-    return "test error (%)" if metric == "test_error" else metric.replace("_", " ")
+    if metric.endswith("_error"):
+        return {"val_error": "validation error (%)"}.get(metric, metric.replace("_", " ") + " (%)")
+    return metric.replace("_", " ")
 
 
 def color_range(grids: Sequence[MethodGrid], metric: str) -> tuple[float, float, bool]:
@@ -140,7 +142,7 @@ def heatmap_figure(
                     continue
                 red, green, blue, _ = cmap(norm(value))
                 dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
-                text = f"{value:.1f}" if metric == "test_error" else f"{value:.3g}"
+                text = f"{value:.1f}" if metric.endswith("_error") else f"{value:.3g}"
                 ax.text(j, i, text, ha="center", va="center", fontsize=size, color="white" if dark else "black")
         good = good_region(grid.error, delta)
         best = grid.best

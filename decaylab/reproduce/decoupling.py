@@ -11,7 +11,8 @@ comparison, AdamW in torch's convention (decay ``lr_t·λ``) over an lr × λ gr
 each method and each seed, the separability score of the seed's own grid
 (:func:`decaylab.report.analysis.separability`: the fraction of the smallest lr-set × λ-set
 rectangle around the good region that is good; 1.0 for a rectangle, about 1/n for a diagonal band),
-with the good region the cells within :data:`DELTA` of the best test error. The same score of the
+with the good region the cells within :data:`DELTA` of the best validation error (test error in a store
+from before runs recorded validation); the test accuracy is reported for the selected cell. The same score of the
 seed-averaged grid and the diagonal slope ``d log λ* / d log lr`` (0 axis-aligned, ±1 diagonal) are
 stated beside it.
 
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..report.analysis import MethodGrid, build_grids, diagonal_slope, good_region, separability
+from ..report.analysis import MethodGrid, build_grids, choose_metric, diagonal_slope, good_region, separability
 from ..report.build import Section
 from ..report.figures import format_number
 from ..store import load_sweep
@@ -35,7 +36,7 @@ from .core import Reproduction, Verdict, mean_std, pm, register, verdict_line
 
 __all__ = ["REPRODUCTION", "analyze", "judge", "DELTA", "DECOUPLED", "COUPLED", "TORCH"]
 
-#: Tolerance of the good region (test error, 0.02 = 2 points): per-seed grids on 1,000 test
+#: Tolerance of the good region (validation error, 0.02 = 2 points): per-seed grids on 1,000
 #: examples are noisy by about 1.5 points, so a 1-point region is often one lucky cell.
 DELTA = 0.02
 COUPLED = "Adam+L2"
@@ -43,8 +44,9 @@ DECOUPLED = "AdamW (paper)"
 TORCH = "AdamW (torch)"
 
 
-def _grids(runs: list[Any]) -> dict[str, MethodGrid]:
-    return {grid.label: grid for grid in build_grids(runs, "test_error")}
+def _grids(runs: list[Any], per_model: Any) -> dict[str, MethodGrid]:
+    """Each method's grid on the selection metric (validation error; test error in an older store)."""
+    return {grid.label: grid for grid in build_grids(runs, choose_metric(runs), per_model)}
 
 
 def _scores(grid: MethodGrid) -> dict[str, float]:
@@ -52,8 +54,7 @@ def _scores(grid: MethodGrid) -> dict[str, float]:
         "separability": separability(grid.error, DELTA),
         "good_cells": int(good_region(grid.error, DELTA).sum()),
         "slope": diagonal_slope(grid.error, grid.lrs, grid.weight_decays),
-        "best_acc": 1.0 - float(np.nanmin(np.where(np.isfinite(grid.error), grid.error, np.nan)))
-        if np.isfinite(grid.error).any() else math.nan,
+        "best_acc": float(grid.acc_mean[grid.best]) if grid.best is not None else math.nan,  # test, selected cell
     }
 
 
@@ -85,7 +86,7 @@ def judge(per_seed: dict[str, list[float]], mean_grid: dict[str, float]) -> tupl
 def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     data = load_sweep(store_path, spec.name)
     seeds = sorted({run.config["seed"] for run in data.runs})
-    mean_grids = _grids(data.runs)
+    mean_grids = _grids(data.runs, data.per_model)
     missing = [label for label in (COUPLED, DECOUPLED) if label not in mean_grids]
     if missing:
         raise ValueError(f"the sweep {spec.name!r} has no finished runs of {missing}; the verdict compares "
@@ -93,7 +94,7 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     labels = [label for label in spec.methods if label in mean_grids]
     per_seed: dict[str, list[dict[str, float]]] = {label: [] for label in labels}
     for seed in seeds:
-        grids = _grids([run for run in data.runs if run.config["seed"] == seed])
+        grids = _grids([run for run in data.runs if run.config["seed"] == seed], data.per_model)
         for label in labels:
             per_seed[label].append(_scores(grids[label]) if label in grids else _scores_nan())
     mean_scores = {label: _scores(mean_grids[label]) for label in labels}
@@ -122,14 +123,15 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
             "mean_grid": mean_scores[label],
         } for label in labels},
     }
-    return Verdict("decoupling", held, line, numbers, _sections(labels, per_seed, mean_scores, mean_grids, seeds))
+    sections = _sections(labels, per_seed, mean_scores, mean_grids, seeds, choose_metric(data.runs))
+    return Verdict("decoupling", held, line, numbers, sections)
 
 
 def _scores_nan() -> dict[str, float]:
     return {"separability": math.nan, "good_cells": 0, "slope": math.nan, "best_acc": math.nan}
 
 
-def _sections(labels, per_seed, mean_scores, mean_grids, seeds) -> list[Section]:
+def _sections(labels, per_seed, mean_scores, mean_grids, seeds, metric) -> list[Section]:
     table = []
     for label in labels:
         sep = mean_std(s["separability"] for s in per_seed[label] if math.isfinite(s["separability"]))
@@ -142,10 +144,11 @@ def _sections(labels, per_seed, mean_scores, mean_grids, seeds) -> list[Section]
             "slope (mean ± std)": pm(*slope, "+.2f"),
             "seed-averaged grid: separability": f"{mean_scores[label]['separability']:.2f}",
             "slope": f"{mean_scores[label]['slope']:+.2f}",
-            "best test acc (%)": f"{100 * mean_scores[label]['best_acc']:.1f}",
+            "test acc of the selected cell (%)": f"{100 * mean_scores[label]['best_acc']:.1f}",
         })
     prose = (
-        f"Each method's separability is computed on each seed's own lr × λ grid (good region: test error within "
+        f"Each method's separability is computed on each seed's own lr × λ grid (good region: "
+        f"{metric.replace('_', ' ').replace('val ', 'validation ')} within "
         f"{100 * DELTA:g} points of that grid's best cell), then averaged over the {len(seeds)} seeds; the seed-"
         "averaged grid (the heatmaps above, drawn with the report's 1-point δ) is scored too. 1.0 means the good "
         "region is a rectangle (tune lr and λ one at a time), about 1/n a diagonal band across n learning rates. "

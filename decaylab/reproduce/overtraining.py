@@ -14,7 +14,11 @@ against the seeds' spread):
 2. the cell (large lr, λ*) has a lower test error than each of the other three;
 3. in the large-lr arm, the seed-mean ``‖J‖_F`` falls at every step up the λ grid, and the
    whole fall beats the spread (a step that rises beyond its spread fails the check);
-4. in the large-lr arm, the lowest test error is at an interior λ, below both ends of the grid.
+4. in the large-lr arm, the λ with the lowest validation error (selection) is interior, and its test
+   error is below both ends of the grid (judgement).
+
+Validation selects (the best λ, the "best other" corner named in the line); test judges. A store from
+before runs recorded validation selects on test, as it always did.
 
 The weight EMA's effect (``ema_test_acc − test_acc`` per cell) is reported, not judged.
 """
@@ -45,6 +49,8 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
         return Verdict(NAME, None, verdict_line(NAME, None, why), {"cells": len(cells)})
 
     err = {k: R.Stat.of(1.0 - r.final["test_acc"] for r in v) for k, v in cells.items()}
+    select = "val_acc" if all("val_acc" in r.final for r in runs) else "test_acc"
+    sel_err = {k: R.Stat.of(1.0 - r.final[select] for r in v) for k, v in cells.items()}
     train_acc = {k: min(r.final["train_acc"] for r in cells[k]) for k in corners}
     jac = {wd: R.Stat.of(r.final["jacobian_norm"] for r in cells[(LARGE, wd)]) for wd in large_wds}
     ema_gain = {k: R.Stat.of(r.final["ema_test_acc"] - r.final["test_acc"] for r in v)
@@ -67,9 +73,9 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
         monotone = R.decide(first.mean - last.mean, R.spread(first, last))
     else:
         monotone = None
-    # 4. interior optimum of the test error over λ
+    # 4. interior optimum over λ: selected on validation, judged on test
     arm = [err[(LARGE, wd)] for wd in large_wds]
-    i_best = min(range(len(arm)), key=lambda i: arm[i].mean)
+    i_best = min(range(len(arm)), key=lambda i: sel_err[(LARGE, large_wds[i])].mean)
     if i_best in (0, len(arm) - 1):
         interior = False
     else:
@@ -79,20 +85,21 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
 
     n = min(len(v) for v in cells.values())
     ema_text = _pct(ema_gain[(LARGE, wd_star)]) if (LARGE, wd_star) in ema_gain else "n/a"
-    others = min(corners[:3], key=lambda k: err[k].mean)
+    others = min(corners[:3], key=lambda k: sel_err[k].mean)
     line = verdict_line(NAME, held, (
         f"test error large lr+WD {_pct(best)} vs best other "
         f"({others[0]}, λ={others[1]:g}) {_pct(err[others])} [{R.word(lowest)}]; ‖J‖_F over η·λ "
         f"{lr_large * large_wds[0]:.1e}→{lr_large * large_wds[-1]:.1e}: "
         f"{' → '.join(f'{jac[wd].mean:.1f}' for wd in large_wds)} [monotone: {R.word(monotone)}]; "
-        f"lowest test error at η·λ={lr_large * large_wds[i_best]:.1e} [interior: {R.word(interior)}]; "
+        f"lowest {'validation' if select == 'val_acc' else 'test'} error at η·λ={lr_large * large_wds[i_best]:.1e} "
+        f"[interior: {R.word(interior)}]; "
         f"min train acc {min(train_acc.values()):.2%}{'' if premise else ' (premise of ~100% NOT met)'}; "
         f"EMA − final test acc at large lr+WD {ema_text} (not judged); {n} seeds"
     ))
     numbers = {
         "premise_min_train_acc": min(train_acc.values()),
         "lowest_test_error": R.word(lowest), "jacobian_monotone": R.word(monotone),
-        "interior_optimum": R.word(interior),
+        "interior_optimum": R.word(interior), "selection": select,
         "test_error": {f"{k[0]} λ={k[1]:g}": v.plain() for k, v in err.items()},
         "jacobian_norm": {f"λ={wd:g}": jac[wd].plain() for wd in large_wds},
         "ema_gain_test_acc": {f"{k[0]} λ={k[1]:g}": v.plain() for k, v in ema_gain.items()},

@@ -7,15 +7,11 @@ optimal ``τ_epoch`` stays about constant as the dataset grows. So across datase
 fixed) and learning rates ``η``, the validation-optimal λ should move as ``1/(η·N)`` — constant
 ``τ_epoch`` — rather than stay put.
 
-**Data.** Every size is a nested subset of one training pool, and the validation split is carved out
-of the training set once, deterministically (decaylab's datasets have no validation split yet):
-:func:`carve` takes a fixed permutation (seed :data:`SPLIT_SEED`) of the base dataset's training
-examples, its first ``n_val`` are the validation split, and the subset of size ``N`` is the first
-``N`` of the rest. The sweep trains on ``<base>-n<N>-val`` datasets whose evaluation split is that
-validation split (so the store's ``test_*`` metrics of this sweep are validation metrics); the
-datasets exist only while the reproduction runs (:func:`carved_datasets`), and its runs train in
-this one process. The base dataset's own test split is used once, for the test error of the runs
-validation selected (trained again on ``<base>-n<N>-test``, identical training data and seed).
+**Data.** Every size ``N`` is a nested subset of the dataset's training split (``train_examples = N``:
+the first ``N`` of a fixed permutation, :meth:`decaylab.data.TensorData.train_subset`, so a smaller
+subset is part of every larger one). Every run records the dataset's own validation split (MNIST-1D:
+signals generated apart from its training and test splits) and test split: validation selects, and
+the test error is reported for the runs validation selected.
 
 **Statistic** (fixed in the spec before running). Per seed and ``(N, η)`` row, ``λ*`` minimizes the
 validation loss over the λ grid, refined by a parabola in ``log λ`` through the best point and its
@@ -31,11 +27,8 @@ on validation loss by more than two standard errors of the paired per-seed diffe
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import re
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,87 +37,10 @@ from ..report.build import Section
 from . import _regimes as R
 from .core import Reproduction, Verdict, register
 
-__all__ = ["REPRODUCTION", "analyze", "judge", "carve", "carved_datasets", "row_optimum", "slopes", "THRESHOLD",
-           "SPLIT_SEED", "CARVED"]
+__all__ = ["REPRODUCTION", "analyze", "judge", "row_optimum", "slopes", "THRESHOLD"]
 
 NAME = "timescale"
 THRESHOLD = -0.5  # the midpoint between constant τ_epoch (slope −1) and a constant optimal λ (slope 0)
-SPLIT_SEED = 0
-# scale -> (base dataset, validation examples carved from its training set, the subset sizes ×1, ×2, ×4)
-CARVED = {"small": ("mnist1d", 1000, (750, 1500, 3000)), "paper": ("cifar10", 10000, (10000, 20000, 40000))}
-_NAME = re.compile(r"^(?P<base>.+)-n(?P<n>\d+)-(?P<split>val|test)$")
-
-
-# ----------------------------------------------------------------------------------------------- data
-
-
-def carve(full: Any, n_val: int, n_train: int, *, evaluate: str = "val", seed: int = SPLIT_SEED) -> Any:
-    """``full``'s training set split once by a fixed permutation: the first ``n_val`` examples are the
-    validation split, the next ``n_train`` the training subset (so smaller subsets are prefixes of
-    larger ones). The result evaluates on the validation split (``evaluate="val"``) or on ``full``'s
-    own test split (``"test"``)."""
-    import torch
-
-    from ..data import TensorData
-
-    if n_val + n_train > full.n_train:
-        raise ValueError(f"n_val + n_train must be at most {full.n_train} (the training examples of {full.name!r}); "
-                         f"got {n_val} + {n_train}")
-    if evaluate not in ("val", "test"):
-        raise ValueError(f"evaluate must be 'val' or 'test', got {evaluate!r}")
-    perm = torch.randperm(full.n_train, generator=torch.Generator().manual_seed(seed))
-    val, train = perm[:n_val], perm[n_val:n_val + n_train]
-    x_eval, y_eval = (full.x_train[val], full.y_train[val]) if evaluate == "val" else (full.x_test, full.y_test)
-    meta = {"base": full.name, "split_seed": seed, "n_val": n_val, "n_train": n_train,
-            "evaluate": "validation carved from the training set" if evaluate == "val" else "the test split",
-            "train_indices_md5": _digest(train), "val_indices_md5": _digest(val)}
-    return TensorData(full.x_train[train], full.y_train[train], x_eval, y_eval, num_classes=full.num_classes,
-                      name=f"{full.name}-n{n_train}-{evaluate}", meta=meta)
-
-
-def _digest(indices: Any) -> str:
-    import hashlib
-
-    return hashlib.md5(indices.numpy().tobytes()).hexdigest()
-
-
-def _loader(base: str, n_val: int, n_train: int, evaluate: str):
-    def load(root: str | None = None) -> Any:
-        from ..data import load as load_base
-
-        return carve(load_base(base, root=root), n_val, n_train, evaluate=evaluate)
-
-    return load
-
-
-_ACTIVE: dict[str, int] = defaultdict(int)  # scale -> open carved_datasets blocks (they nest: run() loads the spec)
-
-
-@contextlib.contextmanager
-def carved_datasets(scale: str) -> Iterator[list[str]]:
-    """Register the carved datasets of ``scale`` (``<base>-n<N>-val`` and ``-test``) for the duration
-    of the block, then remove them: they are this reproduction's, not decaylab's datasets."""
-    from ..data import registry
-
-    base, n_val, sizes = CARVED[scale]
-    names = []
-    for n in sizes:
-        for evaluate in ("val", "test"):
-            name = f"{base}-n{n}-{evaluate}"
-            what = "a validation split carved from its training set" if evaluate == "val" else "its test split"
-            registry.register(name, _loader(base, n_val, n, evaluate), kind="classification",
-                              offline=base == "mnist1d", overwrite=True,
-                              description=f"{base}: {n} training examples, evaluated on {what} "
-                                          f"(decaylab reproduce {NAME})")
-            names.append(name)
-    _ACTIVE[scale] += 1
-    try:
-        yield names
-    finally:
-        _ACTIVE[scale] -= 1
-        if not _ACTIVE[scale]:
-            for name in names:  # decaylab.data has no public unregister: these names live for one reproduction
-                registry._REGISTRY.pop(name, None)
 
 
 # ----------------------------------------------------------------------------------------------- statistics
@@ -258,47 +174,24 @@ class TimescaleVerdict(Verdict):
         return "PREMISE NOT MET" if self.premise_not_met else Verdict.status.fget(self)
 
 
-def _size(dataset: str) -> int:
-    match = _NAME.match(dataset)
-    if not match:
-        raise ValueError(f"dataset must be named <base>-n<N>-val by this reproduction's spec; got {dataset!r}")
-    return int(match["n"])
-
-
-def _selected_test_error(selected: list[dict[str, Any]], progress: bool) -> list[dict[str, float]]:
-    """Train the validation-selected configs again on the ``-test`` twin of their data (same training
-    examples, same seed) and return their final metrics, in order."""
-    from ..train import TrainConfig, train_stacked
-
-    by_data: dict[str, list[int]] = defaultdict(list)
-    configs = []
-    for i, config in enumerate(selected):
-        c = TrainConfig.from_dict(config)
-        c = c.replace(dataset=c.dataset[:-len("-val")] + "-test")
-        configs.append(c)
-        by_data[c.dataset].append(i)
-    out: list[dict[str, float]] = [{}] * len(configs)
-    for indices in by_data.values():
-        for i, result in zip(indices, train_stacked([configs[i] for i in indices], progress=progress), strict=True):
-            out[i] = dict(result.final)
-    return out
-
-
 def _geomean(xs: Sequence[float]) -> float:
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
-def analyze(store_path: str | Path, spec: Any, scale: str, progress: bool = True) -> Verdict:
+def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     from ..timescale import tau_epoch
 
-    runs = R.finished_runs(store_path, spec.name)
+    # the runs of this spec (a store may also hold runs of an earlier version, on datasets carved for it)
+    runs = [run for run in R.finished_runs(store_path, spec.name) if run.config.get("train_examples")]
     losses: dict[tuple[int, float, float, int], float] = {}
     by_key: dict[tuple[int, float, float, int], Any] = {}
     for run in runs:
-        key = (_size(run.config["dataset"]), run.config["lr"], run.config["weight_decay"], run.config["seed"])
-        value = run.final.get("test_loss")  # this sweep's "test" split is the validation split
+        key = (run.config["train_examples"], run.config["lr"], run.config["weight_decay"], run.config["seed"])
+        value = run.final.get("val_loss")  # validation selects
         losses[key] = float(value) if value is not None else math.inf
         by_key[key] = run
+    if not runs:
+        return TimescaleVerdict(NAME, None, f"{NAME}: INCONCLUSIVE — no finished run of the spec", {"runs": 0})
     batch = runs[0].config["batch_size"]
     epochs = runs[0].config["epochs"]
     try:
@@ -313,13 +206,7 @@ def analyze(store_path: str | Path, spec: Any, scale: str, progress: bool = True
     # the run validation selected per (N, lr, seed): the grid point with the lowest validation loss
     chosen = {(n, lr, s): min(lams, key=lambda lam, n=n, lr=lr, s=s: losses[(n, lr, lam, s)])
               for n in sizes for lr in lrs for s in seeds}
-    selected = [by_key[(n, lr, lam, s)] for (n, lr, s), lam in chosen.items()]
-    test = _selected_test_error([run.config for run in selected], progress)
-    test_of = dict(zip(chosen, test, strict=True))
-    # the retrained runs saw the same training data and seed: their final training loss says how closely
-    # they repeat the selected runs (stacked with other models, the last bits of the arithmetic may differ)
-    repeat = max((abs(t.get("train_loss", math.nan) - run.final["train_loss"]) / abs(run.final["train_loss"])
-                  for t, run in zip(test, selected, strict=True) if "train_loss" in run.final), default=math.nan)
+    test_of = {(n, lr, s): by_key[(n, lr, lam, s)].final for (n, lr, s), lam in chosen.items()}
 
     table = []
     for n in sizes:
@@ -327,7 +214,7 @@ def analyze(store_path: str | Path, spec: Any, scale: str, progress: bool = True
             row_opt = [x for x in j.optima[(n, lr)] if x is not None]
             lam_star = _geomean(row_opt) if row_opt else math.nan
             val = R.Stat.of(losses[(n, lr, chosen[(n, lr, s)], s)] for s in seeds)
-            acc = R.Stat.of(test_of[(n, lr, s)].get("test_acc", math.nan) for s in seeds)
+            acc = R.Stat.of(test_of[(n, lr, s)].get("test_acc") for s in seeds)
             table.append({
                 "N": n, "lr": lr, "λ* (geomean over seeds)": f"{lam_star:.3g}",
                 "τ*_epoch": f"{tau_epoch(lam_star, lr, batch_size=batch, dataset_size=n):.3g}"
@@ -349,20 +236,18 @@ def analyze(store_path: str | Path, spec: Any, scale: str, progress: bool = True
                 f"constant τ_epoch predicts −1, a constant λ 0, decided at {THRESHOLD} ± 2 SE; "
                 f"τ*_epoch {min(taus):.3g}–{max(taus):.3g} epochs across the {len(table)} cells ({setting})")
     numbers = {
-        "selection": "validation", "metric": "validation loss (the store's test_loss: its test split is the "
-                                             "validation split carved from the training set)",
+        "selection": "validation", "metric": "validation loss (val_loss); the test accuracy is reported for "
+                                             "the selected runs only",
         "premises": j.premises, "seeds": len(seeds), "threshold": THRESHOLD,
         "slope_N": j.slope_n.plain() if j.slope_n else None, "slope_lr": j.slope_lr.plain() if j.slope_lr else None,
         "parts": {"N": j.parts[0], "lr": j.parts[1]},
         "optima": {f"N={n} lr={lr:g}": [x if x is None else round(x, 6) for x in v] for (n, lr), v in j.optima.items()},
-        "cells": table, "retrained_train_loss_max_relative_difference": R._json(repeat),
+        "cells": table,
     }
-    base, n_val, _ = CARVED.get(scale, ("?", 0, ()))
-    prose = (f"Each N is a nested subset of {base}'s training set after carving out {n_val} validation examples "
-             f"(a fixed permutation, seed {SPLIT_SEED}); in this store the runs' 'test' metrics are that validation "
-             "split, and every selection uses them only. The test accuracy is that of the runs validation selected "
-             f"(per N, lr and seed), trained again on the same data with {base}'s own test split for evaluation "
-             f"(their final training loss repeats the selected runs' within {repeat:.1e}, relative). "
+    base = runs[0].config["dataset"]
+    prose = (f"Each N is a nested subset of {base}'s training split (train_examples: the first N of a fixed "
+             f"permutation); every run is evaluated on {base}'s own validation and test splits, validation selects "
+             "(the λ of each N, lr and seed), and the test accuracy is that of the selected runs. "
              f"λ* is the validation-loss minimum over the λ grid refined by a parabola in log λ; τ*_epoch = "
              f"B/(lr·λ*·N) with B = {batch}.\n\nPremises: {premises_text}.")
     sections = [Section("Timescale: the validation-optimal λ across N and lr", prose=prose, table=table,
@@ -399,22 +284,7 @@ def _figure(table: list[dict[str, Any]], sizes: list[int], lrs: list[float], bat
 # ----------------------------------------------------------------------------------------------- registration
 
 
-@dataclass
-class _CarvedReproduction(Reproduction):
-    """A reproduction whose datasets are carved for it (:func:`carved_datasets`): they are registered
-    while its spec loads and its sweep runs, and its runs train in this process."""
-
-    def spec(self, scale: str = "small"):
-        with carved_datasets(scale):
-            return super().spec(scale)
-
-    def run(self, **kwargs: Any) -> Verdict:
-        kwargs["processes"] = 1  # helper processes would not know the carved datasets
-        with carved_datasets(kwargs.get("scale", "small")):
-            return super().run(**kwargs)
-
-
-REPRODUCTION = register(_CarvedReproduction(
+REPRODUCTION = register(Reproduction(
     name=NAME,
     title="AdamW's optimal λ keeps the EMA timescale in epochs constant across dataset sizes and lrs",
     claim="across dataset sizes (epochs fixed) and learning rates, the validation-optimal λ moves so that "

@@ -221,6 +221,9 @@ class TrainConfig:
     restart_steps: int | None = _meta(None, "restarts schedule: first period T_0 in steps (None: 3 periods fill the "
                                             "run)", "int", low=1, optional=True, addition=True)
     restart_mult: int = _meta(2, "restarts schedule: T_{i+1} = restart_mult·T_i", "int", low=1, addition=True)
+    train_examples: int | None = _meta(None, "train on this many of the training examples (the first of a fixed "
+                                             "permutation: smaller subsets are part of larger ones); None: all",
+                                       "int", low=1, optional=True, addition=True)
     train_eval_size: int = _meta(1024, "train loss/acc on a fixed random subset of this many training examples",
                                  "int", low=1, addition=True)
     block_size: int = _meta(128, "language models: context length", "int", low=1, addition=True)

@@ -34,19 +34,29 @@ __all__ = [
 LM_EVAL_SEED = 20240601
 
 _LOADED: dict[str, TensorData | TextData] = {}
+_SUBSETS: dict[tuple[int, int], tuple[TensorData, TensorData]] = {}  # (id(data), n) -> (data, its subset)
 _PREPARED: OrderedDict[tuple, Prepared] = OrderedDict()
 _PREPARED_MAX = 4
 
 
 def load_data(config: TrainConfig, data: TensorData | TextData | None = None) -> TensorData | TextData:
-    """``data`` if given, else ``decaylab.data.load(config.dataset)`` (loaded once per process)."""
+    """``data`` if given, else ``decaylab.data.load(config.dataset)`` (loaded once per process); with
+    ``config.train_examples``, its nested training subset of that size (:meth:`TensorData.train_subset`)."""
     if data is not None:
         if not isinstance(data, (TensorData, TextData)):
             raise ValueError(f"data must be a decaylab.data.TensorData or TextData; got {type(data).__name__}")
+    else:
+        if config.dataset not in _LOADED:
+            _LOADED[config.dataset] = datasets.load(config.dataset)
+        data = _LOADED[config.dataset]
+    if config.train_examples is None:
         return data
-    if config.dataset not in _LOADED:
-        _LOADED[config.dataset] = datasets.load(config.dataset)
-    return _LOADED[config.dataset]
+    if isinstance(data, TextData):
+        raise ValueError(f"train_examples is for classification datasets; {data.name!r} is text")
+    key = (id(data), config.train_examples)
+    if key not in _SUBSETS or _SUBSETS[key][0] is not data:
+        _SUBSETS[key] = (data, data.train_subset(config.train_examples))
+    return _SUBSETS[key][1]
 
 
 def check_fits(config: TrainConfig, data: TensorData | TextData) -> None:
@@ -109,6 +119,8 @@ class Prepared:
     y_train: Tensor | None = None
     x_test: Tensor | None = None
     y_test: Tensor | None = None
+    x_val: Tensor | None = None
+    y_val: Tensor | None = None
 
     @property
     def is_text(self) -> bool:
@@ -127,7 +139,9 @@ def prepare(data: TensorData | TextData, device: torch.device, dtype: torch.dtyp
     def cast(x: Tensor) -> Tensor:
         return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device)
 
-    prepared = Prepared(data, cast(data.x_train), data.y_train.to(device), cast(data.x_test), data.y_test.to(device))
+    val = {} if data.x_val is None else {"x_val": cast(data.x_val), "y_val": data.y_val.to(device)}
+    prepared = Prepared(data, cast(data.x_train), data.y_train.to(device), cast(data.x_test), data.y_test.to(device),
+                        **val)
     _PREPARED[key] = prepared
     while len(_PREPARED) > _PREPARED_MAX:
         _PREPARED.popitem(last=False)

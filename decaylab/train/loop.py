@@ -406,24 +406,23 @@ def _optimizer(engine, configs, steps, device, backend, stacked, schedule, callb
 
 
 class _Evaluator:
-    """Loss and accuracy of every model on the test set and on a fixed training subset."""
+    """Loss and accuracy of every model on a fixed training subset, the validation split and the test split
+    (language models: loss on fixed windows of each)."""
 
     def __init__(self, engine, prepared: Prepared, config: TrainConfig, device, autocast):
         self.engine, self.prepared, self.config, self.device, self.autocast = engine, prepared, config, device, autocast
         if prepared.is_text:
-            self.sets = {
-                "train": lm_eval_batches(prepared.data, "train", config, device),
-                "val": lm_eval_batches(prepared.data, "val", config, device),
-            }
+            self.sets = {split: lm_eval_batches(prepared.data, split, config, device)
+                         for split in prepared.data.splits}
         else:
             # A fixed random subset (the same for every run): the training set may be sorted by class.
             n = min(config.train_eval_size, prepared.data.n_train)
             subset = torch.randperm(prepared.data.n_train, generator=torch.Generator().manual_seed(0))[:n]
             subset = subset.sort().values.to(prepared.x_train.device)
-            self.sets = {
-                "train": (prepared.x_train.index_select(0, subset), prepared.y_train.index_select(0, subset)),
-                "test": (prepared.x_test, prepared.y_test),
-            }
+            self.sets = {"train": (prepared.x_train.index_select(0, subset), prepared.y_train.index_select(0, subset))}
+            if prepared.x_val is not None:
+                self.sets["val"] = (prepared.x_val, prepared.y_val)
+            self.sets["test"] = (prepared.x_test, prepared.y_test)
 
     @torch.no_grad()
     def _scores(self, forward, x: Tensor, y: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -444,7 +443,8 @@ class _Evaluator:
             for split, batches in self.sets.items():
                 losses = [self._scores(forward, x, y, k)[0].double().mean(1) for x, y in batches]
                 out[f"{split}_loss"] = torch.stack(losses).mean(0).tolist()
-            out["test_loss"] = out["val_loss"]
+            if "test" not in self.sets:  # text made without a test split: its held-out text is val
+                out["test_loss"] = out["val_loss"]
             return out
         for split, (x, y) in self.sets.items():
             losses, correct = self._scores(forward, x, y, k)
@@ -490,9 +490,10 @@ class _Evaluator:
             module.eval()
             one = SingleModel(module)
             metrics = self.metrics(one.forward_shared, 1)
-            text = self.prepared.is_text
-            names = ("val_loss", "test_loss") if text else ("test_loss", "test_acc", "train_loss", "train_acc")
-            row = {f"ema_{name}": metrics[name][0] for name in names}
+            # an LM's EMA is not scored on its training windows (as before callbacks)
+            splits = ("val", "test") if self.prepared.is_text else ("val", "test", "train")
+            names = [f"{split}_{what}" for split in splits for what in ("loss", "acc")]
+            row = {f"ema_{name}": metrics[name][0] for name in names if name in metrics}
             row["ema_weight_norm"] = float(one.weight_norms()[0])
             out.append(row)
         return out

@@ -93,10 +93,11 @@ def estimate(config: TrainConfig, data: TensorData | TextData | None = None, *, 
     copies = sum(callback.weight_copies for callback in config.parsed_callbacks)  # the EMA's average
     state = params * width * (2 + moments + copies)  # weights, gradients, moments, callbacks' copies
     if isinstance(data, TextData):
-        data_bytes = len(data.train) + len(data.val)
+        data_bytes = sum(len(data.split(split)) for split in data.splits)
         evaluated = k * config.batch_size
     else:
-        data_bytes = sum(t.numel() * t.element_size() for t in (data.x_train, data.y_train, data.x_test, data.y_test))
+        data_bytes = sum(t.numel() * t.element_size() for split in data.splits
+                         for t in (getattr(data, f"x_{split}"), getattr(data, f"y_{split}")))
         evaluated = max(k * config.batch_size, _EVAL_EXAMPLES)
     activations = per_example * max(k * config.batch_size, evaluated)
     steps = config.steps if config.steps is not None else max(1, round(config.epochs * steps_per_epoch(config, data)))
@@ -104,7 +105,7 @@ def estimate(config: TrainConfig, data: TensorData | TextData | None = None, *, 
     if isinstance(data, TextData):
         eval_flops = 2 * config.lm_eval_batches * flops
     else:
-        eval_flops = (data.n_test + min(config.train_eval_size, data.n_train)) * flops / config.batch_size
+        eval_flops = (data.n_val + data.n_test + min(config.train_eval_size, data.n_train)) * flops / config.batch_size
     seconds = (3 * flops * steps + evals * eval_flops) / (FLOPS_PER_CORE * _cores())
     return Estimate(bytes=int(data_bytes + k * state + activations), seconds=seconds, k=k)
 
