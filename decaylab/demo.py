@@ -24,8 +24,7 @@ from pathlib import Path
 from ._paths import check_output_dir
 from .report import build_report
 from .report.build import default_out_dir
-from .sweep import find_spec, load_spec, run_sweep
-from .sweep.runner import default_processes
+from .sweep import default_processes, find_spec, load_spec, run_sweep
 
 
 def run(store: str | Path = "runs/demo.sqlite", out: str | Path | None = None, stack: int = 24,

@@ -180,7 +180,7 @@ weight_decay = { log = [1e-5, 1.0], num = 100 }
 
 
 def test_item4_a_large_sweep_needs_yes_or_max_runs(tmp_path, fake_train):
-    from decaylab.sweep.runner import SweepTooLarge
+    from decaylab.sweep import SweepTooLarge
 
     with pytest.raises(SweepTooLarge, match=r"sweep 'big' has 6,000 runs; a sweep of more than 5,000 runs needs "
                                             r"--yes \(yes=True\), or max_runs = 6000 at the top of its spec"):
@@ -293,9 +293,9 @@ def test_item7_a_reader_opens_a_store_read_only(tmp_path, fake_train):
 
 
 def test_item8_a_full_disk_loses_no_result(tmp_path, fake_train, monkeypatch, capsys):
-    import decaylab.sweep.runner as runner
+    import decaylab.sweep.driver as driver
 
-    monkeypatch.setattr(runner, "_FIRST_RETRY_DELAY_S", 0.01, raising=False)
+    monkeypatch.setattr(driver, "_FIRST_RETRY_DELAY_S", 0.01, raising=False)
     fails = {"left": 3}
     finish = Store.finish
 

@@ -1,4 +1,5 @@
-"""decaylab.sweep.runner with fake trainers: stacking, resume, failures, interrupts, concurrency, SIGKILL."""
+"""The sweep driver (decaylab.sweep.driver) with fake trainers: stacking, resume, failures, interrupts,
+concurrency, SIGKILL, and its executors (in this process, in worker processes)."""
 from __future__ import annotations
 
 import collections
@@ -229,3 +230,65 @@ def test_sigkill_and_resume(tmp_path):
     runs = store.runs("small")
     assert [r["status"] for r in runs] == ["done"] * 24 and not store.runs(status="running")
     assert all(len(store.curves(r["id"])["test_loss"]) == 3 for r in runs)  # each done exactly once
+
+
+# ---------------------------------------------------------------------------------------------- worker processes
+
+
+class KillsItsWorker(FakeTrainer):
+    """Kills the process it trains in (SIGKILL, as the out-of-memory killer would) for configs with lr ``kill_lr``."""
+
+    def __init__(self, kill_lr: float, **kwargs):
+        super().__init__(**kwargs)
+        self.kill_lr = kill_lr
+
+    def _begin(self, configs):
+        super()._begin(configs)
+        if any(abs(c.lr - self.kill_lr) < 1e-12 for c in configs):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_worker_processes_train_every_run_once(tmp_path):
+    path, log = tmp_path / "runs.sqlite", tmp_path / "calls.log"
+    trainer = FakeTrainer(delay=0.05, log=str(log))
+    summary = sweep(path, trainer, stack=2, processes=2, limit=20)  # a limit works with processes too
+    assert (summary.trained, summary.remaining) == (20, 4)
+    summary = sweep(path, trainer, stack=2, processes=2)
+    assert (summary.trained, summary.skipped, summary.remaining) == (4, 20, 0)
+    calls = read_log(log)
+    keys = [key for _, key in calls]
+    assert len(keys) == len(set(keys)) == 24  # every run trained once
+    assert os.getpid() not in {pid for pid, _ in calls} and len({pid for pid, _ in calls}) >= 2  # by the workers
+    store = Store(path)
+    assert all(r["final"] is not None and len(store.curves(r["id"])["test_acc"]) == 3 for r in store.runs("small"))
+
+
+def test_a_dead_worker_counts_a_death_and_its_group_is_failed_after_three(tmp_path, capsys):
+    path = tmp_path / "runs.sqlite"
+    summary = sweep(path, KillsItsWorker(kill_lr=0.01), stack=4, processes=2, max_failed_groups=10)
+    assert (summary.trained, summary.failed, summary.remaining) == (16, 8, 0)  # lr = 0.01's runs, 3 deaths each
+    store = Store(path)
+    failed = store.runs("small", "failed")
+    assert {r["config"]["lr"] for r in failed} == {0.01} and all(r["deaths"] == 3 for r in failed)
+    assert "died 3 times" in failed[0]["error"] and "exit code -9" in failed[0]["error"]
+    assert "go back to pending" in capsys.readouterr().err
+    assert store.counts("small")["running"] == 0
+
+
+def test_an_interrupted_driver_stops_its_workers_and_gives_their_runs_back(tmp_path, monkeypatch):
+    from decaylab.sweep import ProcessExecutor
+
+    path = tmp_path / "runs.sqlite"
+    real_wait, waits = ProcessExecutor.wait, [0]
+
+    def wait(self, bar):  # Ctrl-C in the driver on its third wait, with two groups in flight
+        waits[0] += 1
+        if waits[0] == 3:
+            raise KeyboardInterrupt
+        return real_wait(self, bar)
+
+    monkeypatch.setattr(ProcessExecutor, "wait", wait)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(path, FakeTrainer(delay=0.3), stack=4, processes=2)
+    counts = Store(path).counts("small")
+    assert counts == {"pending": 16, "running": 0, "done": 8, "failed": 0}  # two groups of 4 were written

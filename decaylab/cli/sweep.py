@@ -46,7 +46,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=positive_int("--limit"), default=None, metavar="N",
                         help="train at most N runs, then stop (the rest stay pending)")
     parser.add_argument("--processes", type=positive_int("--processes"), default=1, metavar="N",
-                        help="local backend: train in N processes on this store, one torch thread each (default 1)")
+                        help="local backend: train in N worker processes, one torch thread each (default 1: in this "
+                             "process)")
     parser.add_argument("--retry-failed", action="store_true", help="train the runs that failed before again")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--yes", action="store_true",
@@ -80,8 +81,6 @@ def run(args: argparse.Namespace) -> int:
                 return error("sweep", f"--{option} needs --backend ray")
     elif args.processes != 1:
         return error("sweep", "--processes is for the local backend; with --backend ray use --workers")
-    if args.processes > 1 and args.limit is not None:
-        return error("sweep", "--processes N (N > 1) cannot be combined with --limit")
     try:
         spec = load_spec(find_spec(args.spec))
     except (FileNotFoundError, ValueError) as problem:

@@ -97,8 +97,7 @@ class Reproduction:
         ``processes`` train side by side on the store (default: one per core, up to 4);
         ``retry_failed`` trains the runs that failed in an earlier call again."""
         from ..report import build_report
-        from ..sweep import run_sweep
-        from ..sweep.runner import DEFAULT_STACK, default_processes
+        from ..sweep import DEFAULT_STACK, default_processes, run_sweep
 
         start = time.perf_counter()
         spec = self.spec(scale)

@@ -87,8 +87,7 @@ class _TwoStage(Reproduction):
     def run(self, *, scale: str = "small", store: str | Path | None = None, stack: int | None = None,
             progress: bool = True, processes: int | None = None, retry_failed: bool = False,
             **kwargs: Any) -> Verdict:
-        from decaylab.sweep import run_sweep
-        from decaylab.sweep.runner import DEFAULT_STACK, default_processes
+        from decaylab.sweep import DEFAULT_STACK, default_processes, run_sweep
 
         store = Path(store) if store is not None else default_store(self.name, scale)
         store.parent.mkdir(parents=True, exist_ok=True)

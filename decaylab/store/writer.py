@@ -192,7 +192,7 @@ class Store:
     ``decaylab status``: nothing is ever written, not even the WAL switch).
     Reading: :meth:`runs`, :meth:`curves`, :meth:`sweeps`, :meth:`spec_versions`. Writing (the
     runner's side): :meth:`register`, :meth:`claim`, :meth:`finish`, :meth:`fail`, :meth:`release`,
-    :meth:`requeue_stale`, :meth:`retry_failed`, :meth:`heartbeat`.
+    :meth:`requeue_stale`, :meth:`died`, :meth:`retry_failed`, :meth:`heartbeat`.
 
     >>> import tempfile, os
     >>> store = Store(os.path.join(tempfile.mkdtemp(), "runs.sqlite"))
@@ -573,22 +573,32 @@ class Store:
         Each such death is counted per run; a run whose process died ``max_deaths`` times is
         marked ``failed`` with that reason instead (``retry_failed`` runs it again, from zero).
         """
-        now = time.time()
         with self._write() as conn:
             stale = self._stale(conn, sweep, stale_after, details=True)
-            back = 0
-            for run_id, where in stale:
-                conn.execute("INSERT INTO run_meta (run_id, deaths) VALUES (?, 1) ON CONFLICT (run_id) "
-                             "DO UPDATE SET deaths = deaths + 1", (run_id,))
-                deaths = conn.execute("SELECT deaths FROM run_meta WHERE run_id = ?", (run_id,)).fetchone()[0]
-                if deaths >= max_deaths:
-                    conn.execute("UPDATE runs SET status = 'failed', error = ?, finished = ? WHERE id = ?",
-                                 (_died_text(deaths, where), now, run_id))
-                else:
-                    conn.execute("UPDATE runs SET status = 'pending', started = NULL WHERE id = ?", (run_id,))
-                    back += 1
-                conn.execute("DELETE FROM leases WHERE run_id = ?", (run_id,))
-        return back
+            return sum(self._count_death(conn, run_id, where, max_deaths) for run_id, where in stale)
+
+    def died(self, run_ids: Iterable[int], where: str, *, max_deaths: int = MAX_DEATHS) -> int:
+        """Count a death for running runs whose process died while training them (``where``: which, for
+        the reason); as :meth:`requeue_stale` does: back to ``pending``, or ``failed`` at ``max_deaths``
+        deaths. Returns how many went back (a run no longer ``running`` is left as it is)."""
+        with self._write() as conn:
+            ids = [run_id for run_id in run_ids
+                   if (conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone() or [None])[0]
+                   == "running"]
+            return sum(self._count_death(conn, run_id, where, max_deaths) for run_id in ids)
+
+    def _count_death(self, conn: sqlite3.Connection, run_id: int, where: str, max_deaths: int) -> int:
+        """One more death of ``run_id``: pending again (returns 1), or failed with the reason (returns 0)."""
+        conn.execute("INSERT INTO run_meta (run_id, deaths) VALUES (?, 1) ON CONFLICT (run_id) "
+                     "DO UPDATE SET deaths = deaths + 1", (run_id,))
+        deaths = conn.execute("SELECT deaths FROM run_meta WHERE run_id = ?", (run_id,)).fetchone()[0]
+        conn.execute("DELETE FROM leases WHERE run_id = ?", (run_id,))
+        if deaths >= max_deaths:
+            conn.execute("UPDATE runs SET status = 'failed', error = ?, finished = ? WHERE id = ?",
+                         (_died_text(deaths, where), time.time(), run_id))
+            return 0
+        conn.execute("UPDATE runs SET status = 'pending', started = NULL WHERE id = ?", (run_id,))
+        return 1
 
     def stale(self, sweep: str | None = None, *, stale_after: float = STALE_AFTER_S) -> list[int]:
         """The ids of ``running`` runs whose process is gone (see :meth:`requeue_stale`)."""

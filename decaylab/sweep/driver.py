@@ -1,37 +1,37 @@
-"""Run a sweep: train every pending run of a spec, several at once, writing each to the store.
+"""The one driver loop of a sweep: train every pending run of a spec, several at once, writing each to the store.
 
-:func:`run_sweep` registers the spec's runs in the store, then repeatedly claims a group of
-pending runs that share a :meth:`TrainConfig.stack_key` (up to ``stack`` of them), trains them
-as one stacked model (``train_stacked_fn``; with ``stack=1``, one at a time with ``train_fn``)
-and writes every finished run at once. So:
+:func:`run_sweep` registers the spec's runs in the store, checks them (the default trainer's
+:func:`decaylab.train.preflight.check_runs`: the data loads, a batch fits its dataset, a group of
+stacked runs fits in memory), then loops, top to bottom:
 
-- a sweep that is killed and started again skips every finished run and redoes only the runs
-  that were in flight (their process is gone, so :meth:`Store.requeue_stale` gives them back);
-- several processes can sweep one store at once: each claims disjoint runs (``processes=N``
-  starts N − 1 helper processes beside this one, each with one torch thread: on a machine with
-  N cores that is faster than one process with N threads for the small models of a sweep);
-- an exception in one group marks that group's runs ``failed`` (with the traceback) and the
-  sweep goes on; ``KeyboardInterrupt`` puts the group back to ``pending`` and stops. Finished
-  runs are never lost. Failed runs are retried with ``retry_failed=True``;
-- a run whose process dies ``max_deaths`` times (killed by the out-of-memory killer, say) is
-  marked ``failed`` with that reason, not trained again for ever; before anything trains, the
-  default trainer's runs are checked (:func:`decaylab.train.preflight.check_runs`: the data loads,
-  a batch fits its dataset, a group of stacked runs fits in memory);
-- a result the store cannot take at once (a full disk) is kept in memory and written again, for up
-  to ``write_retry_s`` seconds; a sweep of more than :data:`~decaylab.sweep.spec.CONFIRM_RUNS`
-  runs needs ``yes=True`` (or ``max_runs`` in its spec).
+1. put back the runs of processes that died (:meth:`Store.requeue_stale`);
+2. while the executor has a free slot, claim a group of pending runs that share a stack key (up to
+   ``stack`` of them) and submit it (:mod:`decaylab.sweep.executors`: in this process, in N worker
+   processes, or on Ray: :mod:`decaylab.sweep.ray_backend`);
+3. wait for one group to finish, and write each of its runs at once (a run whose loss is not finite is
+   stored done, diverged), or mark the group failed (the trainer raised), or count a death for its runs
+   when its process died (after ``max_deaths`` the runs are failed with that reason);
+4. renew the leases of the runs in flight (a heartbeat thread), and show progress.
+
+The loop is the same for every executor, and so are its guarantees:
+
+- a sweep that is killed and started again skips every finished run and redoes only the runs that were
+  in flight (their process is gone, so :meth:`Store.requeue_stale` gives them back);
+- several drivers can sweep one store at once: each claims disjoint runs;
+- an exception in one group marks that group's runs ``failed`` (with the traceback) and the sweep goes
+  on; ``max_failed_groups`` failures in a row stop it (:class:`SweepAborted`); ``KeyboardInterrupt``
+  stops the groups in flight, puts their runs back to ``pending`` and propagates. Finished runs are
+  never lost. Failed runs are retried with ``retry_failed=True``;
+- a result the store cannot take at once (a full disk) is kept in memory and written again, for up to
+  ``write_retry_s`` seconds; a sweep of more than :data:`~decaylab.sweep.spec.CONFIRM_RUNS` runs needs
+  ``yes=True`` (or ``max_runs`` in its spec).
 """
 from __future__ import annotations
 
-import contextlib
-import inspect
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,7 @@ from typing import Any
 from decaylab.store import divergence
 
 from ..store.writer import MAX_DEATHS, Store, is_transient
+from .executors import Executor, Group, GroupError, LocalExecutor, ProcessExecutor, WorkerDied, check_count
 from .spec import CONFIRM_RUNS, Spec, load_spec
 from .status import format_duration
 
@@ -132,16 +133,8 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
 
-def _check_count(name: str, value: Any, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        extra = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be an integer >= 1{extra}, got {value!r}")
-
-
 def _error_text(error: BaseException) -> str:
-    return "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip()
+    return GroupError.of(error).text
 
 
 def run_sweep(
@@ -161,6 +154,7 @@ def run_sweep(
     allow_spec_change: bool = False,
     max_deaths: int = MAX_DEATHS,
     write_retry_s: float = WRITE_RETRY_S,
+    executor: Executor | None = None,
 ) -> SweepSummary:
     """Train every run of ``spec`` not yet done in ``store``; returns a :class:`SweepSummary`.
 
@@ -169,101 +163,124 @@ def run_sweep(
     ``train_fn``); ``limit``: train at most this many runs in this call; ``retry_failed``: put
     the spec's failed runs back to pending first. ``train_fn`` / ``train_stacked_fn`` default to
     :func:`decaylab.train.train` / :func:`decaylab.train.train_stacked`, looked up when needed.
-    ``progress``: show a progress bar (tqdm) with what is running and an ETA. ``processes``:
-    train in this many processes on one store (this one and ``processes − 1`` helpers running
-    ``decaylab sweep``), each with one torch thread; the call returns when all are done. It needs
-    the default trainers and no ``limit``; the summary counts this process's runs.
-    ``yes``: confirm a sweep of more than :data:`~decaylab.sweep.spec.CONFIRM_RUNS` runs (a spec may
-    confirm its own size with ``max_runs``). ``allow_spec_change``: accept a spec that relabels runs
-    the store holds under this sweep's name (:meth:`Store.register`). ``max_deaths``: a run whose
-    process died this many times is marked failed. ``write_retry_s``: how long a trained result
-    is kept in memory while the store cannot take it (a full disk).
+    ``progress``: show a progress bar (tqdm) with what is running and an ETA. ``processes``: train in
+    this many worker processes on this machine, one torch thread each (1: in this process);
+    ``executor``: where the groups train instead (:mod:`decaylab.sweep.executors`; Ray:
+    :func:`decaylab.sweep.ray_backend.run_sweep_ray`). ``yes``: confirm a sweep of more than
+    :data:`~decaylab.sweep.spec.CONFIRM_RUNS` runs (a spec may confirm its own size with
+    ``max_runs``). ``allow_spec_change``: accept a spec that relabels runs the store holds under this
+    sweep's name (:meth:`Store.register`). ``max_deaths``: a run whose process died this many times is
+    marked failed. ``write_retry_s``: how long a trained result is kept in memory while the store cannot
+    take it (a full disk).
 
     Raises:
         ValueError: a bad argument (named, with what is allowed), a run that cannot train here (its
             dataset is missing, its batch is larger than the dataset, its group would not fit in
             memory), a spec that relabels stored runs (:class:`~decaylab.store.SpecConflictError`)
             or an unconfirmed large sweep (:class:`SweepTooLarge`): all before anything trains.
-        KeyboardInterrupt: after putting the runs in flight back to pending.
+        KeyboardInterrupt: after stopping the groups in flight and putting their runs back to pending.
         SweepAborted: ``max_failed_groups`` groups in a row failed, or the store could not be
             written for ``write_retry_s`` seconds.
     """
     _check_arguments(stack, limit, max_failed_groups, heartbeat_every)
-    _check_count("processes", processes)
-    _check_count("max_deaths", max_deaths)
+    check_count("processes", processes)
+    check_count("max_deaths", max_deaths)
     if isinstance(write_retry_s, bool) or not isinstance(write_retry_s, (int, float)) or not write_retry_s >= 0:
         raise ValueError(f"write_retry_s must be a number of seconds >= 0, got {write_retry_s!r}")
-    if processes > 1 and (limit is not None or train_fn is not None or train_stacked_fn is not None):
-        raise ValueError("processes must be 1 with limit, train_fn or train_stacked_fn: helper processes run "
-                         f"`decaylab sweep` with the default trainers and no limit; got processes={processes}")
+    if executor is not None and processes != 1:
+        raise ValueError(f"processes must be 1 with an executor (it says where the runs train); got {processes}")
+    if executor is None:
+        executor = ProcessExecutor(processes) if processes > 1 else LocalExecutor()
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
-    seconds = _preflight(spec, stack, processes) if train_fn is None and train_stacked_fn is None else None
+    default_trainers = train_fn is None and train_stacked_fn is None
+    seconds = (_preflight(spec, stack, executor.processes, data_required=executor.data_on_driver)
+               if default_trainers else None)
     _confirm(spec, yes, seconds)
     train_fn, train_stacked_fn = _trainers(stack, train_fn, train_stacked_fn)
+    executor.prepare()
     own_store = not isinstance(store, Store)
     if own_store:
         store = Store(store)
-
     started = time.time()
-    helpers: list[subprocess.Popen] = []
-    threads = None
     try:
         configs, stack_keys = _register(spec, store, retry_failed, allow_spec_change, max_deaths)
-        if processes > 1:
-            import torch
-
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            helpers = _start_helpers(spec, Path(store.path), processes - 1, stack, allow_spec_change)
-
-        def done_count() -> int:
-            return _count(store, spec.name, configs, ("done",))
-
-        skipped = done_count()
-        bar = _progress_bar(spec.name, total=len(configs), initial=skipped, enabled=progress)
-        heartbeat = _Heartbeat(store.path, heartbeat_every)
-        trained = failed = failed_groups = diverged = 0
+        executor.start(stack, train_fn, train_stacked_fn)
         try:
-            while limit is None or trained + failed < limit:
-                want = stack if limit is None else min(stack, limit - trained - failed)
-                store.requeue_stale(spec.name, max_deaths=max_deaths)
-                group = _claim(store, spec.name, want, configs, stack_keys)
-                if not group:
-                    break
-                bar.set_postfix_str(_describe(group), refresh=True)
-                heartbeat.ids = [run["id"] for run in group]
-                ok, bad, error, div = _train_group(store, group, [configs[run["key"]][1] for run in group],
-                                                   stack, train_fn, train_stacked_fn, bar, write_retry_s)
-                heartbeat.ids = []
-                trained += ok
-                failed += bad
-                diverged += div
-                failed_groups = failed_groups + 1 if bad and not ok else 0
-                bar.update(max(0, done_count() - bar.n))  # other processes' runs count too
-                if failed_groups >= max_failed_groups:
-                    raise _aborted(failed_groups, error)
-            if helpers:
-                bar.set_postfix_str(f"waiting for {sum(h.poll() is None for h in helpers)} helper process(es)",
-                                    refresh=True)
-                while any(h.poll() is None for h in helpers):
-                    time.sleep(0.5)
-                    bar.update(max(0, done_count() - bar.n))
-        except BaseException:
-            _stop_helpers(helpers)  # they put their runs in flight back to pending
-            raise
+            counts = _drive(spec, store, executor, configs, stack_keys, stack=stack, limit=limit, progress=progress,
+                            heartbeat_every=heartbeat_every, max_failed_groups=max_failed_groups,
+                            max_deaths=max_deaths, write_retry_s=write_retry_s)
         finally:
-            heartbeat.stop()
-            bar.close()
-        _report_helpers(helpers, Path(store.path))
-        return _summary(store, spec, configs, skipped, trained, failed, diverged, started)
+            executor.close()
+        return _summary(store, spec, configs, *counts, started)
     finally:
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
         if own_store:
             store.close()
+
+
+def _drive(spec: Spec, store: Store, executor: Executor, configs: dict[str, Any], stack_keys: dict[str, Any], *,
+           stack: int, limit: int | None, progress: bool, heartbeat_every: float, max_failed_groups: int,
+           max_deaths: int, write_retry_s: float) -> tuple[int, int, int, int]:
+    """The loop (module docs); returns (runs done before, trained, failed, diverged) of this call."""
+    def done_count() -> int:
+        return _count(store, spec.name, configs, ("done",))
+
+    skipped = done_count()
+    bar = _progress_bar(spec.name, total=len(configs), initial=skipped, enabled=progress)
+    heartbeat = _Heartbeat(store.path, heartbeat_every)
+    trained = failed = failed_groups = diverged = 0
+    writing: Group | None = None
+    try:
+        while True:
+            while len(executor.in_flight()) < executor.slots:  # top up: one group per free slot
+                flying = sum(len(group.runs) for group in executor.in_flight())
+                if limit is not None and trained + failed + flying >= limit:
+                    break
+                want = stack if limit is None else min(stack, limit - trained - failed - flying)
+                store.requeue_stale(spec.name, max_deaths=max_deaths)
+                runs = store.claim(spec.name, want, group=lambda run: stack_keys[run["key"]], keys=configs)
+                if not runs:
+                    break
+                executor.submit(Group(runs, [configs[run["key"]][1] for run in runs]))
+            if not executor.in_flight():
+                break
+            heartbeat.ids = [run_id for group in executor.in_flight() for run_id in group.ids]
+            bar.set_postfix_str(executor.describe(), refresh=True)
+            writing, outcome = executor.wait(bar)
+            if isinstance(outcome, WorkerDied):
+                back = _write_with_retry(lambda ids=writing.ids, where=outcome.where: store.died(
+                    ids, where, max_deaths=max_deaths), "the death of a group", bar, write_retry_s)
+                bar.write(f"note: {writing}: {outcome}; {back} of its runs go back to pending, the others had died "
+                          f"{max_deaths} times and are failed")
+                failed += len(writing.runs) - back
+                ok = bad = 0
+                error = str(outcome)
+            elif isinstance(outcome, BaseException):
+                ok, bad, error = _fail_group(store, writing.runs, outcome, bar, write_retry_s=write_retry_s)
+            else:
+                ok, bad, error, div = _write_results(store, writing.runs, writing.configs, outcome, bar,
+                                                     write_retry_s)
+                diverged += div
+            writing = None
+            trained += ok
+            failed += bad
+            failed_groups = failed_groups + 1 if bad and not ok else 0
+            bar.update(max(0, done_count() - bar.n))  # other drivers' runs count too
+            if failed_groups >= max_failed_groups:
+                raise _aborted(failed_groups, error)
+    except BaseException:
+        # interrupted or aborted: stop the groups in flight and give their runs back (runs already
+        # written stay done or failed; if the store cannot be written, they go back as stale runs)
+        groups = executor.cancel() + ([writing] if writing is not None else [])
+        try:
+            store.release(run_id for group in groups for run_id in group.ids)
+        except Exception:
+            pass
+        raise
+    finally:
+        heartbeat.stop()
+        bar.close()
+    return skipped, trained, failed, diverged
 
 
 def _summary(store: Store, spec: Spec, configs: dict[str, Any], skipped: int, trained: int, failed: int,
@@ -303,54 +320,10 @@ def _confirm(spec: Spec, yes: bool, seconds: float | None) -> None:
                         f"--yes (yes=True), or max_runs = {n} at the top of its spec")
 
 
-def _helper_log(store_path: Path, i: int) -> Path:
-    return store_path.with_name(f"{store_path.name}.helper{i}.log")
-
-
-def _start_helpers(spec: Spec, store_path: Path, n: int, stack: int,
-                   allow_spec_change: bool = False) -> list[subprocess.Popen]:
-    """``n`` processes running ``decaylab sweep`` on the same spec and store, one torch thread each
-    (this process has checked and confirmed the spec: they are told so)."""
-    spec_file = spec.path
-    if spec_file is None or load_spec(spec_file).text != spec.text:
-        spec_file = store_path.with_name(f"{store_path.name}.{spec.name}.toml")
-        spec_file.write_text(spec.text)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    command = [sys.executable, "-m", "decaylab.cli", "sweep", str(spec_file), "--store", str(store_path),
-               "--stack", str(stack), "--quiet", "--yes"] + (["--allow-spec-change"] if allow_spec_change else [])
-    helpers = []
-    for i in range(n):
-        with open(_helper_log(store_path, i + 1), "w") as log:
-            helpers.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
-    return helpers
-
-
-def _stop_helpers(helpers: list[subprocess.Popen]) -> None:
-    for h in helpers:
-        if h.poll() is None:
-            with contextlib.suppress(OSError):
-                h.send_signal(signal.SIGTERM)  # decaylab sweep treats SIGTERM like Ctrl-C
-    for h in helpers:
-        try:
-            h.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            h.kill()
-            h.wait()
-
-
-def _report_helpers(helpers: list[subprocess.Popen], store_path: Path) -> None:
-    for i, h in enumerate(helpers, start=1):
-        if h.returncode not in (0, None):
-            log = _helper_log(store_path, i)
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            print(f"note: helper process {i} exited with status {h.returncode} (log {log}); its finished runs are "
-                  f"kept, unfinished ones go back to pending.\n{tail}", file=sys.stderr)
-
-
 def _check_arguments(stack: Any, limit: Any, max_failed_groups: Any, heartbeat_every: Any) -> None:
-    _check_count("stack", stack)
-    _check_count("limit", limit, allow_none=True)
-    _check_count("max_failed_groups", max_failed_groups)
+    check_count("stack", stack)
+    check_count("limit", limit, allow_none=True)
+    check_count("max_failed_groups", max_failed_groups)
     if isinstance(heartbeat_every, bool) or not isinstance(heartbeat_every, (int, float)) or not heartbeat_every > 0:
         raise ValueError(f"heartbeat_every must be a number of seconds > 0, got {heartbeat_every!r}")
 
@@ -400,68 +373,9 @@ def _claim(store: Store, sweep: str, want: int, configs: dict[str, Any], stack_k
     return store.claim(sweep, want, group=lambda run: stack_keys[run["key"]], keys=configs)
 
 
-def _describe(runs: list[dict]) -> str:
-    """``label ×k`` for a group of k runs (the label alone for one run)."""
-    return f"{runs[0]['label']} ×{len(runs)}" if len(runs) > 1 else runs[0]["label"]
-
-
 def _aborted(failed_groups: int, error: str) -> SweepAborted:
     return SweepAborted(f"{failed_groups} groups in a row failed (last: {error}); finished runs are "
                         "kept, failed ones are retried with retry_failed=True (--retry-failed)")
-
-
-def train_group(configs: Sequence[Any], stack: int, train_fn: Callable[..., Any] | None,
-                train_stacked_fn: Callable[..., Sequence[Any]] | None,
-                on_step: Callable[[int], None] | None = None, **kwargs: Any) -> list[Any]:
-    """Train one group: as one stacked model with ``train_stacked_fn`` (``stack > 1``) or one config
-    at a time with ``train_fn``; returns one result per config (checked). ``on_step`` and
-    ``kwargs`` go to trainers that take them (``decaylab.train`` takes ``on_step`` and ``device``)."""
-    fn = train_fn if stack == 1 else train_stacked_fn
-    accepted = _accepted(fn, {"on_step": on_step, **kwargs})
-    if stack == 1:
-        results = [train_fn(config, **accepted) for config in configs]
-    else:
-        results = list(train_stacked_fn(list(configs), **accepted))
-    if len(results) != len(configs):
-        raise RuntimeError(f"the trainer returned {len(results)} results for {len(configs)} configs")
-    return results
-
-
-def _accepted(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The ``kwargs`` that are not None and that ``fn`` takes (the training contract requires none of them)."""
-    kwargs = {name: value for name, value in kwargs.items() if value is not None}
-    if not kwargs:
-        return {}
-    try:
-        parameters = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return {}
-    return {name: value for name, value in kwargs.items() if name in parameters}
-
-
-def _train_group(store: Store, runs: list[dict], configs: list[Any], stack: int,
-                 train_fn: Callable[..., Any] | None, train_stacked_fn: Callable[..., Sequence[Any]] | None,
-                 bar: Any, write_retry_s: float = WRITE_RETRY_S) -> tuple[int, int, str, int]:
-    """Train one claimed group and write each run; returns (runs done, runs failed, the last
-    error's one-line summary or "", runs that diverged)."""
-    fn = train_fn if stack == 1 else train_stacked_fn
-    written = False
-    try:
-        try:
-            results = train_group(configs, stack, train_fn, train_stacked_fn,
-                                  on_step=_step_progress(fn, bar, _describe(runs)))
-        except Exception as error:
-            outcome = (*_fail_group(store, runs, error, bar, write_retry_s=write_retry_s), 0)
-        else:
-            outcome = _write_results(store, runs, configs, results, bar, write_retry_s)
-        written = True
-        return outcome
-    finally:
-        if not written:  # interrupted (KeyboardInterrupt, SystemExit), or the store is unwritable:
-            try:  # give the runs in flight back (runs already written stay done or failed)
-                store.release(run["id"] for run in runs)
-            except Exception:  # the store still cannot be written: they go back as stale runs
-                pass
 
 
 def _write_with_retry(action: Callable[[], Any], what: str, bar: Any, retry_s: float) -> Any:
@@ -487,15 +401,14 @@ def _write_with_retry(action: Callable[[], Any], what: str, bar: Any, retry_s: f
 
 
 def _fail_group(store: Store, runs: list[dict], error: BaseException, bar: Any,
-                text: str | None = None, write_retry_s: float = WRITE_RETRY_S) -> tuple[int, int, str]:
-    """Mark a whole group failed with ``text`` (default: ``error``'s traceback); returns
-    (0, runs failed, ``error``'s one-line summary)."""
-    message = _error_text(error) if text is None else text
-    _write_with_retry(lambda: store.fail([run["id"] for run in runs], message), "the failure of a group", bar,
+                write_retry_s: float = WRITE_RETRY_S) -> tuple[int, int, str]:
+    """Mark a whole group failed with ``error``'s text (a :class:`GroupError`'s, or the traceback);
+    returns (0, runs failed, its one-line summary)."""
+    failure = error if isinstance(error, GroupError) else GroupError.of(error)
+    _write_with_retry(lambda: store.fail([run["id"] for run in runs], failure.text), "the failure of a group", bar,
                       write_retry_s)
-    summary = f"{type(error).__name__}: {error}"
-    bar.write(f"failed: {_describe(runs)}: {summary} (marked failed; --retry-failed runs them again)")
-    return 0, len(runs), summary
+    bar.write(f"failed: {Group(runs, [])}: {failure.summary} (marked failed; --retry-failed runs them again)")
+    return 0, len(runs), failure.summary
 
 
 def _write_results(store: Store, runs: list[dict], configs: list[Any], results: Sequence[Any],
@@ -526,24 +439,11 @@ def _write_results(store: Store, runs: list[dict], configs: list[Any], results: 
     return done, failed, summary, diverged
 
 
-def _step_progress(fn: Callable[..., Any], bar: Any, what: str) -> Callable[[int], None] | None:
-    """An ``on_step`` callback (for trainers that take it: decaylab.train does) that shows the step
-    of the group in flight on the bar, twice a second at most; None without a bar."""
-    if isinstance(bar, _NoBar):
-        return None
-    last = [0.0]
-
-    def on_step(step: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 0.5:
-            last[0] = now
-            bar.set_postfix_str(f"{what}, step {step}", refresh=True)
-
-    return on_step
-
-
 class _NoBar:
+    """The bar's interface without a bar (``progress=False``): failures are still written to stderr."""
+
     n = 0
+    shows_steps = False  # no per-step callback into the trainer
 
     def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
         pass
