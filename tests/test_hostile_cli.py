@@ -111,12 +111,12 @@ def test_item9_ctrl_c_and_sigterm_stop_train_with_one_line(tmp_path, how, said):
 
 
 def test_item9_demo_checks_its_output_folder_before_training(tmp_path, monkeypatch, capsys):
-    import decaylab.demo as demo
+    import decaylab.sweep
 
     def run_sweep(*args, **kwargs):
         raise AssertionError("the demo trained before checking --out")
 
-    monkeypatch.setattr(demo, "run_sweep", run_sweep)
+    monkeypatch.setattr(decaylab.sweep, "run_sweep", run_sweep)
     out = tmp_path / "report.html"
     out.write_text("a file")
     assert main(["demo", "--store", str(tmp_path / "runs" / "demo.sqlite"), "--out", str(out)]) == 2

@@ -11,8 +11,19 @@ import pytest
 import torch
 
 from decaylab.cli import main
-from decaylab.reproduce import REGISTRY, Reproduction, Verdict, decoupling, describe, early_decay, get, scale_free
-from decaylab.reproduce.core import SPEC_DIR, mean_std, spec_path, spec_seeds, verdict_line
+from decaylab.reproduce import (
+    REGISTRY,
+    Reproduction,
+    Verdict,
+    claims,
+    decoupling,
+    describe,
+    early_decay,
+    get,
+    scale_free,
+)
+from decaylab.reproduce.core import SPEC_DIR, spec_path, spec_seeds
+from decaylab.reproduce.stats import mean_std, verdict_line
 from decaylab.sweep import load_spec, run_sweep
 from decaylab.train import RunResult, TrainConfig, train
 
@@ -25,9 +36,20 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # ------------------------------------------------------------------------------------- registry and CLI
 
 
-def test_registry_lists_the_reproductions_in_order():
-    names = list(REGISTRY)
-    assert names[:3] == list(MINE)
+def test_the_registry_finds_every_module_and_its_specs():
+    import pkgutil
+
+    import decaylab.reproduce as package
+
+    modules = {m.name for m in pkgutil.iter_modules(package.__path__)} - {"core", "stats"}
+    public = {name.replace("_", "-") for name in modules if not name.startswith("_")}
+    assert set(REGISTRY) == public  # a module is an entry, found on import: no list to add it to
+    assert list(REGISTRY) == sorted(REGISTRY) and set(MINE) <= set(claims())
+    assert "demo" in REGISTRY and "demo" not in claims()  # the demo is an entry, with no claim
+    for name, reproduction in REGISTRY.items():
+        assert all(spec_path(reproduction, scale).is_file() for scale in reproduction.specs), name
+        if name != "demo":  # found by name in specs/: NAME.toml and NAME-paper.toml
+            assert reproduction.specs == {"small": f"{name}.toml", "paper": f"{name}-paper.toml"}
     text = describe()
     for name in MINE:
         r = get(name)
@@ -90,9 +112,9 @@ def test_cli_prints_verdict_wall_time_and_report(monkeypatch, tmp_path, capsys):
     assert calls[0][1]["retry_failed"] is True
     calls.clear()
     assert main(["reproduce", "all", "--store", str(tmp_path), "--out", str(tmp_path / "reports"), "--quiet"]) == 0
-    assert [name for name, _ in calls] == list(REGISTRY)
-    assert calls[0][1]["store"] == tmp_path / "reproduce-decoupling.sqlite"
-    assert calls[0][1]["out"] == tmp_path / "reports" / "decoupling"
+    assert [name for name, _ in calls] == claims()  # every claim; the demo has its own command
+    assert calls[1][1]["store"] == tmp_path / "reproduce-decoupling.sqlite"
+    assert calls[1][1]["out"] == tmp_path / "reports" / "decoupling"
 
 
 # ------------------------------------------------------------------------------------- specs
@@ -336,7 +358,7 @@ def test_run_writes_report_and_verdict_json(tmp_path):
         seen.update(store=store, scale=scale, progress=progress)
         return Verdict("tiny", False, verdict_line("tiny", False, "it did not"), {"x": 1.5})
 
-    repro = Reproduction("tiny", "t", "c", "s", {"small": str(spec_file)}, analyze)
+    repro = Reproduction("tiny", "t", "c", "s", analyze, specs={"small": str(spec_file)})
     verdict = repro.run(store=tmp_path / "t.sqlite", out=tmp_path / "out", progress=False)
     assert seen == {"store": tmp_path / "t.sqlite", "scale": "small", "progress": False}
     assert verdict.report == tmp_path / "out" / "report.html" and verdict.report.exists()
@@ -346,9 +368,19 @@ def test_run_writes_report_and_verdict_json(tmp_path):
     few = tmp_path / "few.toml"
     few.write_text('name = "few"\n[base]\nsteps = 3\n[grid]\nseed = [0, 1]\n')
     with pytest.raises(ValueError, match="has 2 seed\\(s\\) per method; a verdict needs at least 3"):
-        Reproduction("few", "t", "c", "s", {"small": str(few)}, analyze).run(store=tmp_path / "f.sqlite")
+        Reproduction("few", "t", "c", "s", analyze, specs={"small": str(few)}).run(store=tmp_path / "f.sqlite")
 
 
 def test_mean_std():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
     assert math.isnan(mean_std([1.0])[1])
+
+
+def test_stats_doctests():
+    import doctest
+
+    from decaylab.reproduce import stats
+
+    result = doctest.testmod(stats)
+    assert result.attempted > 0 and result.failed == 0
+    assert stats.STATUSES == ("HELD", "DID NOT HOLD", "INCONCLUSIVE", "PREMISE NOT MET", "REPORTED")

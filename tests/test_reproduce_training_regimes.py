@@ -11,8 +11,8 @@ import torch
 
 import decaylab.sweep
 from decaylab.diagnostics import jacobian_norm
-from decaylab.reproduce import _regimes as R
 from decaylab.reproduce import get
+from decaylab.reproduce import stats as S
 from decaylab.reproduce.undertraining import control_label, spec_with_control
 from decaylab.sweep import Store
 from decaylab.train import TrainConfig, train, train_stacked
@@ -61,12 +61,12 @@ def test_listed_with_claims_and_sources():
 
 
 def test_decide_and_combine():
-    a, b = R.Stat.of([1.0, 1.1, 0.9]), R.Stat.of([2.0, 2.1, 1.9])
-    assert R.decide(b.mean - a.mean, R.spread(a, b)) is True
-    assert R.decide(a.mean - b.mean, R.spread(a, b)) is False
-    assert R.decide(0.01, R.spread(a, b)) is None
-    assert R.combine([True, True]) is True and R.combine([True, None]) is None and R.combine([None, False]) is False
-    assert R.Stat.of([1.0, float("nan")]).text() == "diverged"
+    a, b = S.Stat.of([1.0, 1.1, 0.9]), S.Stat.of([2.0, 2.1, 1.9])
+    assert S.decide(b.mean - a.mean, S.spread(a, b)) is True
+    assert S.decide(a.mean - b.mean, S.spread(a, b)) is False
+    assert S.decide(0.01, S.spread(a, b)) is None
+    assert S.combine([True, True]) is True and S.combine([True, None]) is None and S.combine([None, False]) is False
+    assert S.Stat.of([1.0, float("nan")]).text() == "diverged"
 
 
 # ---------------------------------------------------------------------------------------------- overtraining

@@ -187,3 +187,12 @@ def test_find_spec_errors(tmp_path):
 def test_validation_errors(text, match):
     with pytest.raises(ValueError, match=match):
         load(text)
+
+
+def test_doctests():
+    import doctest
+
+    from decaylab.sweep import spec as spec_module
+
+    result = doctest.testmod(spec_module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -221,3 +221,12 @@ def test_every_field_is_an_option_of_decaylab_train():
     options = build_parser("train")._subparsers._group_actions[0].choices["train"]._option_string_actions
     for f in dataclasses.fields(TrainConfig):
         assert f"--{f.name}" in options and f"--{f.name.replace('_', '-')}" in options, f.name
+
+
+@pytest.mark.parametrize("module", ["decaylab.train.config", "decaylab.train.callbacks", "decaylab.train.schedules"])
+def test_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -37,7 +37,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Run a reproduction: its checked-in sweep (small: embedded data, 2 CPU cores, minutes; "
                     "paper: the paper's setup, for a GPU or a cluster), then a numeric verdict with its margin "
                     "over seeds, and the report. 'decaylab reproduce --list' describes them.")
-    parser.add_argument("name", nargs="?", metavar="NAME", help="a reproduction (see --list), or 'all'")
+    parser.add_argument("name", nargs="?", metavar="NAME", help="a reproduction (see --list), or 'all' (every claim)")
     parser.add_argument("--list", action="store_true", help="describe every reproduction and exit")
     parser.add_argument("--scale", default="small", choices=SCALES,
                         help="small (default: minutes on a laptop) or paper (the paper's dataset, model, epochs)")
@@ -57,8 +57,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..reproduce import REGISTRY, describe, get
-    from ..reproduce.core import default_store
+    from ..reproduce import REGISTRY, claims, describe, get
 
     if args.list:
         print(describe())
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         return error("reproduce", f"NAME is required: one of {', '.join(REGISTRY)}, or 'all' (--list describes "
                                   "them)")
     try:
-        names = list(REGISTRY) if args.name == "all" else [get(args.name).name]
+        names = claims() if args.name == "all" else [get(args.name).name]  # all: every entry with a claim
     except ValueError as problem:
         return error("reproduce", problem)
     for name in names:  # every spec must load before anything trains
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             for name in names:
                 store, out = args.store, args.out
                 if several:
-                    store = Path(store) / default_store(name, args.scale).name if store else None
+                    store = Path(store) / get(name).default_store(args.scale).name if store else None
                     out = Path(out) / name if out else None
                 print(f"reproduce {name} ({args.scale}): {get(name).title}", file=sys.stderr)
                 verdict = get(name).run(scale=args.scale, store=store, out=out, stack=args.stack,

@@ -29,7 +29,9 @@ from typing import Any
 
 from ..report.build import Section
 from . import _regimes as R
-from .core import Reproduction, Verdict, register, verdict_line
+from . import stats as S
+from .core import Reproduction, Verdict, register
+from .stats import verdict_line
 
 NAME = "bf16"
 FP32, KAHAN, TORCH, AUTOCAST = "fp32", "bf16 decaylab AdamW", "bf16 torch AdamW", "bf16 autocast"
@@ -79,20 +81,20 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     kahan = norm_ratios(KAHAN, wd)
     kahan_dev = max(abs(sum(v) / len(v) - 1.0) for v in kahan.values())
     tracks = kahan_dev <= TRACK_TOLERANCE
-    torch_final = R.Stat.of(norm_ratios(TORCH, wd)[max(norm_ratios(TORCH, wd))])
-    kahan_final = R.Stat.of(kahan[max(kahan)])
+    torch_final = S.Stat.of(norm_ratios(TORCH, wd)[max(norm_ratios(TORCH, wd))])
+    kahan_final = S.Stat.of(kahan[max(kahan)])
     noise_dev = {arm: max(abs(sum(v) / len(v) - 1.0) for v in norm_ratios(arm, 0.0).values()) for arm in (KAHAN, TORCH)}
 
     def decay_effect(arm):  # ‖w_λ‖/‖w_0‖ at the end, per seed: what the decay did within one arm
         on, off = seeds(arm, wd), seeds(arm, 0.0)
-        return R.Stat.of(on[s].final["weight_norm"] / off[s].final["weight_norm"] for s in sorted(set(on) & set(off)))
+        return S.Stat.of(on[s].final["weight_norm"] / off[s].final["weight_norm"] for s in sorted(set(on) & set(off)))
 
     effect = {arm: decay_effect(arm) for arm in (FP32, KAHAN, TORCH)}
     # torch's arm: judged on the decay's effect within the arm, so that bf16's other roundings
     # (its moments and steps are bf16 too) do not count as the decay's
     lost = effect[TORCH].mean - effect[FP32].mean
-    deviates = R.decide(abs(lost) - TRACK_TOLERANCE, R.spread(effect[TORCH], effect[FP32]))
-    rounding = R.combine([tracks, deviates])
+    deviates = S.decide(abs(lost) - TRACK_TOLERANCE, S.spread(effect[TORCH], effect[FP32]))
+    rounding = S.combine([tracks, deviates])
 
     # 2. stability at λ = 0 in bf16 (autocast, the paper's) against fp32 λ = 0 and bf16 λ > 0
     def unstable_count(arm, w):
@@ -107,34 +109,34 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
         stability = False
     else:
         stability = None
-    held = R.combine([rounding, stability])
+    held = S.combine([rounding, stability])
 
-    loss = {key: R.Stat.of(r.final["test_loss"] for r in group) for key, group in cells.items()}
+    loss = {key: S.Stat.of(r.final["test_loss"] for r in group) for key, group in cells.items()}
     n = min(len(v) for v in cells.values())
     line = verdict_line(NAME, held, (
-        f"rounding [{R.word(rounding)}]: at λ={wd:g}, decay's effect "
+        f"rounding [{S.word(rounding)}]: at λ={wd:g}, decay's effect "
         f"‖w_λ‖/‖w_0‖: fp32 {effect[FP32].text('.3f')}, torch AdamW bf16 {effect[TORCH].text('.3f')} "
-        f"[{R.word(deviates)}: its decay rounds away], decaylab bf16 {effect[KAHAN].text('.3f')}; ‖w‖ bf16/fp32 "
+        f"[{S.word(deviates)}: its decay rounds away], decaylab bf16 {effect[KAHAN].text('.3f')}; ‖w‖ bf16/fp32 "
         f"final: decaylab {kahan_final.text('.3f')} (max trajectory deviation {kahan_dev:.2%}, tolerance "
-        f"{TRACK_TOLERANCE:.0%}) [{R.word(tracks)}], torch {torch_final.text('.3f')}. Stability [{R.word(stability)}]: "
+        f"{TRACK_TOLERANCE:.0%}) [{S.word(tracks)}], torch {torch_final.text('.3f')}. Stability [{S.word(stability)}]: "
         f"unstable runs bf16-autocast λ=0 {counts[(AUTOCAST, 0.0)]}/{n0}, fp32 λ=0 {counts[(FP32, 0.0)]}/"
         f"{len(cells[(FP32, 0.0)])}, bf16-autocast λ={wd:g} {counts[(AUTOCAST, wd)]}/{len(cells[(AUTOCAST, wd)])}; "
         f"final test loss fp32 {loss[(FP32, 0.0)].text('.3f')} vs autocast {loss[(AUTOCAST, 0.0)].text('.3f')} "
         f"at λ=0; {n} seeds"
     ))
     numbers = {
-        "weight_decay": wd, "rounding": R.word(rounding), "stability": R.word(stability),
-        "kahan_max_trajectory_deviation": kahan_dev, "kahan_tracks_fp32": R.word(tracks),
+        "weight_decay": wd, "rounding": S.word(rounding), "stability": S.word(stability),
+        "kahan_max_trajectory_deviation": kahan_dev, "kahan_tracks_fp32": S.word(tracks),
         "torch_final_norm_ratio": torch_final.plain(), "kahan_final_norm_ratio": kahan_final.plain(),
-        "torch_deviates": R.word(deviates),
+        "torch_deviates": S.word(deviates),
         "bf16_noise_at_lambda0_max_deviation": noise_dev,
         "decay_effect_norm_ratio": {arm: s.plain() for arm, s in effect.items()},
         "unstable_runs": {f"{k[0]} λ={k[1]:g}": v for k, v in counts.items()},
         "test_loss": {f"{k[0]} λ={k[1]:g}": v.plain() for k, v in loss.items()}, "seeds": n,
     }
     table = [{"arm": arm, "λ": f"{w:g}",
-              "final ‖w‖": R.Stat.of(r.final["weight_norm"] for r in cells[(arm, w)]).text(".3f"),
-              "‖w‖ / fp32's": R.Stat.of(norm_ratios(arm, w)[max(norm_ratios(arm, w))]).text(".4f"),
+              "final ‖w‖": S.Stat.of(r.final["weight_norm"] for r in cells[(arm, w)]).text(".3f"),
+              "‖w‖ / fp32's": S.Stat.of(norm_ratios(arm, w)[max(norm_ratios(arm, w))]).text(".4f"),
               "final test loss": loss[(arm, w)].text(".4f"),
               "unstable": f"{unstable_count(arm, w)}/{len(cells[(arm, w)])}"}
              for arm, w in sorted(cells) if (FP32, w) in cells]
@@ -179,6 +181,5 @@ BF16 = register(Reproduction(
     source="pytorch PR #64475 (decay below the dtype's resolution); optimi's Kahan-compensated updates; D'Angelo, "
            "Andriushchenko et al., 'Why do we need weight decay in modern deep learning?', NeurIPS 2024, LLM section "
            "(bfloat16 divergences)",
-    specs={"small": "bf16.toml", "paper": "bf16-paper.toml"},
     analyze=analyze,
 ))

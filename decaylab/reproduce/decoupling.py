@@ -32,7 +32,8 @@ from ..report.analysis import MethodGrid, build_grids, choose_metric, diagonal_s
 from ..report.build import Section
 from ..report.figures import format_number
 from ..store import load_sweep
-from .core import Reproduction, Verdict, mean_std, pm, register, verdict_line
+from .core import Reproduction, Verdict, register
+from .stats import mean_std, pm, verdict_line
 
 __all__ = ["REPRODUCTION", "analyze", "judge", "DELTA", "DECOUPLED", "COUPLED", "TORCH"]
 
@@ -230,7 +231,6 @@ REPRODUCTION = register(Reproduction(
     claim="With Adam+L2 the good (lr, λ) region is a diagonal; with decoupled weight decay (AdamW, paper "
           "convention) it is axis-aligned, so lr and λ tune separately. Verdict: separability of each per seed.",
     source="Loshchilov & Hutter, Decoupled Weight Decay Regularization, ICLR 2019, Fig. 2",
-    specs={"small": "decoupling.toml", "paper": "decoupling-paper.toml"},
     analyze=analyze,
     stack=25,
 ))

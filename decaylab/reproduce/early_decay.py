@@ -28,7 +28,8 @@ from typing import Any
 from ..report import figures as fig
 from ..report.build import Section
 from ..store import load_curves, load_sweep
-from .core import Reproduction, Verdict, mean_std, pm, register, verdict_line
+from .core import Reproduction, Verdict, register
+from .stats import mean_std, pm, verdict_line, word
 
 __all__ = ["REPRODUCTION", "analyze", "judge", "switch_of", "SWITCH", "LABELS", "MOST"]
 
@@ -152,7 +153,7 @@ def _sections(errors, norms, ids, curves, numbers, held) -> list[Section]:
         f"{100 * numbers['benefit_full'][0]:.1f} points over no decay; early decay recovers "
         f"{100 * numbers['recovered_early']:.0f}% of that (HELD needs ≥ {100 * MOST:.0f}% and a smaller final weight "
         f"norm than no decay in every seed), late decay {100 * numbers['recovered_late']:.0f}%. Result: "
-        f"{ {True: 'held', False: 'did not hold', None: 'inconclusive'}[held] }."
+        f"{word(held)}."
     )
     return [Section("Early and late weight decay", prose, figures=[
         ("Test error against the switch point (early: decay until it; late: decay from it); horizontal lines: no "
@@ -212,7 +213,6 @@ REPRODUCTION = register(Reproduction(
           "none / early / late / full and the weight-norm curves.",
     source="Golatkar, Achille & Soatto, Time Matters in Regularizing Deep Networks, NeurIPS 2019; Bjorck, "
            "Weinberger & Gomes, Understanding Decoupled and Early Weight Decay, AAAI 2021",
-    specs={"small": "early-decay.toml", "paper": "early-decay-paper.toml"},
     analyze=analyze,
     seeds=3,
 ))

@@ -30,7 +30,9 @@ from typing import Any
 
 from ..report.build import Section
 from . import _regimes as R
-from .core import Reproduction, Verdict, register, verdict_line
+from . import stats as S
+from .core import Reproduction, Verdict, register
+from .stats import verdict_line
 
 NAME = "overtraining"
 SMALL, LARGE = "small lr", "large lr"
@@ -48,12 +50,12 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
         why = missing or f"the large-lr arm needs at least 3 λ values; it has {large_wds}"
         return Verdict(NAME, None, verdict_line(NAME, None, why), {"cells": len(cells)})
 
-    err = {k: R.Stat.of(1.0 - r.final["test_acc"] for r in v) for k, v in cells.items()}
+    err = {k: S.Stat.of(1.0 - r.final["test_acc"] for r in v) for k, v in cells.items()}
     select = "val_acc" if all("val_acc" in r.final for r in runs) else "test_acc"
-    sel_err = {k: R.Stat.of(1.0 - r.final[select] for r in v) for k, v in cells.items()}
+    sel_err = {k: S.Stat.of(1.0 - r.final[select] for r in v) for k, v in cells.items()}
     train_acc = {k: min(r.final["train_acc"] for r in cells[k]) for k in corners}
-    jac = {wd: R.Stat.of(r.final["jacobian_norm"] for r in cells[(LARGE, wd)]) for wd in large_wds}
-    ema_gain = {k: R.Stat.of(r.final["ema_test_acc"] - r.final["test_acc"] for r in v)
+    jac = {wd: S.Stat.of(r.final["jacobian_norm"] for r in cells[(LARGE, wd)]) for wd in large_wds}
+    ema_gain = {k: S.Stat.of(r.final["ema_test_acc"] - r.final["test_acc"] for r in v)
                 for k, v in cells.items() if all("ema_test_acc" in r.final for r in v)}
     lr_large = cells[(LARGE, large_wds[0])][0].config["lr"]
 
@@ -61,16 +63,16 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     premise = min(train_acc.values()) >= TRAIN_ACC_PREMISE
     # 2. large lr + WD beats the other three corners
     best = err[(LARGE, wd_star)]
-    beats = {k: R.decide(err[k].mean - best.mean, R.spread(err[k], best)) for k in corners[:3]}
-    lowest = R.combine(beats.values())
+    beats = {k: S.decide(err[k].mean - best.mean, S.spread(err[k], best)) for k in corners[:3]}
+    lowest = S.combine(beats.values())
     # 3. ‖J‖ falls: seed means decrease at every step up the λ grid and the whole fall beats the
     #    spread; a step that rises beyond its spread is a failure
     pairs = list(zip(large_wds[:-1], large_wds[1:], strict=True))
-    if any(R.decide(jac[b].mean - jac[a].mean, R.spread(jac[a], jac[b])) for a, b in pairs):
+    if any(S.decide(jac[b].mean - jac[a].mean, S.spread(jac[a], jac[b])) for a, b in pairs):
         monotone = False
     elif all(jac[a].mean > jac[b].mean for a, b in pairs):
         first, last = jac[large_wds[0]], jac[large_wds[-1]]
-        monotone = R.decide(first.mean - last.mean, R.spread(first, last))
+        monotone = S.decide(first.mean - last.mean, S.spread(first, last))
     else:
         monotone = None
     # 4. interior optimum over λ: selected on validation, judged on test
@@ -79,27 +81,27 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     if i_best in (0, len(arm) - 1):
         interior = False
     else:
-        interior = R.combine([R.decide(arm[0].mean - arm[i_best].mean, R.spread(arm[0], arm[i_best])),
-                              R.decide(arm[-1].mean - arm[i_best].mean, R.spread(arm[-1], arm[i_best]))])
-    held = R.combine([lowest, monotone, interior]) if premise else None
+        interior = S.combine([S.decide(arm[0].mean - arm[i_best].mean, S.spread(arm[0], arm[i_best])),
+                              S.decide(arm[-1].mean - arm[i_best].mean, S.spread(arm[-1], arm[i_best]))])
+    held = S.combine([lowest, monotone, interior]) if premise else None
 
     n = min(len(v) for v in cells.values())
     ema_text = _pct(ema_gain[(LARGE, wd_star)]) if (LARGE, wd_star) in ema_gain else "n/a"
     others = min(corners[:3], key=lambda k: sel_err[k].mean)
     line = verdict_line(NAME, held, (
         f"test error large lr+WD {_pct(best)} vs best other "
-        f"({others[0]}, λ={others[1]:g}) {_pct(err[others])} [{R.word(lowest)}]; ‖J‖_F over η·λ "
+        f"({others[0]}, λ={others[1]:g}) {_pct(err[others])} [{S.word(lowest)}]; ‖J‖_F over η·λ "
         f"{lr_large * large_wds[0]:.1e}→{lr_large * large_wds[-1]:.1e}: "
-        f"{' → '.join(f'{jac[wd].mean:.1f}' for wd in large_wds)} [monotone: {R.word(monotone)}]; "
+        f"{' → '.join(f'{jac[wd].mean:.1f}' for wd in large_wds)} [monotone: {S.word(monotone)}]; "
         f"lowest {'validation' if select == 'val_acc' else 'test'} error at η·λ={lr_large * large_wds[i_best]:.1e} "
-        f"[interior: {R.word(interior)}]; "
+        f"[interior: {S.word(interior)}]; "
         f"min train acc {min(train_acc.values()):.2%}{'' if premise else ' (premise of ~100% NOT met)'}; "
         f"EMA − final test acc at large lr+WD {ema_text} (not judged); {n} seeds"
     ))
     numbers = {
         "premise_min_train_acc": min(train_acc.values()),
-        "lowest_test_error": R.word(lowest), "jacobian_monotone": R.word(monotone),
-        "interior_optimum": R.word(interior), "selection": select,
+        "lowest_test_error": S.word(lowest), "jacobian_monotone": S.word(monotone),
+        "interior_optimum": S.word(interior), "selection": select,
         "test_error": {f"{k[0]} λ={k[1]:g}": v.plain() for k, v in err.items()},
         "jacobian_norm": {f"λ={wd:g}": jac[wd].plain() for wd in large_wds},
         "ema_gain_test_acc": {f"{k[0]} λ={k[1]:g}": v.plain() for k, v in ema_gain.items()},
@@ -108,9 +110,9 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     table = [{"cell": f"{label}, λ={wd:g}", "η·λ": f"{cells[(label, wd)][0].config['lr'] * wd:.1e}",
               "train acc (min)": f"{min(r.final['train_acc'] for r in cells[(label, wd)]):.2%}",
               "test error": _pct(err[(label, wd)]),
-              "‖J‖_F": R.Stat.of(r.final.get("jacobian_norm", math.nan) for r in cells[(label, wd)]).text(".1f"),
+              "‖J‖_F": S.Stat.of(r.final.get("jacobian_norm", math.nan) for r in cells[(label, wd)]).text(".1f"),
               "EMA − final test acc": _pct(ema_gain[(label, wd)]) if (label, wd) in ema_gain else "–",
-              "‖w‖": R.Stat.of(r.final["weight_norm"] for r in cells[(label, wd)]).text(".2f")}
+              "‖w‖": S.Stat.of(r.final["weight_norm"] for r in cells[(label, wd)]).text(".2f")}
              for label, wd in sorted(cells)]
     prose = (
         "Plain SGD (momentum 0), constant lr for half the run then ×0.1; every cell over "
@@ -125,7 +127,7 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     return Verdict(NAME, held, line, numbers, sections)
 
 
-def _pct(s: R.Stat) -> str:
+def _pct(s: S.Stat) -> str:
     return f"{100 * s.mean:.2f} ± {100 * s.std:.2f}%" if math.isfinite(s.mean) else s.text()
 
 
@@ -153,6 +155,5 @@ OVERTRAINING = register(Reproduction(
            "‖J‖_F falls as η·λ grows while the test error is best at an intermediate η·λ"),
     source="D'Angelo, Andriushchenko, Varre, Flammarion, 'Why do we need weight decay in modern deep learning?', "
            "NeurIPS 2024 (arXiv 2310.04415), vision section (code: tml-epfl/why-weight-decay)",
-    specs={"small": "overtraining.toml", "paper": "overtraining-paper.toml"},
     analyze=analyze,
 ))

@@ -48,7 +48,8 @@ import numpy as np
 from ..report.analysis import build_grids, choose_metric
 from ..report.build import Section
 from ..store import load_sweep
-from .core import SPEC_DIR, Reproduction, Verdict, mean_std, pm, register, verdict_line
+from .core import SPEC_DIR, Reproduction, Verdict, register
+from .stats import mean_std, pm, verdict_line, word
 
 __all__ = ["REPRODUCTION", "analyze", "iterate_distances", "judge_iterates", "judge_batchnorm", "has_batchnorm",
            "expected_scale_free", "ITERATE_SPECS", "UNCHANGED", "CHANGED", "TIE_POINTS"]
@@ -278,12 +279,12 @@ def analyze(store_path: str | Path, spec: Any, scale: str, *, progress: bool = F
     if held_it is False or held_bn is False:
         held = False
     early_step = iterates["steps"][0] if iterates["steps"] else 0
-    part1 = (f"iterates {_status(held_it)}: after {early_step} steps loss ×10/×100 with eps→0 moves Adam/AdamW/"
+    part1 = (f"iterates {word(held_it)}: after {early_step} steps loss ×10/×100 with eps→0 moves Adam/AdamW/"
              f"ProxAdam by at most {it_numbers['max_distance_scale_free']:.1e} (relative), Adam+L2/AdamP by at least "
              f"{it_numbers['min_distance_others']:.1e} (at the end, after float32 rounding is amplified: "
              f"{it_numbers['final_max_distance_scale_free']:.1e} vs {it_numbers['final_min_distance_others']:.1e})")
     nb, b = bn_numbers["no_bn"], bn_numbers["bn"]
-    part2 = (f"BatchNorm {_status(held_bn)}: AdamW − Adam+L2 best test acc without BN "
+    part2 = (f"BatchNorm {word(held_bn)}: AdamW − Adam+L2 best test acc without BN "
              f"{pm(100 * nb['mean'], 100 * nb['std'], '+.1f')} points, with BN "
              f"{pm(100 * b['mean'], 100 * b['std'], '+.1f')} ({len(nb['gaps'])} seeds)")
     line = verdict_line("scale-free", held, f"{part1}; {part2}")
@@ -293,10 +294,6 @@ def analyze(store_path: str | Path, spec: Any, scale: str, *, progress: bool = F
                                             for bn, g in gaps.items()}}}
     sections = [_iterate_section(iterates, it_numbers, held_it), _batchnorm_section(gaps, bn_numbers, held_bn, cells)]
     return Verdict("scale-free", held, line, numbers, sections)
-
-
-def _status(held: bool | None) -> str:
-    return {True: "held", False: "did not hold", None: "inconclusive"}[held]
 
 
 def _iterate_section(iterates, numbers, held) -> Section:
@@ -328,7 +325,7 @@ def _iterate_section(iterates, numbers, held) -> Section:
         "(10·g rounds differently from g): their curves start at the rounding floor (~1e-7), and later jump when "
         "training amplifies the last-bit differences — with ε → 0 a coordinate whose gradient is ~0 still takes a "
         "full ±lr step whose sign rounding decides. Result: "
-        f"{_status(held)}; the smallest distance of a non-scale-free run is {numbers['ratio']:.1e} times the largest "
+        f"{word(held)}; the smallest distance of a non-scale-free run is {numbers['ratio']:.1e} times the largest "
         "of a scale-free one."
     )
     return Section("Scale-freeness: iterates under a rescaled loss", prose,
@@ -383,7 +380,7 @@ def _batchnorm_section(gaps, numbers, held, cells) -> Section:
         "above). The gap of a seed is AdamW's test accuracy at its selected cell minus Adam+L2's at its own; ± is "
         "the std over seeds. "
         f"Without BN the claim needs a positive mean gap above twice its standard error; with BN a tie: |gap| within "
-        f"twice its standard error or under {100 * TIE_POINTS:g} points. Result: {_status(held)} (without BN: "
+        f"twice its standard error or under {100 * TIE_POINTS:g} points. Result: {word(held)} (without BN: "
         f"{'beats' if numbers['beats_without_bn'] else 'does not beat'}; with BN: "
         f"{'tie' if numbers['tie_with_bn'] else 'no tie'})."
     )
@@ -420,7 +417,6 @@ REPRODUCTION = register(Reproduction(
           "distances and accuracy gaps.",
     source="Zhuang, Liu, Cutkosky & Orabona, Understanding AdamW through Proximal Methods and Scale-Freeness, "
            "TMLR 2022; Schaipp, Decay No More, ICLR 2023 blog track",
-    specs={"small": "scale-free.toml", "paper": "scale-free-paper.toml"},
     analyze=analyze,
     stack=36,
 ))

@@ -35,6 +35,7 @@ from typing import Any
 
 from ..report.build import Section
 from . import _regimes as R
+from . import stats as S
 from .core import Reproduction, Verdict, register
 
 __all__ = ["REPRODUCTION", "analyze", "judge", "row_optimum", "slopes", "THRESHOLD"]
@@ -92,8 +93,8 @@ class Judgement:
 
     held: bool | None
     premises: list[dict[str, Any]]
-    slope_n: R.Stat | None = None
-    slope_lr: R.Stat | None = None
+    slope_n: S.Stat | None = None
+    slope_lr: S.Stat | None = None
     parts: tuple[bool | None, bool | None] = (None, None)
     optima: dict[tuple[int, float], list[float]] | None = None  # (N, lr) -> λ* per seed
     seeds: int = 0
@@ -103,9 +104,9 @@ class Judgement:
         return [p["name"] for p in self.premises if not p["held"]]
 
 
-def _part(stat: R.Stat) -> bool | None:
+def _part(stat: S.Stat) -> bool | None:
     """True: the slope is below the threshold beyond its margin (constant τ); False: above it."""
-    return R.decide(THRESHOLD - stat.mean, R.spread_of(stat))
+    return S.decide(THRESHOLD - stat.mean, S.spread_of(stat))
 
 
 def judge(losses: dict[tuple[int, float, float, int], float]) -> Judgement:
@@ -135,8 +136,8 @@ def judge(losses: dict[tuple[int, float, float, int], float]) -> Judgement:
         for lr in lrs:
             means = {lam: sum(losses[(n, lr, lam, s)] for s in seeds) / len(seeds) for lam in lams}
             best = min(lams, key=means.__getitem__)
-            gain = R.Stat.of(losses[(n, lr, lams[0], s)] - losses[(n, lr, best, s)] for s in seeds)
-            if R.decide(gain.mean, R.spread_of(gain)) is not True:
+            gain = S.Stat.of(losses[(n, lr, lams[0], s)] - losses[(n, lr, best, s)] for s in seeds)
+            if S.decide(gain.mean, S.spread_of(gain)) is not True:
                 weak.append((n, lr))
     premises = [
         {"name": "optimum inside the λ grid", "value": len(edge), "threshold": 0, "held": not edge,
@@ -147,31 +148,20 @@ def judge(losses: dict[tuple[int, float, float, int], float]) -> Judgement:
                    "smallest by 2 standard errors of the paired difference" + (f", e.g. {weak[0]}" if weak else "")},
     ]
     out = Judgement(None, premises, optima=optima, seeds=len(seeds))
-    if edge or len(seeds) < R.MIN_SEEDS:
-        if len(seeds) < R.MIN_SEEDS:
-            premises.append({"name": "seeds", "value": len(seeds), "threshold": R.MIN_SEEDS, "held": False,
-                             "detail": f"{len(seeds)} seeds; a verdict needs {R.MIN_SEEDS}"})
+    if edge or len(seeds) < S.MIN_SEEDS:
+        if len(seeds) < S.MIN_SEEDS:
+            premises.append({"name": "seeds", "value": len(seeds), "threshold": S.MIN_SEEDS, "held": False,
+                             "detail": f"{len(seeds)} seeds; a verdict needs {S.MIN_SEEDS}"})
         return out
     per_seed = [slopes({k: v[i] for k, v in optima.items()}) for i in range(len(seeds))]
-    out.slope_n = R.Stat.of(s for s, _ in per_seed)
-    out.slope_lr = R.Stat.of(s for _, s in per_seed)
+    out.slope_n = S.Stat.of(s for s, _ in per_seed)
+    out.slope_lr = S.Stat.of(s for _, s in per_seed)
     out.parts = (_part(out.slope_n), _part(out.slope_lr))
-    out.held = R.combine(out.parts) if not out.premise_failed else None
+    out.held = S.combine(out.parts) if not out.premise_failed else None
     return out
 
 
 # ----------------------------------------------------------------------------------------------- the verdict
-
-
-@dataclass
-class TimescaleVerdict(Verdict):
-    """A :class:`Verdict` whose status is ``PREMISE NOT MET`` when a premise failed."""
-
-    premise_not_met: bool = False
-
-    @property
-    def status(self) -> str:
-        return "PREMISE NOT MET" if self.premise_not_met else Verdict.status.fget(self)
 
 
 def _geomean(xs: Sequence[float]) -> float:
@@ -191,13 +181,13 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
         losses[key] = float(value) if value is not None else math.inf
         by_key[key] = run
     if not runs:
-        return TimescaleVerdict(NAME, None, f"{NAME}: INCONCLUSIVE — no finished run of the spec", {"runs": 0})
+        return Verdict(NAME, None, f"{NAME}: INCONCLUSIVE — no finished run of the spec", {"runs": 0})
     batch = runs[0].config["batch_size"]
     epochs = runs[0].config["epochs"]
     try:
         j = judge(losses)
     except ValueError as error:
-        return TimescaleVerdict(NAME, None, f"{NAME}: INCONCLUSIVE — {error}", {"runs": len(runs)})
+        return Verdict(NAME, None, f"{NAME}: INCONCLUSIVE — {error}", {"runs": len(runs)})
 
     sizes = sorted({k[0] for k in losses})
     lrs = sorted({k[1] for k in losses})
@@ -213,8 +203,8 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
         for lr in lrs:
             row_opt = [x for x in j.optima[(n, lr)] if x is not None]
             lam_star = _geomean(row_opt) if row_opt else math.nan
-            val = R.Stat.of(losses[(n, lr, chosen[(n, lr, s)], s)] for s in seeds)
-            acc = R.Stat.of(test_of[(n, lr, s)].get("test_acc") for s in seeds)
+            val = S.Stat.of(losses[(n, lr, chosen[(n, lr, s)], s)] for s in seeds)
+            acc = S.Stat.of(test_of[(n, lr, s)].get("test_acc") for s in seeds)
             table.append({
                 "N": n, "lr": lr, "λ* (geomean over seeds)": f"{lam_star:.3g}",
                 "τ*_epoch": f"{tau_epoch(lam_star, lr, batch_size=batch, dataset_size=n):.3g}"
@@ -228,11 +218,11 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     setting = (f"{len(seeds)} seeds, N ∈ {{{', '.join(map(str, sizes))}}}, "
                f"lr ∈ {{{', '.join(f'{x:g}' for x in lrs)}}}, {epochs:g} epochs, selection on validation loss")
     if j.premise_failed:
-        line = f"{NAME}: PREMISE NOT MET — {premises_text} ({setting})"
+        line = f"{NAME}: {S.PREMISE_NOT_MET} — {premises_text} ({setting})"
     else:
-        status = {True: "HELD", False: "DID NOT HOLD", None: "INCONCLUSIVE"}[j.held]
+        status = S.status(j.held)
         line = (f"{NAME}: {status} — slope of log λ* against log N {j.slope_n.text('+.2f')} "
-                f"({R.word(j.parts[0])}), against log lr {j.slope_lr.text('+.2f')} ({R.word(j.parts[1])}); "
+                f"({S.word(j.parts[0])}), against log lr {j.slope_lr.text('+.2f')} ({S.word(j.parts[1])}); "
                 f"constant τ_epoch predicts −1, a constant λ 0, decided at {THRESHOLD} ± 2 SE; "
                 f"τ*_epoch {min(taus):.3g}–{max(taus):.3g} epochs across the {len(table)} cells ({setting})")
     numbers = {
@@ -253,7 +243,7 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     sections = [Section("Timescale: the validation-optimal λ across N and lr", prose=prose, table=table,
                         figures=[("λ* (geometric mean over seeds) against N, one line per lr; dashed: constant "
                                   "τ_epoch through the smallest N", _figure(table, sizes, lrs, batch))])]
-    return TimescaleVerdict(NAME, j.held, line, numbers, sections, premise_not_met=bool(j.premise_failed))
+    return Verdict(NAME, j.held, line, numbers, sections, premise_not_met=bool(j.premise_failed))
 
 
 def _figure(table: list[dict[str, Any]], sizes: list[int], lrs: list[float], batch: int) -> Any:
@@ -292,7 +282,6 @@ REPRODUCTION = register(Reproduction(
           "optimal λ itself does not stay put",
     source="Wang & Aitchison, How to set AdamW's weight decay as you scale model and dataset size, ICML 2025 "
            "(arXiv 2405.13698)",
-    specs={"small": "timescale.toml", "paper": "timescale-paper.toml"},
     analyze=analyze,
     seeds=3,
     stack=135,

@@ -33,7 +33,9 @@ from typing import Any
 
 from ..report.build import Section
 from . import _regimes as R
-from .core import Reproduction, Verdict, default_store, register, verdict_line
+from . import stats as S
+from .core import Reproduction, Verdict, register
+from .stats import verdict_line
 
 NAME = "undertraining"
 METHOD = "AdamW"
@@ -89,7 +91,7 @@ class _TwoStage(Reproduction):
             **kwargs: Any) -> Verdict:
         from decaylab.sweep import DEFAULT_STACK, default_processes, run_sweep
 
-        store = Path(store) if store is not None else default_store(self.name, scale)
+        store = Path(store) if store is not None else self.default_store(scale)
         store.parent.mkdir(parents=True, exist_ok=True)
         stack = stack or self.stack or DEFAULT_STACK
         processes = default_processes() if processes is None else processes
@@ -122,10 +124,10 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     mid = steps // 2
 
     def stat(key, metric, step):
-        return R.Stat.of(R.at_step(curves[r.id][metric], step) for r in cells[key])
+        return S.Stat.of(R.at_step(curves[r.id][metric], step) for r in cells[key])
 
     def gap(key):
-        return R.Stat.of(R.at_step(curves[r.id]["val_loss"], steps) - R.at_step(curves[r.id]["train_loss"], steps)
+        return S.Stat.of(R.at_step(curves[r.id]["val_loss"], steps) - R.at_step(curves[r.id]["train_loss"], steps)
                          for r in cells[key])
 
     base = (METHOD, 0.0)
@@ -135,39 +137,40 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     for wd in wds:
         key = (METHOD, wd)
         m, e, g = stat(key, "val_loss", mid), stat(key, "val_loss", steps), gap(key)
-        parts[f"mid higher λ={wd:g}"] = R.decide(m.mean - mid0.mean, R.spread(m, mid0))
-        parts[f"end lower λ={wd:g}"] = R.decide(end0.mean - e.mean, R.spread(e, end0))
-        moved = R.decide(abs(g.mean - gap0.mean), R.spread(g, gap0))
+        parts[f"mid higher λ={wd:g}"] = S.decide(m.mean - mid0.mean, S.spread(m, mid0))
+        parts[f"end lower λ={wd:g}"] = S.decide(end0.mean - e.mean, S.spread(e, end0))
+        moved = S.decide(abs(g.mean - gap0.mean), S.spread(g, gap0))
         parts[f"gap unchanged λ={wd:g}"] = False if moved else True
-        higher = R.word(parts[f"mid higher λ={wd:g}"])
+        higher = S.word(parts[f"mid higher λ={wd:g}"])
         phrases.append(f"λ={wd:g}: mid {m.text('.3f')} vs {mid0.text('.3f')} [{higher}], "
-                       f"end {e.text('.3f')} vs {end0.text('.3f')} [{R.word(parts[f'end lower λ={wd:g}'])}], "
+                       f"end {e.text('.3f')} vs {end0.text('.3f')} [{S.word(parts[f'end lower λ={wd:g}'])}], "
                        f"gap {g.mean:+.3f} vs {gap0.mean:+.3f}")
     recovered: dict[str, Any] = {}
     for key in controls:
         wd = float(key[0].rsplit("=", 1)[1])
         e, c = stat((METHOD, wd), "val_loss", steps), stat(key, "val_loss", steps)
         difference = end0.mean - e.mean
-        if difference <= R.spread(e, end0):  # decay did not lower the final loss: nothing to recover
+        if difference <= S.spread(e, end0):  # decay did not lower the final loss: nothing to recover
             part, fraction = None, math.nan
         else:
             fraction = (end0.mean - c.mean) / difference
-            part = R.decide(fraction - 0.5, R.spread(c, end0) / difference)
+            part = S.decide(fraction - 0.5, S.spread(c, end0) / difference)
         parts[f"control recovers λ={wd:g}"] = part
         decayed = {r.config["seed"]: r for r in cells[(METHOD, wd)]}
-        ratio = R.Stat.of(R.at_step(curves[a.id]["effective_lr"], s) /
+        ratio = S.Stat.of(R.at_step(curves[a.id]["effective_lr"], s) /
                           R.at_step(curves[decayed[a.config["seed"]].id]["effective_lr"], s)
                           for a in cells[key] if a.config["seed"] in decayed for s in (mid, steps))
-        recovered[key[0]] = {"fraction": R._json(fraction), "end_loss": c.plain(), "effective_lr_ratio": ratio.plain()}
+        recovered[key[0]] = {"fraction": S.finite_or_none(fraction), "end_loss": c.plain(),
+                             "effective_lr_ratio": ratio.plain()}
         phrases.append(f"control ({key[0]}) end {c.text('.3f')}: recovers "
-                       f"{'n/a' if math.isnan(fraction) else f'{fraction:.0%}'} [{R.word(part)}], "
+                       f"{'n/a' if math.isnan(fraction) else f'{fraction:.0%}'} [{S.word(part)}], "
                        f"its lr/‖w‖ at {ratio.mean:.2f}× the decayed run's")
         rows.append(key)
-    held = R.combine(parts.values())
+    held = S.combine(parts.values())
     n = min(len(v) for v in cells.values())
     line = verdict_line(NAME, held, f"val loss at step {mid} and {steps}: " + "; ".join(phrases) + f"; {n} seeds")
     numbers = {
-        "mid_step": mid, "end_step": steps, "parts": {k: R.word(v) for k, v in parts.items()},
+        "mid_step": mid, "end_step": steps, "parts": {k: S.word(v) for k, v in parts.items()},
         "val_loss": {f"{k[0]} λ={k[1]:g}" if k[1] is not None else k[0]:
                      {"mid": stat(k, "val_loss", mid).plain(), "end": stat(k, "val_loss", steps).plain(),
                       "gap_end": gap(k).plain()} for k in needed},
@@ -215,7 +218,6 @@ UNDERTRAINING = register(_TwoStage(
            "train–val gap stays ~0; a λ=0 run given the decayed run's effective lr recovers most of the difference"),
     source="D'Angelo, Andriushchenko, Varre, Flammarion, 'Why do we need weight decay in modern deep learning?', "
            "NeurIPS 2024 (arXiv 2310.04415), LLM section (code: tml-epfl/why-weight-decay)",
-    specs={"small": "undertraining.toml", "paper": "undertraining-paper.toml"},
     analyze=analyze,
     stack=1,  # the stacked GPT is slower on CPU than one run at a time (vmap has no batched CPU attention)
 ))
