@@ -26,6 +26,13 @@ compile of the ``compiled`` backend, whose duration is printed separately: a pro
 once per decay rule). The stacked and sequential
 final metrics are compared too (fp32: equal up to floating-point summation order).
 
+The physical ceiling: the same run measures this machine's matmul peak (GFLOP/s of a large
+``torch.mm``, best of several, same threads and device) and counts the floating-point work of the
+runs (``torch.utils.flop_counter``: every matmul and convolution of one forward and backward pass,
+and of the final evaluation; elementwise work — activations, the loss, the optimizer step — is not
+counted, so the figures are a lower bound of the work done). It prints the GFLOP/s each path
+achieves and its share of the peak, beside the speedup, and says what bounds the stacked step.
+
 ResNet-20 inputs are CIFAR-sized (3×32×32) random images with random labels — the cost of a
 step does not depend on the pixel values, and the GPU machines cannot download CIFAR-10
 (``--dataset cifar10`` uses the real data where it is cached).
@@ -61,6 +68,35 @@ def synthetic_cifar(n: int, n_test: int) -> TensorData:
     return TensorData(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g),
                       torch.randn(n_test, 3, 32, 32, generator=g), torch.randint(0, 10, (n_test,), generator=g),
                       10, "cifar-sized-random")
+
+
+def matmul_peak(device: torch.device, n: int = 2048, reps: int = 5) -> float:
+    """GFLOP/s of an ``n × n`` fp32 ``torch.mm`` (``2·n³`` operations), the best of ``reps``: the ceiling
+    the training loop's matmuls could reach on this machine and these threads."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    torch.mm(a, b)  # warm-up: the BLAS's own set-up
+    best = min(timed(lambda: torch.mm(a, b), device)[0] for _ in range(reps))
+    return 2 * n ** 3 / best / 1e9
+
+
+def run_flops(config: TrainConfig, data, device: torch.device, steps: int) -> float:
+    """The matmul/convolution FLOPs of one run: ``steps`` forward + backward passes of a batch, and the final
+    evaluation's forward passes (validation, test and the fixed training subset), counted on a real pass."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(config, data).to(device)
+    x, y = data.x_train[:config.batch_size].to(device), data.y_train[:config.batch_size].to(device)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    step = counter.get_total_flops()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    per_example = counter.get_total_flops() / config.batch_size
+    evaluated = data.n_val + data.n_test + min(config.train_eval_size, data.n_train)
+    return steps * step + evaluated * per_example
 
 
 def timed(fn, device: torch.device):
@@ -107,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch.__version__}, python {platform.python_version()}")
     print("configs: lr ∈ {" + ", ".join(f"{lr:.3g}" for lr in sorted({c.lr for c in configs})) + "} × λ ∈ {"
           + ", ".join(f"{w:g}" for w in sorted({c.weight_decay for c in configs})) + f"}}, seeds 0..{args.models - 1}")
+
+    peak = matmul_peak(device)
+    work = args.models * run_flops(base, data, device, steps)  # the K runs' matmul and convolution FLOPs
+    print(f"this machine's matmul peak: {peak:.1f} GFLOP/s (2048² fp32 torch.mm, best of 5); the K runs do "
+          f"{work / 1e9:.2f} GFLOP of matmuls and convolutions")
 
     # what the dispatcher picks for this stacked run (decaylab.optim.dispatch: one policy, asked directly)
     engine = StackedModels([build_model(base, data).to(device) for _ in range(args.models)])
@@ -179,6 +220,24 @@ def main(argv: list[str] | None = None) -> int:
         own = best["sequential-decaylab"] / best[backend]
         print(f"  vs sequential decaylab AdamW (fused kernel): {own:.2f}x "
               f"({best['sequential-decaylab']:.2f} s / {best[backend]:.2f} s)")
+    # the ceiling: matmul work per second against the matmul peak measured above, in the same run
+    rates = {what: work / best[what] / 1e9 for what in ("sequential", "sequential-decaylab", *backends)}
+    for what, rate in rates.items():
+        name = {"sequential": "sequential torch AdamW", "sequential-decaylab": "sequential decaylab AdamW"}.get(
+            what, f"stacked ({what})")
+        print(f"achieved: {name:27} {rate:7.2f} GFLOP/s = {100 * rate / peak:5.1f}% of the matmul peak")
+    top = max(backends, key=lambda b: rates[b])
+    share = rates[top] / peak
+    if share < 0.5:
+        bound = (f"not by arithmetic: at {100 * share:.0f}% of the peak, {100 * (1 - share):.0f}% of the stacked "
+                 "step's time is spent outside the matmuls the peak measures — small matmuls (per model a batch "
+                 f"of {args.batch_size}) that do not fill the machine, per-operation dispatch, and memory-bound "
+                 "elementwise work (activations, the loss, the optimizer step over every weight). Stacking "
+                 "amortizes the per-operation cost over K models; a larger K, batch or model moves toward the peak")
+    else:
+        bound = (f"by arithmetic: at {100 * share:.0f}% of the matmul peak the stacked step is compute-bound; "
+                 "a faster step needs fewer FLOPs, not less overhead")
+    print(f"what bounds the stacked step ({top}): {bound}.")
     return 0
 
 
