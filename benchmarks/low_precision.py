@@ -102,6 +102,7 @@ def _loss(task: str, data, model: nn.Module, gen: torch.Generator, dtype: torch.
         return nn.functional.cross_entropy(model(x).float(), y)
     x, y = data.batch("train", 16, 64, generator=gen)
     logits = model(x)
+    logits = logits[0] if isinstance(logits, tuple) else logits  # the GPT returns (logits, ...)
     return nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
