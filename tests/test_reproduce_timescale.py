@@ -91,33 +91,33 @@ def _losses(lam_star, seeds=5, noise=0.02, sizes=(750, 1500, 3000), lrs=(1e-3, 2
 
 
 def test_judge_holds_when_the_optimum_keeps_tau_constant() -> None:
-    j = T.judge(_losses(lambda n, lr: 2.0 / (n * lr) * 1.5))  # λ* ∝ 1/(N·lr): constant τ_epoch
+    j = T.judge(threshold=-0.5, losses=_losses(lambda n, lr: 2.0 / (n * lr) * 1.5))  # λ* ∝ 1/(N·lr): constant τ_epoch
     assert j.premise_failed == [] and j.held is True and j.parts == (True, True)
     assert j.slope_n.mean == pytest.approx(-1, abs=0.05) and j.slope_lr.mean == pytest.approx(-1, abs=0.05)
 
 
 def test_judge_does_not_hold_when_the_optimal_lambda_stays_put() -> None:
-    j = T.judge(_losses(lambda n, lr: 1.0))
+    j = T.judge(threshold=-0.5, losses=_losses(lambda n, lr: 1.0))
     assert j.held is False and j.parts == (False, False) and abs(j.slope_n.mean) < 0.05
 
 
 def test_judge_one_part_each_way() -> None:
-    j = T.judge(_losses(lambda n, lr: 1000.0 / n))  # moves with N only (what the small scale measured)
+    j = T.judge(threshold=-0.5, losses=_losses(lambda n, lr: 1000.0 / n))  # moves with N only (as measured)
     assert j.parts == (True, False) and j.held is False
 
 
 def test_judge_premises() -> None:
-    edge = T.judge(_losses(lambda n, lr: 50.0))  # beyond the grid's top
-    assert edge.premise_failed == ["optimum inside the λ grid"] and edge.held is None
-    assert edge.premises[0]["value"] == 45
-    flat = T.judge(_losses(lambda n, lr: 1.0, flat=True, noise=0.0))
-    assert "decay matters" in flat.premise_failed and flat.held is None
-    few = T.judge(_losses(lambda n, lr: 1.0, seeds=2))
+    edge = T.judge(threshold=-0.5, losses=_losses(lambda n, lr: 50.0))  # beyond the grid's top
+    assert edge.premise_failed == ["optima on an end of the λ grid"] and edge.held is None
+    assert edge.premises[0].value == 45
+    flat = T.judge(threshold=-0.5, losses=_losses(lambda n, lr: 1.0, flat=True, noise=0.0))
+    assert "cells where decay does not matter" in flat.premise_failed and flat.held is None
+    few = T.judge(threshold=-0.5, losses=_losses(lambda n, lr: 1.0, seeds=2))
     assert "seeds" in few.premise_failed and few.held is None
     with pytest.raises(ValueError, match="the grid is not complete: 1 runs missing"):
         losses = _losses(lambda n, lr: 1.0)
         losses.pop(next(iter(losses)))
-        T.judge(losses)
+        T.judge(losses, threshold=-0.5)
 
 
 # ------------------------------------------------------------------------------------------- analyze
@@ -144,6 +144,7 @@ def _store(tmp_path, losses, name="reproduce-timescale"):
 
 class _Spec:
     name = "reproduce-timescale"
+    claim = {"threshold": -0.5}
 
 
 @pytest.mark.parametrize("lam_star, status", [
@@ -156,8 +157,8 @@ def test_analyze_both_ways_and_premise_not_met(tmp_path, lam_star, status) -> No
     assert verdict.status == status and verdict.line.startswith(f"timescale: {status} — ")
     numbers = verdict.numbers
     assert numbers["selection"] == "validation" and numbers["seeds"] == 5 and numbers["threshold"] == -0.5
-    assert [p["name"] for p in numbers["premises"]] == ["optimum inside the λ grid", "decay matters"]
-    assert all(set(p) >= {"name", "value", "threshold", "held"} for p in numbers["premises"])
+    assert [p.name for p in verdict.premises] == ["optima on an end of the λ grid", "cells where decay does not matter"]
+    assert all(set(p.plain()) >= {"name", "value", "threshold", "held"} for p in verdict.premises)
     assert len(numbers["cells"]) == 9
     # the test accuracy reported is that of the validation-selected runs (0.5 in every run here)
     assert {c["test accuracy of the selected runs"] for c in numbers["cells"]} == {"0.500 ± 0.000"}
@@ -165,7 +166,7 @@ def test_analyze_both_ways_and_premise_not_met(tmp_path, lam_star, status) -> No
         # τ*_epoch = B/(lr·λ*·N) = 100/3 epochs in every cell when λ* = 3/(N·lr) (up to the seeds' noise)
         assert [float(c["τ*_epoch"]) for c in numbers["cells"]] == pytest.approx([100 / 3] * 9, rel=0.02)
     if status == "PREMISE NOT MET":
-        assert "optimum inside the λ grid: NOT MET" in verdict.line
+        assert "optima on an end of the λ grid 45 ≤ 0: NOT MET" in verdict.line
     json.dumps(numbers)  # plain JSON data for verdict.json
 
 
@@ -185,6 +186,8 @@ def test_specs_train_on_nested_subsets(scale, base, sizes) -> None:
 
 TINY = """
 name = "reproduce-timescale-tiny"
+[claim]
+threshold = -0.5
 [base]
 model = "mlp"
 optimizer = "adam"

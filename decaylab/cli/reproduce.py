@@ -5,11 +5,15 @@
     decaylab reproduce NAME [--scale small|paper] [--store PATH] [--out DIR] [--stack K] [--quiet]
     decaylab reproduce all [--scale ...] [--store DIR] [--out DIR] ...
     decaylab reproduce --list
+    decaylab reproduce --table [PATH ...] [--copy-to DIR] [--update README.md]
 
 ``NAME`` runs one reproduction (its sweep, the analysis, the report) and prints its verdict line,
 the wall time and where the report is. A second call skips the finished runs of the store.
 ``all`` runs every registered reproduction in turn; there ``--store`` and ``--out`` name folders
 (each reproduction gets ``reproduce-NAME[-SCALE].sqlite`` and ``NAME/`` in them). The exit status
+``--table`` prints the table of verdicts from ``verdict.json`` files (or folders holding them;
+default ``docs/verdicts``), keeps copies with ``--copy-to`` and rewrites the README's generated block
+with ``--update`` (:mod:`decaylab.reproduce.verdicts`). The exit status
 is 0 whatever the verdicts are (a claim that did not hold is a result), 2 for bad input, 130 when
 interrupted.
 """
@@ -39,6 +43,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "over seeds, and the report. 'decaylab reproduce --list' describes them.")
     parser.add_argument("name", nargs="?", metavar="NAME", help="a reproduction (see --list), or 'all' (every claim)")
     parser.add_argument("--list", action="store_true", help="describe every reproduction and exit")
+    parser.add_argument("--table", nargs="*", default=None, metavar="PATH",
+                        help="print the table of verdicts from verdict.json files or folders holding them "
+                             "(default docs/verdicts) and exit")
+    parser.add_argument("--copy-to", default=None, metavar="DIR",
+                        help="with --table: keep a copy of each verdict as DIR/NAME.json")
+    parser.add_argument("--update", default=None, metavar="FILE",
+                        help="with --table: rewrite FILE's generated block of verdicts (e.g. README.md)")
     parser.add_argument("--scale", default="small", choices=SCALES,
                         help="small (default: minutes on a laptop) or paper (the paper's dataset, model, epochs)")
     parser.add_argument("--store", default=None, metavar="PATH",
@@ -62,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         print(describe())
         return 0
+    if args.table is not None:
+        return _table(args)
+    if args.copy_to is not None or args.update is not None:
+        return error("reproduce", "--copy-to and --update go with --table")
     if args.name is None:
         return error("reproduce", f"NAME is required: one of {', '.join(REGISTRY)}, or 'all' (--list describes "
                                   "them)")
@@ -100,4 +115,25 @@ def run(args: argparse.Namespace) -> int:
         print()
         for verdict in verdicts:
             print(f"{verdict.status:>12}  {verdict.name}  ({verdict.wall_s:.0f} s)")
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    from ..reproduce import verdicts
+
+    try:
+        records = verdicts.read(args.table or ["docs/verdicts"])
+        if args.copy_to is not None:
+            verdicts.copy_to(records, args.copy_to)
+        block = verdicts.render(records)
+        if args.update is not None:
+            path = Path(args.update)
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as problem:
+                raise ValueError(f"--update {path}: cannot read it ({problem.strerror})") from None
+            path.write_text(verdicts.update(text, block, where=f"--update {path}"), encoding="utf-8")
+    except ValueError as problem:
+        return error("reproduce", problem)
+    print(block, end="")
     return 0

@@ -21,9 +21,15 @@ Notes for the authors of reproductions:
   check) shows a bar unless ``--quiet``;
 - select on validation (the report's :func:`~decaylab.report.analysis.choose_metric` does) and report
   test for what was selected;
+- measure the regime the claim needs and return it as ``Verdict.premises`` (:class:`~.stats.Premise`:
+  name, value, threshold, held); one not met makes the status PREMISE NOT MET, never a verdict;
+- judge against thresholds fixed in advance in the spec's ``[claim]`` table (with a comment on why),
+  on paired per-seed effects (:func:`~.stats.interval`, :func:`~.stats.against`);
 - :meth:`run` checks the store's folder and the report's before anything trains, refuses a spec with
-  fewer seeds than ``Reproduction.seeds``, and writes ``verdict.json`` (name, scale, status, line,
-  numbers, wall time) beside ``report.html``;
+  fewer seeds than ``Reproduction.seeds``, adds seeds while the verdict is undecided (``max_seeds``
+  and ``seed_step`` in ``[claim]``; each look is recorded), and writes ``verdict.json``
+  (:meth:`Verdict.record`: status, premises, selection, seeds, numbers, wall time) beside
+  ``report.html``; :func:`verdict_table` renders those files as the README's table;
 - ``Reproduction(stack=K)``: how many runs train together when ``--stack`` is not given (larger
   stacks are cheaper per run on CPU; None: the sweep driver's default).
 """
@@ -32,10 +38,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
 import pkgutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +66,13 @@ class Verdict:
     inside the seeds' spread). ``line`` is what a person reads first, e.g.
     ``"decoupling: HELD — separability AdamW 0.83 ± 0.10 vs Adam+L2 0.31 ± 0.05 (3 seeds)"``.
     ``numbers`` are the values behind it (plain JSON data); ``sections`` go into the report.
-    ``premise_not_met``: a premise of the test failed, so the claim was not judged; ``claim``: False
-    for an entry that states no claim (its status is ``REPORTED``). :meth:`Reproduction.run` fills in
-    ``wall_s``, ``report`` (the HTML file), and the report's method table (``table_text``, ``summary``).
+    ``premises``: the measured conditions of the regime the claim needs (:class:`~.stats.Premise`);
+    one not met (or ``premise_not_met``) makes the status ``PREMISE NOT MET``: the claim was not
+    judged. ``seeds``: how many seeds per cell the verdict read; ``selection``: the split that chose
+    the cells (``"validation"``). ``claim``: False for an entry that states no claim (its status is
+    ``REPORTED``). :meth:`Reproduction.run` fills in ``wall_s``, ``report`` (the HTML file), ``looks``
+    (the seed counts judged on the way to a decided verdict) and the report's method table
+    (``table_text``, ``summary``).
     """
 
     name: str
@@ -73,12 +86,37 @@ class Verdict:
     claim: bool = True
     table_text: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
+    premises: list[stats.Premise] = field(default_factory=list)
+    seeds: int = 0
+    selection: str = "validation"
+    looks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def premises_failed(self) -> list[stats.Premise]:
+        return [p for p in self.premises if not p.held]
 
     @property
     def status(self) -> str:
         if not self.claim:
             return stats.REPORTED
-        return stats.PREMISE_NOT_MET if self.premise_not_met else stats.status(self.held)
+        if self.premise_not_met or self.premises_failed:
+            return stats.PREMISE_NOT_MET
+        return stats.status(self.held)
+
+    @property
+    def decided(self) -> bool:
+        """Whether the verdict is final: a claim held or did not, a premise failed, or no claim."""
+        return self.status != stats.status(None)
+
+    def record(self, scale: str, store: Path | str | None = None) -> dict[str, Any]:
+        """What ``verdict.json`` holds (plain JSON data): name, scale, status, the line, premises,
+        selection, seeds, the seed counts judged (``looks``), the numbers, wall time and store."""
+        return {"name": self.name, "scale": scale, "status": self.status, "held": self.held, "line": self.line,
+                "premises": [p.plain() for p in self.premises], "selection": self.selection,
+                "seeds": self.seeds, "looks": self.looks, "numbers": self.numbers,
+                "wall_s": round(self.wall_s, 1), "store": None if store is None else str(store),
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "cores": os.cpu_count()}
 
 
 # analyze(store_path, spec, scale) -> Verdict (wall_s and report are filled in by Reproduction.run)
@@ -126,7 +164,12 @@ class Reproduction:
         and write the report with the verdict's sections (into ``out``, default ``report-<sweep>`` beside
         the store) and ``verdict.json``. The folders are checked before anything trains (``ValueError``
         naming ``--store`` or ``--out``). A second call skips finished runs. ``processes`` train side by
-        side (default: one per core, up to 4); ``retry_failed`` trains the runs that failed before again."""
+        side (default: one per core, up to 4); ``retry_failed`` trains the runs that failed before again.
+
+        While the verdict is undecided (INCONCLUSIVE) and the spec's ``[claim]`` allows more seeds
+        (``max_seeds``), ``seed_step`` more seeds of every cell train and the verdict is judged again;
+        the seed counts judged are ``Verdict.looks``. The steps are fixed in advance in the spec, so
+        the number of looks is bounded and stated with the verdict."""
         from .._paths import check_output_dir
         from ..report import build_report
         from ..report.build import default_out_dir
@@ -145,25 +188,62 @@ class Reproduction:
             check_output_dir(out if out is not None else default_out_dir(store, spec.name),
                              "--out" if out is not None else "--out (default: beside the store)")
         processes = default_processes() if processes is None else processes
-        run_sweep(spec, store, stack=stack or self.stack or DEFAULT_STACK, progress=progress, processes=processes,
-                  retry_failed=retry_failed)
+        max_seeds, seed_step = self.sequential(spec)
         extra = {"progress": progress} if "progress" in inspect.signature(self.analyze).parameters else {}
-        verdict = self.analyze(store, spec, scale, **extra)
+        looks: list[dict[str, Any]] = []
+        while True:  # seeds are added in steps fixed in advance until the verdict is decided (or max_seeds)
+            run_sweep(spec, store, stack=stack or self.stack or DEFAULT_STACK, progress=progress,
+                      processes=processes, retry_failed=retry_failed)
+            verdict = self.analyze(store, spec, scale, **extra)
+            verdict.seeds = verdict.seeds or _finished_seeds(store, spec.name)
+            looks.append({"seeds": verdict.seeds, "status": verdict.status})
+            now = spec.seeds()
+            if verdict.decided or len(now) >= max_seeds:
+                break
+            more = list(range(max(now) + 1, max(now) + 1 + min(seed_step, max_seeds - len(now))))
+            if progress:
+                print(f"{self.name}: undecided with {len(now)} seeds; adding seeds {more[0]}–{more[-1]} "
+                      f"(at most {max_seeds}, fixed in the spec)", file=sys.stderr)
+            spec = spec.with_seeds([*now, *more])
+        verdict.looks = looks
         if report:
             sections = list(verdict.sections)
             if verdict.claim:
-                sections.insert(0, Section(title=f"Verdict: {verdict.status}", prose=verdict.line))
+                prose = verdict.line
+                if verdict.premises:
+                    prose += "\n\nPremises: " + "; ".join(p.text() for p in verdict.premises) + "."
+                if len(looks) > 1:
+                    prose += ("\n\nSeeds were added until the verdict was decided: " +
+                              ", ".join(f"{look['seeds']} seeds {look['status']}" for look in looks) + ".")
+                sections.insert(0, Section(title=f"Verdict: {verdict.status}", prose=prose))
             result = build_report(store, sweep=spec.name, out_dir=out, sections=sections)
             verdict.report, verdict.table_text, verdict.summary = result.html_path, result.table_text, result.summary
         verdict.wall_s = time.perf_counter() - start
         if verdict.report is not None:
-            record = {"name": self.name, "scale": scale, "status": verdict.status, "held": verdict.held,
-                      "line": verdict.line, "numbers": verdict.numbers, "wall_s": round(verdict.wall_s, 1),
-                      "store": str(store)}
             path = verdict.report.parent / "verdict.json"
-            path.write_text(json.dumps(record, indent=2, ensure_ascii=False, default=_json_default) + "\n",
-                            encoding="utf-8")
+            path.write_text(json.dumps(verdict.record(scale, store), indent=2, ensure_ascii=False,
+                                       default=_json_default) + "\n", encoding="utf-8")
         return verdict
+
+    def sequential(self, spec: Any) -> tuple[int, int]:
+        """``(max_seeds, seed_step)`` from the spec's ``[claim]`` table: an undecided verdict gets
+        ``seed_step`` more seeds (default: as many as the spec has) until it is decided or has
+        ``max_seeds`` (default: the spec's own count, i.e. no seeds added)."""
+        have = len(spec.seeds())
+        claim = getattr(spec, "claim", {}) or {}
+        where = f"[claim] of the spec {spec.name!r}"
+        max_seeds = claim.get("max_seeds", have)
+        seed_step = claim.get("seed_step", have)
+        for key, value, low in (("max_seeds", max_seeds, have), ("seed_step", seed_step, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{key} in {where} must be an integer >= {low}, got {value!r}")
+        return max_seeds, seed_step
+
+
+def _finished_seeds(store: Path, sweep: str) -> int:
+    from ..store import load_sweep
+
+    return len({run.config.get("seed") for run in load_sweep(store, sweep).runs})
 
 
 def _json_default(value: Any) -> Any:
@@ -193,7 +273,7 @@ def discover() -> dict[str, Reproduction]:
     reproduction on import); returns :data:`REGISTRY`, its entries in the order of their names."""
     package = __name__.rpartition(".")[0]
     for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if not module.name.startswith("_") and module.name not in ("core", "stats"):
+        if not module.name.startswith("_") and module.name not in ("core", "stats", "verdicts"):
             importlib.import_module(f"{package}.{module.name}")
     for name in sorted(REGISTRY):  # the order of --list and `all`, whatever order the modules loaded in
         REGISTRY[name] = REGISTRY.pop(name)

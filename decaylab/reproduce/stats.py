@@ -7,6 +7,16 @@ did not, by the sign; inside the spread it is inconclusive (``None``). A mean ag
 uses ``2·s/sqrt(n)``. Every verdict needs at least :data:`MIN_SEEDS` seeds per cell; with fewer it is
 inconclusive and says so.
 
+A claim judged against a **threshold fixed in advance** (in the spec's ``[claim]`` table) uses a
+*paired* comparison: each seed gives one effect (e.g. ``|slope_L2| − |slope_AdamW|`` of that seed's
+grids), :func:`interval` is the mean effect ± ``t_{0.975, n−1}·s/sqrt(n)`` (Student's t, the 95%
+interval a reviewer expects from few seeds), and :func:`against` decides: HELD when the whole
+interval lies above the threshold, DID NOT HOLD when it lies wholly below, else undecided — and
+:meth:`~decaylab.reproduce.core.Reproduction.run` adds seeds (stacked, so cheap) until it is
+decided or the spec's ``max_seeds`` is reached. A :class:`Premise` is a measured condition of the
+regime the claim needs (train accuracy, a plateau, integrated decay, an optimum inside its grid); a
+premise not met makes the status PREMISE NOT MET, never a verdict.
+
 A verdict's status is one of :data:`STATUSES`: ``HELD`` (True), ``DID NOT HOLD`` (False),
 ``INCONCLUSIVE`` (None), ``PREMISE NOT MET`` (a premise of the test failed, so the claim was not
 judged), or ``REPORTED`` for an entry that states no claim (the demo). A part of a verdict reads in
@@ -19,14 +29,21 @@ lower case (:func:`word`).
 (True, 'inconclusive', 'HELD')
 >>> verdict_line("decoupling", False, "separability 0.5 vs 0.9")
 'decoupling: DID NOT HOLD — separability 0.5 vs 0.9'
+>>> effect = interval([0.6, 0.8, 0.7])
+>>> round(effect.low, 3), round(effect.high, 3), against(effect, 0.3), against(effect, 0.9)
+(0.452, 0.948, True, None)
+>>> Premise.at_least("train accuracy", 0.995, 0.99).text()
+'train accuracy 0.995 ≥ 0.99: met'
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["MIN_SEEDS", "STATUSES", "PREMISE_NOT_MET", "REPORTED", "Stat", "combine", "decide", "finite_or_none",
+__all__ = ["MIN_SEEDS", "Interval", "Premise", "against", "interval", "premises_line", "t_quantile",
+           "STATUSES", "PREMISE_NOT_MET", "REPORTED", "Stat", "combine", "decide", "finite_or_none",
            "mean_std", "pm", "spread", "spread_of", "status", "verdict_line", "word"]
 
 MIN_SEEDS = 3
@@ -139,3 +156,111 @@ def combine(parts: Iterable[bool | None]) -> bool | None:
     if parts and all(p is True for p in parts):
         return True
     return None
+
+
+def t_quantile(n: int, level: float = 0.95) -> float:
+    """The two-sided Student-t quantile for ``n`` values (``n − 1`` degrees of freedom): the
+    factor of ``s/sqrt(n)`` in a ``level`` interval of a mean (``inf`` for fewer than 2 values).
+
+    >>> round(t_quantile(3), 3), round(t_quantile(10), 3)
+    (4.303, 2.262)
+    """
+    if n < 2:
+        return math.inf
+    from scipy.stats import t  # scipy comes with scikit-learn
+
+    return float(t.ppf(0.5 + level / 2, n - 1))
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The mean of per-seed values (paired effects) with its ``t``-interval: ``mean ± half``."""
+
+    mean: float
+    half: float
+    n: int
+    std: float
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half
+
+    def text(self, spec: str = "+.2f") -> str:
+        """``"+0.70 ± 0.25 (95% t-interval, 3 seeds)"``."""
+        if not math.isfinite(self.mean):
+            return "n/a"
+        half = format(self.half, spec.replace("+", "")) if math.isfinite(self.half) else "∞"
+        return f"{format(self.mean, spec)} ± {half} (95% t-interval, {self.n} seeds)"
+
+    def plain(self) -> dict[str, float | int | None]:
+        return {"mean": finite_or_none(self.mean), "half_width": finite_or_none(self.half),
+                "std": finite_or_none(self.std), "n": self.n, "level": 0.95}
+
+
+def interval(values: Iterable[float], level: float = 0.95) -> Interval:
+    """The mean of the finite ``values`` and its ``level`` Student-t half width (``inf`` with < 2 values)."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    mean, std = mean_std(xs)
+    half = t_quantile(len(xs), level) * std / math.sqrt(len(xs)) if len(xs) >= 2 else math.inf
+    return Interval(mean, half, len(xs), std)
+
+
+def against(effect: Interval, threshold: float) -> bool | None:
+    """True when the whole interval lies above ``threshold``, False when it lies wholly below, else
+    None (undecided: more seeds narrow it)."""
+    if effect.n < MIN_SEEDS or not (math.isfinite(effect.low) and math.isfinite(effect.high)):
+        return None
+    if effect.low > threshold:
+        return True
+    if effect.high < threshold:
+        return False
+    return None
+
+
+@dataclass(frozen=True)
+class Premise:
+    """A measured condition of the regime a claim needs: ``name``, the measured ``value``, the
+    ``threshold`` it is held to, whether it ``held``, and ``detail`` (how it was measured, in words).
+    :meth:`at_least` / :meth:`at_most` compare a number to its threshold; the constructor takes any
+    ``held`` (for a condition that is not one comparison)."""
+
+    name: str
+    value: float | int | str | None
+    threshold: float | int | str | None
+    held: bool
+    detail: str = ""
+    relation: str = ""
+
+    @classmethod
+    def at_least(cls, name: str, value: float, threshold: float, detail: str = "") -> Premise:
+        value = float(value)
+        return cls(name, value, threshold, bool(math.isfinite(value) and value >= threshold), detail, "≥")
+
+    @classmethod
+    def at_most(cls, name: str, value: float, threshold: float, detail: str = "") -> Premise:
+        value = float(value)
+        return cls(name, value, threshold, bool(math.isfinite(value) and value <= threshold), detail, "≤")
+
+    def text(self) -> str:
+        """``"train accuracy 0.995 ≥ 0.99: met"`` (``NOT MET`` when it failed)."""
+        def show(v: Any) -> str:
+            return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+        compared = f"{show(self.value)} {self.relation or 'vs'} {show(self.threshold)}"
+        return f"{self.name} {compared}: {'met' if self.held else 'NOT MET'}"
+
+    def plain(self) -> dict[str, Any]:
+        value = finite_or_none(self.value) if isinstance(self.value, float) else self.value
+        return {"name": self.name, "value": value, "threshold": self.threshold, "held": self.held,
+                "relation": self.relation, "detail": self.detail}
+
+
+def premises_line(premises: Iterable[Premise]) -> str:
+    """The failed premises, or every premise when all held: ``"; "``-joined :meth:`Premise.text`."""
+    premises = list(premises)
+    failed = [p for p in premises if not p.held]
+    return "; ".join(p.text() for p in (failed or premises))

@@ -17,9 +17,10 @@ the test error is reported for the runs validation selected.
 validation loss over the λ grid, refined by a parabola in ``log λ`` through the best point and its
 neighbours (:func:`row_optimum`). Per seed, least squares ``log λ* = a + s_N·log N + s_η·log η``
 over the rows (:func:`slopes`). Constant ``τ_epoch`` predicts ``s_N = s_η = −1``, a constant
-optimal λ predicts 0. A slope counts for constant ``τ`` when its mean over seeds is below
-:data:`THRESHOLD` (−0.5, the midpoint) by more than two standard errors, against it when above by
-more than two. HELD when both count for it, DID NOT HOLD when either counts against.
+optimal λ predicts 0. A slope counts for constant ``τ`` when the 95% t-interval of its mean over
+seeds lies wholly below the spec's ``[claim] threshold`` (−0.5, the midpoint), against it when it
+lies wholly above (:func:`~decaylab.reproduce.stats.against`). HELD when both count for it, DID NOT
+HOLD when either counts against; undecided, seeds are added up to the spec's ``max_seeds``.
 
 **Premises** (PREMISE NOT MET, with which, when one fails): every seed's optimum lies inside the λ
 grid (an optimum on the edge has no λ*), and in every ``(N, η)`` cell the best λ beats the smallest
@@ -38,10 +39,9 @@ from . import _regimes as R
 from . import stats as S
 from .core import Reproduction, Verdict, register
 
-__all__ = ["REPRODUCTION", "analyze", "judge", "row_optimum", "slopes", "THRESHOLD"]
+__all__ = ["REPRODUCTION", "analyze", "judge", "row_optimum", "slopes"]
 
 NAME = "timescale"
-THRESHOLD = -0.5  # the midpoint between constant τ_epoch (slope −1) and a constant optimal λ (slope 0)
 
 
 # ----------------------------------------------------------------------------------------------- statistics
@@ -92,25 +92,26 @@ class Judgement:
     """What :func:`judge` decides from the validation losses; plain data for the verdict."""
 
     held: bool | None
-    premises: list[dict[str, Any]]
-    slope_n: S.Stat | None = None
-    slope_lr: S.Stat | None = None
+    premises: list[S.Premise]
+    slope_n: S.Interval | None = None
+    slope_lr: S.Interval | None = None
     parts: tuple[bool | None, bool | None] = (None, None)
     optima: dict[tuple[int, float], list[float]] | None = None  # (N, lr) -> λ* per seed
     seeds: int = 0
 
     @property
     def premise_failed(self) -> list[str]:
-        return [p["name"] for p in self.premises if not p["held"]]
+        return [p.name for p in self.premises if not p.held]
 
 
-def _part(stat: S.Stat) -> bool | None:
-    """True: the slope is below the threshold beyond its margin (constant τ); False: above it."""
-    return S.decide(THRESHOLD - stat.mean, S.spread_of(stat))
+def _part(slopes: Sequence[float], threshold: float) -> bool | None:
+    """True: the slope's t-interval lies below ``threshold`` (constant τ); False: wholly above it."""
+    return S.against(S.interval(threshold - x for x in slopes), 0.0)
 
 
-def judge(losses: dict[tuple[int, float, float, int], float]) -> Judgement:
-    """The verdict from validation losses ``(N, lr, λ, seed) -> loss`` of a complete grid."""
+def judge(losses: dict[tuple[int, float, float, int], float], *, threshold: float) -> Judgement:
+    """The verdict from validation losses ``(N, lr, λ, seed) -> loss`` of a complete grid; each slope
+    is judged against ``threshold`` (the spec's ``[claim] threshold``)."""
     sizes = sorted({k[0] for k in losses})
     lrs = sorted({k[1] for k in losses})
     lams = sorted({k[2] for k in losses})
@@ -140,23 +141,24 @@ def judge(losses: dict[tuple[int, float, float, int], float]) -> Judgement:
             if S.decide(gain.mean, S.spread_of(gain)) is not True:
                 weak.append((n, lr))
     premises = [
-        {"name": "optimum inside the λ grid", "value": len(edge), "threshold": 0, "held": not edge,
-         "detail": f"{len(edge)} of {len(sizes) * len(lrs) * len(seeds)} (N, lr, seed) rows have their best λ "
-                   f"on an end of [{lams[0]:g}, {lams[-1]:g}]" + (f", e.g. {edge[0]}" if edge else "")},
-        {"name": "decay matters", "value": len(weak), "threshold": 0, "held": not weak,
-         "detail": f"{len(weak)} of {len(sizes) * len(lrs)} (N, lr) cells where the best λ does not beat the "
-                   "smallest by 2 standard errors of the paired difference" + (f", e.g. {weak[0]}" if weak else "")},
+        S.Premise.at_most("optima on an end of the λ grid", len(edge), 0,
+                          f"{len(edge)} of {len(sizes) * len(lrs) * len(seeds)} (N, lr, seed) rows have their best "
+                          f"λ on an end of [{lams[0]:g}, {lams[-1]:g}]" + (f", e.g. {edge[0]}" if edge else "")),
+        S.Premise.at_most("cells where decay does not matter", len(weak), 0,
+                          f"{len(weak)} of {len(sizes) * len(lrs)} (N, lr) cells where the best λ does not beat "
+                          "the smallest by 2 standard errors of the paired difference"
+                          + (f", e.g. {weak[0]}" if weak else "")),
     ]
     out = Judgement(None, premises, optima=optima, seeds=len(seeds))
     if edge or len(seeds) < S.MIN_SEEDS:
         if len(seeds) < S.MIN_SEEDS:
-            premises.append({"name": "seeds", "value": len(seeds), "threshold": S.MIN_SEEDS, "held": False,
-                             "detail": f"{len(seeds)} seeds; a verdict needs {S.MIN_SEEDS}"})
+            premises.append(S.Premise.at_least("seeds", len(seeds), S.MIN_SEEDS,
+                                               f"{len(seeds)} seeds; a verdict needs {S.MIN_SEEDS}"))
         return out
     per_seed = [slopes({k: v[i] for k, v in optima.items()}) for i in range(len(seeds))]
-    out.slope_n = S.Stat.of(s for s, _ in per_seed)
-    out.slope_lr = S.Stat.of(s for _, s in per_seed)
-    out.parts = (_part(out.slope_n), _part(out.slope_lr))
+    out.slope_n = S.interval(s for s, _ in per_seed)
+    out.slope_lr = S.interval(s for _, s in per_seed)
+    out.parts = (_part([s for s, _ in per_seed], threshold), _part([s for _, s in per_seed], threshold))
     out.held = S.combine(out.parts) if not out.premise_failed else None
     return out
 
@@ -184,8 +186,9 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
         return Verdict(NAME, None, f"{NAME}: INCONCLUSIVE — no finished run of the spec", {"runs": 0})
     batch = runs[0].config["batch_size"]
     epochs = runs[0].config["epochs"]
+    threshold = _threshold(spec)
     try:
-        j = judge(losses)
+        j = judge(losses, threshold=threshold)
     except ValueError as error:
         return Verdict(NAME, None, f"{NAME}: INCONCLUSIVE — {error}", {"runs": len(runs)})
 
@@ -213,22 +216,21 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
                 "test accuracy of the selected runs": acc.text(".3f"),
             })
     taus = [float(r["τ*_epoch"]) for r in table if r["τ*_epoch"] != "—"]
-    premises_text = "; ".join(f"{p['name']}: {'met' if p['held'] else 'NOT MET'} ({p['detail']})"
-                              for p in j.premises)
+    premises_text = "; ".join(f"{p.text()} ({p.detail})" for p in j.premises)
     setting = (f"{len(seeds)} seeds, N ∈ {{{', '.join(map(str, sizes))}}}, "
                f"lr ∈ {{{', '.join(f'{x:g}' for x in lrs)}}}, {epochs:g} epochs, selection on validation loss")
     if j.premise_failed:
-        line = f"{NAME}: {S.PREMISE_NOT_MET} — {premises_text} ({setting})"
+        line = f"{NAME}: {S.PREMISE_NOT_MET} — {S.premises_line(j.premises)} ({setting})"
     else:
         status = S.status(j.held)
         line = (f"{NAME}: {status} — slope of log λ* against log N {j.slope_n.text('+.2f')} "
                 f"({S.word(j.parts[0])}), against log lr {j.slope_lr.text('+.2f')} ({S.word(j.parts[1])}); "
-                f"constant τ_epoch predicts −1, a constant λ 0, decided at {THRESHOLD} ± 2 SE; "
+                f"constant τ_epoch predicts −1, a constant λ 0, judged against {threshold:g}; "
                 f"τ*_epoch {min(taus):.3g}–{max(taus):.3g} epochs across the {len(table)} cells ({setting})")
     numbers = {
         "selection": "validation", "metric": "validation loss (val_loss); the test accuracy is reported for "
                                              "the selected runs only",
-        "premises": j.premises, "seeds": len(seeds), "threshold": THRESHOLD,
+        "seeds": len(seeds), "threshold": threshold,
         "slope_N": j.slope_n.plain() if j.slope_n else None, "slope_lr": j.slope_lr.plain() if j.slope_lr else None,
         "parts": {"N": j.parts[0], "lr": j.parts[1]},
         "optima": {f"N={n} lr={lr:g}": [x if x is None else round(x, 6) for x in v] for (n, lr), v in j.optima.items()},
@@ -243,7 +245,15 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     sections = [Section("Timescale: the validation-optimal λ across N and lr", prose=prose, table=table,
                         figures=[("λ* (geometric mean over seeds) against N, one line per lr; dashed: constant "
                                   "τ_epoch through the smallest N", _figure(table, sizes, lrs, batch))])]
-    return Verdict(NAME, j.held, line, numbers, sections, premise_not_met=bool(j.premise_failed))
+    return Verdict(NAME, j.held, line, numbers, sections, premises=j.premises, seeds=len(seeds))
+
+
+def _threshold(spec: Any) -> float:
+    value = (getattr(spec, "claim", None) or {}).get("threshold")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"the spec {spec.name!r} needs [claim] threshold = a number (the slope that separates "
+                         f"constant τ_epoch, −1, from a constant λ, 0); got {value!r}")
+    return float(value)
 
 
 def _figure(table: list[dict[str, Any]], sizes: list[int], lrs: list[float], batch: int) -> Any:

@@ -45,6 +45,11 @@ In a method, a plain value overrides ``[base]`` and removes the grid axis of the
 list or helper table replaces (or adds) that axis for this method only. ``betas`` is a pair, so
 ``betas = [0.9, 0.99]`` is one value and ``betas = [[0.9, 0.99], [0.9, 0.999]]`` an axis.
 
+A reproduction's spec (:mod:`decaylab.reproduce`) may carry a ``[claim]`` table: the thresholds,
+premises and the most seeds of its test, fixed in advance beside the runs they judge (the sweep
+itself ignores it; the reproduction checks its keys). It is part of the spec's text, so a changed
+threshold is a new version of the sweep in the store.
+
 ``steps`` and ``grad_clip`` default to none: leave them out for none (TOML has no null).
 
 Size: the number of runs is counted before anything is expanded; a spec may expand to at most
@@ -76,8 +81,10 @@ ValueError: unknown key 'learning_rate' in [grid]; allowed: TrainConfig fields (
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
+import json
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -90,7 +97,7 @@ from decaylab import _toml
 __all__ = ["Spec", "load_spec", "find_spec", "available_specs", "log_grid", "linear_grid", "TOP_LEVEL_KEYS",
            "GRID_HELPERS", "MAX_RUNS", "CONFIRM_RUNS"]
 
-TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "methods", "max_runs")
+TOP_LEVEL_KEYS = ("name", "description", "base", "grid", "methods", "max_runs", "claim")
 METHOD_KEYS = ("label",)
 GRID_HELPERS = ("log", "linear", "range")
 SIGNIFICANT_DIGITS = 6
@@ -220,7 +227,8 @@ class Spec:
 
     ``name``: the sweep's name in the store; ``text``: the TOML source (stored with the runs);
     ``methods``: the labels in file order; ``path``: the file it came from, if any; ``max_runs``:
-    the spec's own confirmation of its size (None when it gives none).
+    the spec's own confirmation of its size (None when it gives none); ``claim``: the ``[claim]``
+    table of a reproduction's spec (thresholds fixed in advance; empty when it has none).
     """
 
     name: str
@@ -229,6 +237,7 @@ class Spec:
     path: Path | None = None
     max_runs: int | None = None
     methods: list[str] = field(default_factory=list)
+    claim: dict[str, Any] = field(default_factory=dict)
     _runs: list[tuple[str, Any]] = field(default_factory=list, repr=False)
 
     def configs(self) -> list[tuple[str, Any]]:
@@ -238,6 +247,34 @@ class Spec:
 
     def __len__(self) -> int:
         return len(self._runs)
+
+    def seeds(self) -> list[int]:
+        """The seeds of the runs, in order."""
+        return sorted({config.seed for _, config in self._runs})
+
+    def with_seeds(self, seeds: Iterable[int]) -> Spec:
+        r"""The same cells with the seed axis ``seeds`` (a reproduction adding seeds until its verdict is
+        decided). The text gets one comment line saying so, so the store records it as a new version;
+        the runs the store holds keep their labels.
+
+        >>> spec = load_spec('name = "s"\n[grid]\nlr = [0.1, 0.2]\nseed = [0, 1]')
+        >>> more = spec.with_seeds(range(4))
+        >>> len(spec), len(more), more.seeds()
+        (4, 8, [0, 1, 2, 3])
+        """
+        seeds = sorted({int(seed) for seed in seeds})
+        if not seeds:
+            raise ValueError("seeds must name at least one seed")
+        cells: dict[tuple[str, str], tuple[str, Any]] = {}
+        for label, config in self._runs:
+            values = config.to_dict()
+            values.pop("seed", None)
+            cells.setdefault((label, json.dumps(values, sort_keys=True, default=str)), (label, config))
+        runs = [(label, type(config).from_dict({**config.to_dict(), "seed": seed}))
+                for label, config in cells.values() for seed in seeds]
+        note = f"# seeds {seeds[0]}…{seeds[-1]} ({len(seeds)}): added until the verdict was decided"
+        text = self.text.rstrip("\n") + f"\n{note}\n"
+        return dataclasses.replace(self, text=text, _runs=runs)
 
 
 def load_spec(source: str | os.PathLike[str], *, config_class: type | None = None) -> Spec:
@@ -372,6 +409,9 @@ def _build(data: dict[str, Any], text: str, path: Path | None, config_class: typ
     for section in ("base", "grid"):
         if section in data and not isinstance(data[section], dict):
             raise ValueError(f"[{section}] must be a table of TrainConfig fields, got {data[section]!r}")
+    claim = data.get("claim", {})
+    if not isinstance(claim, dict):
+        raise ValueError(f"[claim] must be a table (a reproduction's thresholds and premises), got {claim!r}")
 
     base: dict[str, Any] = {}
     for key, value in data.get("base", {}).items():
@@ -451,4 +491,4 @@ def _build(data: dict[str, Any], text: str, path: Path | None, config_class: typ
             owner[key] = label
             runs.append((label, config))
     return Spec(name=name, text=text, description=description, path=path, max_runs=max_runs, methods=labels,
-                _runs=runs)
+                claim=dict(claim), _runs=runs)
