@@ -118,7 +118,7 @@ def test_find_spec_errors(tmp_path):
     # syntax and structure
     ("name = ", "not valid TOML"),
     ('name = "t"\ngrids = 1', r"unknown key 'grids' in the top level of the spec; allowed: name, description, "
-                              r"base, grid, methods, max_runs \(did you mean 'grid'\?\)"),
+                              r"base, grid, methods, max_runs, claim \(did you mean 'grid'\?\)"),
     ("name = ''", "name .* must be a non-empty string"),
     ("[grid]\nlr = [0.1]", "name .* must be a non-empty string"),
     (HEAD + "description = 3", "description must be a string"),

@@ -42,7 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MIN_SEEDS", "Interval", "Premise", "against", "interval", "premises_line", "t_quantile",
+__all__ = ["MIN_SEEDS", "Interval", "Premise", "against", "interval", "premises_line", "t_quantile", "within",
            "STATUSES", "PREMISE_NOT_MET", "REPORTED", "Stat", "combine", "decide", "finite_or_none",
            "mean_std", "pm", "spread", "spread_of", "status", "verdict_line", "word"]
 
@@ -217,6 +217,27 @@ def against(effect: Interval, threshold: float) -> bool | None:
     if effect.low > threshold:
         return True
     if effect.high < threshold:
+        return False
+    return None
+
+
+def within(effect: Interval, margin: float) -> bool | None:
+    """An equivalence test ("they tie"): True when the whole interval lies inside ``(−margin, margin)``,
+    False when it lies wholly outside (the difference is larger than the margin, one way or the other),
+    else None (undecided: more seeds narrow it). This is two one-sided tests, each at half the
+    interval's error rate (2.5 % each for the 95 % interval: stricter than the usual 90 % TOST). An
+    interval that merely contains 0 is a failure to detect a difference, not a tie.
+
+    >>> [within(interval(x), 1.0) for x in ([0.1, -0.1, 0.0], [3.0, 3.2, 2.9], [0.5, -0.6, 0.9])]
+    [True, False, None]
+    """
+    if margin <= 0:
+        raise ValueError(f"margin must be > 0; got {margin!r}")
+    if effect.n < MIN_SEEDS or not (math.isfinite(effect.low) and math.isfinite(effect.high)):
+        return None
+    if -margin < effect.low and effect.high < margin:
+        return True
+    if effect.low >= margin or effect.high <= -margin:
         return False
     return None
 
