@@ -42,7 +42,9 @@ are an exponential moving average of the updates with timescale ``τ_iter = 1/(s
 instruments log). Bergsma et al. 2025 ("Power Lines", arXiv 2505.13738) measure it as a fraction
 of the run, ``τ = B/(η·λ·D)`` with ``D`` the tokens (examples) seen, i.e. ``τ_iter / steps``.
 The **equilibrium angular update** of a scale-invariant weight at peak lr is Kosson et al.'s
-``sqrt(2·s_peak·λ·(1−β)/(1+β))`` (:func:`decaylab.diagnostics.equilibrium_angular_update`).
+``sqrt(2·s_peak·λ·(1−β)/(1+β))`` (:func:`decaylab.diagnostics.equilibrium_angular_update`), and
+under AdamW its **equilibrium weight norm** per coordinate is ``‖w‖/√C = lr/sqrt(2·s_peak·λ)``
+(``sqrt(lr/(2λ))`` in torch's convention; :func:`decaylab.diagnostics.equilibrium_weight_rms`).
 
 The other way round, :func:`tau_iters`, :func:`tau_epochs` and :func:`tau_fraction` return the λ
 that gives a timescale, as a plain float for any optimizer's ``weight_decay=``:
@@ -65,13 +67,13 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from decaylab.diagnostics.weights import ema_timescale, equilibrium_angular_update
+from decaylab.diagnostics.weights import ema_timescale, equilibrium_angular_update, equilibrium_weight_rms
 from decaylab.optim.rules import decay_scale
 from decaylab.train.schedules import LRSchedule
 
 __all__ = [
     "CONVENTIONS", "Convention", "get_convention", "lr_schedule", "schedule_sums", "total_scale", "convert",
-    "conversions", "tau_iter", "tau_epoch", "tau_run_fraction", "integrated_decay", "angular_update",
+    "conversions", "tau_iter", "tau_epoch", "tau_run_fraction", "integrated_decay", "angular_update", "equilibrium_rms",
     "tau_iters", "tau_epochs", "tau_fraction", "Timescales", "timescales", "Recommendation", "recommendations",
     "SCHEDULE_KINDS",
 ]
@@ -354,6 +356,20 @@ def angular_update(weight_decay: float, lr: float | None, *, beta: float = 0.9,
     return float(equilibrium_angular_update(s_peak * _non_negative("weight_decay", weight_decay), float(beta)))
 
 
+def equilibrium_rms(weight_decay: float, lr: float, *, convention: str | Convention = "torch") -> float:
+    """Kosson et al.'s equilibrium weight norm per coordinate ``‖w‖/√C = lr/sqrt(2·s_peak·λ)`` of a
+    scale-invariant weight under AdamW at peak lr (``sqrt(lr/(2λ))`` in torch's convention; ``inf``
+    with λ = 0). The weights of a normalized layer settle there after a few τ_iter, whatever their
+    initial scale; momentum does not move it.
+
+    >>> round(equilibrium_rms(0.1, 1e-2), 6)
+    0.223607
+    """
+    lr = _positive("lr", lr)
+    s_peak = _peak(get_convention(convention), lr)
+    return float(equilibrium_weight_rms(lr, s_peak * _non_negative("weight_decay", weight_decay)))
+
+
 # ------------------------------------------------------------------------------------------------- λ from a timescale
 
 
@@ -407,6 +423,7 @@ class Timescales:
     integrated_decay: float | None
     angular_update: float
     beta: float
+    equilibrium_rms: float = math.inf
     weight_decay_in: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -416,6 +433,7 @@ class Timescales:
                "tau_iter": self.tau_iter, "tau_epoch": self.tau_epoch, "tau_fraction": self.tau_fraction,
                "epochs": self.epochs, "integrated_decay_efolds": self.integrated_decay,
                "angular_update_rad": self.angular_update, "beta1": self.beta,
+               "equilibrium_weight_rms": self.equilibrium_rms if math.isfinite(self.equilibrium_rms) else None,
                "weight_decay": {name: row["peak"] for name, row in self.weight_decay_in.items()}}
         if any("integrated" in row for row in self.weight_decay_in.values()):
             out["weight_decay_integrated"] = {name: row["integrated"] for name, row in self.weight_decay_in.items()}
@@ -427,7 +445,8 @@ def timescales(weight_decay: float, *, lr: float, convention: str | Convention =
                schedule: LRSchedule | None = None, beta: float = 0.9) -> Timescales:
     """Every timescale and conversion of one λ: ``τ_iter``; ``τ_epoch`` (with ``batch_size`` and
     ``dataset_size``); ``τ`` as a fraction of the run and the integrated decay (with ``steps`` or a
-    ``schedule``); the equilibrium angular update at peak lr; λ in every convention."""
+    ``schedule``); the equilibrium angular update and AdamW's equilibrium weight norm at peak lr; λ in
+    every convention."""
     conv = get_convention(convention)
     lr = _positive("lr", lr)
     if schedule is not None and steps is None:
@@ -446,6 +465,7 @@ def timescales(weight_decay: float, *, lr: float, convention: str | Convention =
         integrated_decay=None if steps is None else integrated_decay(weight_decay, lr, steps=steps,
                                                                      schedule=schedule, convention=conv),
         angular_update=angular_update(weight_decay, lr, beta=beta, convention=conv), beta=float(beta),
+        equilibrium_rms=equilibrium_rms(weight_decay, lr, convention=conv),
         weight_decay_in=conversions(weight_decay, lr=lr, source=conv, steps=steps, schedule=schedule),
     )
 

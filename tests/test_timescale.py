@@ -169,6 +169,42 @@ def test_timescales_by_hand() -> None:
     assert ts.angular_update(1e-3, 1e-2, convention="paper") == pytest.approx(ts.angular_update(0.1, 1e-2))
 
 
+def test_equilibrium_norm_by_hand() -> None:
+    # Kosson et al.: ‖w‖ = sqrt(η·C/(2λ)) for AdamW, so the RMS per coordinate is sqrt(lr/(2λ))
+    assert ts.equilibrium_rms(0.1, 1e-2) == pytest.approx(math.sqrt(1e-2 / 0.2))
+    assert ts.equilibrium_rms(1e-3, 1e-2, convention="paper") == pytest.approx(ts.equilibrium_rms(0.1, 1e-2))
+    assert ts.equilibrium_rms(0.1, 1e-2, convention="constant") == pytest.approx(1e-2 / math.sqrt(0.2))
+    assert ts.equilibrium_rms(0.0, 1e-2) == math.inf
+    got = ts.timescales(0.1, lr=1e-2).to_dict()
+    assert got["equilibrium_weight_rms"] == pytest.approx(math.sqrt(0.05))
+    assert ts.timescales(0.0, lr=1e-2).to_dict()["equilibrium_weight_rms"] is None
+
+
+@pytest.mark.parametrize("beta1", [0.9, 0.0])
+def test_a_scale_invariant_weight_settles_at_the_predicted_norm_and_angle(beta1) -> None:
+    """torch's AdamW on a weight whose gradient is a random walk orthogonal to it, scaled by 1/‖w‖ (a
+    weight behind a normalization layer), started 4.5× too large: after a few τ_iter its RMS and its angle
+    per step are the equilibrium's (the momentum lowers the angle, not the norm). β₂ = 0.99 lets v follow
+    the gradient's scale as the norm settles (with 0.999 the approach takes several times longer)."""
+    gen = torch.Generator().manual_seed(0)
+    lr, lam, c = 1e-2, 0.1, 1000
+    w = torch.nn.Parameter(torch.randn(c, generator=gen, dtype=torch.float64))
+    opt = torch.optim.AdamW([w], lr=lr, weight_decay=lam, betas=(beta1, 0.99))  # τ_iter = 1000 steps
+    rms, angles = [], []
+    for step in range(5000):
+        before = w.detach().clone()
+        g = torch.randn(c, generator=gen, dtype=torch.float64)
+        g -= (g @ before) / (before @ before) * before
+        w.grad = g / before.norm()
+        opt.step()
+        if step >= 3000:
+            after = w.detach()
+            rms.append(float(after.norm()) / math.sqrt(c))
+            angles.append(float(torch.arccos((before @ after) / (before.norm() * after.norm()))))
+    assert sum(rms) / len(rms) == pytest.approx(ts.equilibrium_rms(lam, lr), rel=0.03)
+    assert sum(angles) / len(angles) == pytest.approx(ts.angular_update(lam, lr, beta=beta1), rel=0.03)
+
+
 @pytest.mark.parametrize("name", list(ts.CONVENTIONS))
 @pytest.mark.parametrize("lam, lr", [(0.1, 1e-3), (3e-5, 0.2), (2.0, 5e-4)])
 def test_round_trips_lambda_tau_lambda(name, lam, lr) -> None:

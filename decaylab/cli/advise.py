@@ -248,6 +248,9 @@ def format_advice(a: dict[str, Any]) -> str:
         rows.append(("τ / run", "—", "give --steps"))
     rows.append(("angle", f"{_fmt(a['angular_update_rad'])} rad/step",
                  f"equilibrium angular update, β = {a['beta1']:g} (Kosson et al.; scale-invariant weights)"))
+    if a["equilibrium_weight_rms"] is not None:
+        rows.append(("‖w‖/√C", f"{_fmt(a['equilibrium_weight_rms'])}",
+                     "AdamW's equilibrium weight norm per coordinate, lr/sqrt(2·s_peak·λ) (Kosson et al.)"))
     lines += [f"  {k:<9}{v:<24}{note}" for k, v, note in rows]
 
     # With a constant lr both definitions of "equivalent" give the same λ: one column then.

@@ -51,6 +51,7 @@ from .weights import (
     WeightNorm,
     ema_timescale,
     equilibrium_angular_update,
+    equilibrium_weight_rms,
     rotation_angle,
 )
 
@@ -60,7 +61,8 @@ __all__ = [
     "JacobianNorm", "HessianTrace", "ScaleInvariantSharpness", "GradientNoiseScale", "EMADistance",
     "StackedFunctional", "WeightEMA", "SnapshotEnsemble",
     "jacobian_norm", "jacobian_norms", "hessian_trace", "hutchinson_samples", "scale_invariant_sharpness",
-    "gradient_noise_scale", "ema_timescale", "equilibrium_angular_update", "rotation_angle", "coupled_l2_groups",
+    "gradient_noise_scale", "ema_timescale", "equilibrium_angular_update", "equilibrium_weight_rms",
+    "rotation_angle", "coupled_l2_groups",
     "recompute_batchnorm", "snapshot", "ensemble_predict", "total_variation_distance", "ensemble_ema_tvd",
     "Sink", "JSONLSink", "CSVSink", "TensorBoardSink", "read_jsonl", "read_csv",
 ]

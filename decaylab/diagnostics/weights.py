@@ -116,6 +116,27 @@ def equilibrium_angular_update(decay_per_step: Any, beta: float) -> Any:
     return math.sqrt(2 * decay_per_step * (1 - beta) / (1 + beta))
 
 
+def equilibrium_weight_rms(step_size: Any, decay_per_step: Any) -> Any:
+    r"""Kosson et al. (2024) rotational equilibrium: the RMS per coordinate ``‖w‖/√C`` that a
+    scale-invariant weight of ``C`` coordinates settles at under an Adam-type update (``step_size``
+    times a step of RMS ≈ 1 per coordinate, its gradient a random walk orthogonal to ``w``), where the
+    decay removes ``decay_per_step`` of the weight per step: ``step_size/sqrt(2·decay_per_step)``.
+
+    The balance: decay takes ``2·d·‖w‖²`` of the squared norm per step, the orthogonal updates add
+    ``step_size²·C``. Momentum does not change it (correlated steps add the same squared length over a
+    momentum timescale); it only lowers the angle per step (:func:`equilibrium_angular_update`).
+    AdamW in torch's convention (``d = lr·λ``): ``sqrt(lr/(2λ))``, Kosson et al.'s
+    ``‖w‖ = sqrt(η·C/(2λ))``. ``inf`` without decay (the norm grows without bound). SGD's
+    equilibrium norm depends on the gradient's norm and is not given here.
+
+    >>> round(equilibrium_weight_rms(1e-2, 1e-2 * 0.1), 6)  # AdamW lr=1e-2, λ=0.1
+    0.223607
+    """
+    if isinstance(decay_per_step, Tensor):
+        return step_size / (2 * decay_per_step).sqrt()
+    return math.inf if decay_per_step == 0 else step_size / math.sqrt(2 * decay_per_step)
+
+
 def _direction(optimizer: torch.optim.Optimizer | None) -> str | None:
     """``"adam"``, ``"sgd"`` or ``None`` (unknown) for decaylab's and torch's optimizers."""
     if optimizer is None:
