@@ -79,7 +79,7 @@ def test_sweep_then_status(tmp_path, fake_train, capsys):
     assert "6 trained, 0 failed, 12 were already done" in err
     assert main(["status", str(store)]) == 0
     out = capsys.readouterr().out
-    assert "AdamW" in out and "Adam+L2" in out and "(all)" in out and "18/18" in out and "test_acc" in out
+    assert "AdamW" in out and "Adam+L2" in out and "(all)" in out and "18/18" in out and "val_acc" in out
 
 
 def test_sweep_errors(tmp_path, fake_train, capsys):

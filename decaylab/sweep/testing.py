@@ -15,7 +15,7 @@ It is picklable, so it can be handed to processes started with ``spawn``.
 ...     def key(self): return f"{self.lr}-{self.weight_decay}-{self.seed}"
 >>> result = FakeTrainer().train(Config())
 >>> sorted(result.final)
-['test_acc', 'test_loss', 'train_acc', 'train_loss', 'wall_s', 'weight_norm']
+['test_acc', 'test_loss', 'train_acc', 'train_loss', 'val_acc', 'val_loss', 'wall_s', 'weight_norm']
 >>> FakeTrainer().train(Config()).final == result.final
 True
 """
@@ -41,15 +41,18 @@ class FakeResult:
 
 
 def fake_metrics(config: Any) -> dict[str, float]:
-    """Deterministic metrics with a peak at lr = 1e-2, λ·lr = 1e-3 and a little seed noise."""
+    """Deterministic metrics with a peak at lr = 1e-2, λ·lr = 1e-3 and a little seed noise, for the
+    three splits a real run records (validation a little off test, as a held-out split is)."""
     lr = float(getattr(config, "lr", 1e-3))
     wd = float(getattr(config, "weight_decay", 0.0))
     seed = int(getattr(config, "seed", 0))
     distance = (math.log10(lr) + 2) ** 2 + 0.5 * (math.log10(lr * wd + 1e-12) + 3) ** 2 / 10
     acc = 0.9 * math.exp(-distance / 4) + 0.003 * (seed % 3)
     loss = 2.3 * (1 - acc) + 0.05
-    return {"train_loss": loss * 0.9, "train_acc": min(1.0, acc + 0.02), "test_loss": loss, "test_acc": acc,
-            "weight_norm": 10 / (1 + 100 * lr * wd), "wall_s": 0.0}
+    val_acc = acc - 0.002 * ((seed + 1) % 2)
+    return {"train_loss": loss * 0.9, "train_acc": min(1.0, acc + 0.02), "val_loss": 2.3 * (1 - val_acc) + 0.05,
+            "val_acc": val_acc, "test_loss": loss, "test_acc": acc, "weight_norm": 10 / (1 + 100 * lr * wd),
+            "wall_s": 0.0}
 
 
 @dataclass
@@ -93,7 +96,8 @@ class FakeTrainer:
             frac = i / self.points
             curves.append({"step": 10 * i, "epoch": frac * float(getattr(config, "epochs", 1)),
                            "lr": float(getattr(config, "lr", 1e-3)) * (1 - frac),
-                           "train_loss": final["train_loss"] / frac, "test_loss": final["test_loss"] / frac,
+                           "train_loss": final["train_loss"] / frac, "val_loss": final["val_loss"] / frac,
+                           "test_loss": final["test_loss"] / frac,
                            "test_acc": final["test_acc"] * frac, "weight_norm": final["weight_norm"],
                            "effective_lr": 0.0})
         return FakeResult(config, final, curves)
