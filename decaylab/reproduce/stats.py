@@ -38,11 +38,12 @@ lower case (:func:`word`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MIN_SEEDS", "Interval", "Premise", "against", "interval", "premises_line", "t_quantile", "within",
+__all__ = ["MIN_SEEDS", "Interval", "Premise", "against", "interval", "log_slope", "premises_line", "row_optimum",
+           "t_quantile", "within",
            "STATUSES", "PREMISE_NOT_MET", "REPORTED", "Stat", "combine", "decide", "finite_or_none",
            "mean_std", "pm", "spread", "spread_of", "status", "verdict_line", "word"]
 
@@ -285,3 +286,41 @@ def premises_line(premises: Iterable[Premise]) -> str:
     premises = list(premises)
     failed = [p for p in premises if not p.held]
     return "; ".join(p.text() for p in (failed or premises))
+
+
+def row_optimum(lams: Sequence[float], losses: Sequence[float]) -> float | None:
+    """The λ minimizing ``losses`` over the grid ``lams`` (increasing, evenly spaced in ``log λ``),
+    refined by the vertex of the parabola through the best point and its two neighbours; None when
+    the best point is an end of the grid (the optimum is not inside it). Non-finite losses (diverged
+    runs) count as the worst.
+
+    >>> round(row_optimum([0.1, 0.2, 0.4, 0.8], [3.0, 2.0, 2.0, 3.0]), 6)   # halfway between 0.2 and 0.4
+    0.282843
+    >>> row_optimum([0.1, 0.2, 0.4], [1.0, 2.0, 3.0]) is None
+    True
+    """
+    ys = [y if y is not None and math.isfinite(y) else math.inf for y in losses]
+    i = min(range(len(ys)), key=ys.__getitem__)
+    if i in (0, len(ys) - 1) or not math.isfinite(ys[i]):
+        return None
+    x = [math.log(v) for v in lams[i - 1:i + 2]]
+    y0, y1, y2 = ys[i - 1:i + 2]
+    curvature = y0 - 2 * y1 + y2
+    if not (math.isfinite(curvature) and curvature > 0):
+        return lams[i]
+    h = (x[2] - x[0]) / 2
+    return math.exp(x[1] - h * (y2 - y0) / (2 * curvature))
+
+
+def log_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """The least-squares slope of ``log y`` against ``log x`` (``nan`` with fewer than 2 distinct ``x``).
+
+    >>> round(log_slope([0.01, 0.02, 0.04], [4.0, 2.0, 1.0]), 9)   # y ∝ 1/x
+    -1.0
+    """
+    lx = [math.log(x) for x in xs]
+    ly = [math.log(y) for y in ys]
+    if len(set(lx)) < 2:
+        return math.nan
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)

@@ -38,6 +38,7 @@ from ..report.build import Section
 from . import _regimes as R
 from . import stats as S
 from .core import Reproduction, Verdict, register
+from .stats import row_optimum
 
 __all__ = ["REPRODUCTION", "analyze", "judge", "row_optimum", "slopes"]
 
@@ -45,29 +46,6 @@ NAME = "timescale"
 
 
 # ----------------------------------------------------------------------------------------------- statistics
-
-
-def row_optimum(lams: Sequence[float], losses: Sequence[float]) -> float | None:
-    """The λ minimizing ``losses`` over the grid ``lams`` (increasing, evenly spaced in ``log λ``),
-    refined by the vertex of the parabola through the best point and its two neighbours; None when
-    the best point is an end of the grid (the optimum is not inside it).
-
-    >>> round(row_optimum([0.1, 0.2, 0.4, 0.8], [3.0, 2.0, 2.0, 3.0]), 6)   # halfway between 0.2 and 0.4
-    0.282843
-    >>> row_optimum([0.1, 0.2, 0.4], [1.0, 2.0, 3.0]) is None
-    True
-    """
-    ys = [y if y is not None and math.isfinite(y) else math.inf for y in losses]
-    i = min(range(len(ys)), key=ys.__getitem__)
-    if i in (0, len(ys) - 1) or not math.isfinite(ys[i]):
-        return None
-    x = [math.log(v) for v in lams[i - 1:i + 2]]
-    y0, y1, y2 = ys[i - 1:i + 2]
-    curvature = y0 - 2 * y1 + y2
-    if not (math.isfinite(curvature) and curvature > 0):
-        return lams[i]
-    h = (x[2] - x[0]) / 2
-    return math.exp(x[1] - h * (y2 - y0) / (2 * curvature))
 
 
 def slopes(rows: dict[tuple[int, float], float]) -> tuple[float, float]:
