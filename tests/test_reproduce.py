@@ -212,47 +212,101 @@ def test_decoupling_judge_is_inconclusive_when_seeds_disagree():
     assert held is None and margin["diffs"] == pytest.approx([0.4, -0.2, 0.4])
 
 
-def _early_world(early_gain: float, full_gain: float = 0.04, early_norm: float = 20.0):
-    base_err = {"no decay": 0.30, "full decay": 0.30 - full_gain, "late decay": 0.30 - 0.3 * full_gain,
+def _early_world(early_gain: float, late_gain: float, full_gain: float = 0.04, noise: float = 0.004,
+                 train_acc: float = 1.0):
+    """Final test errors of the four arms: 0.30 minus each arm's gain, with per-seed noise shared by the
+    arms (the paired design) plus a little of each arm's own."""
+    base_err = {"no decay": 0.30, "full decay": 0.30 - full_gain, "late decay": 0.30 - late_gain,
                 "early decay": 0.30 - early_gain}
-    norm = {"no decay": 40.0, "full decay": 15.0, "late decay": 20.0, "early decay": early_norm}
+    norm = {"no decay": 40.0, "full decay": 15.0, "late decay": 20.0, "early decay": 30.0}
+    own = {"no decay": 0, "full decay": 1, "early decay": 2, "late decay": 3}
 
     def final_of(label, c):
-        noise = 0.004 * (c.seed % 3 - 1)
-        switch = early_decay.switch_of(c.to_dict()) or 0.0
-        return _final(base_err[label] + noise + 0.001 * switch * (label == "early decay"),
-                      weight_norm=norm[label] + c.seed)
+        shared = noise * ((c.seed * 7) % 5 - 2)
+        mine = 0.002 * (((c.seed + own[label]) * 3) % 5 - 2) / 2
+        return _final(base_err[label] + shared + mine, weight_norm=norm[label] + c.seed, train_acc=train_acc,
+                      val_acc=0.7, steps=1860)
 
     def curves_of(label, c):
-        return [{"step": s, "epoch": s / 31, "lr": c.lr, "test_acc": 0.6 + 0.001 * s, "train_acc": 0.9,
-                 "train_loss": 0.1, "test_loss": 1.0, "weight_norm": norm[label] * s / 1240,
-                 "effective_lr": 0.01} for s in (620, 1240)]
+        return [{"step": s, "epoch": s / 31, "lr": c.lr, "test_acc": 0.6 + 0.0001 * s, "train_acc": 0.9,
+                 "train_loss": 0.1, "test_loss": 1.0, "weight_norm": norm[label] * s / 1860} for s in (930, 1860)]
 
     return final_of, curves_of
 
 
-@pytest.mark.parametrize("early_gain, early_norm, held", [
-    (0.035, 20.0, True),   # early recovers ~85 % and its norm stays below no decay's
-    (0.005, 20.0, False),  # early recovers ~10 %
-    (0.035, 45.0, False),  # the norm grows back above no decay's
+@pytest.mark.parametrize("early_gain, late_gain, status", [
+    (0.035, 0.005, "HELD"),          # early recovers ~88 %, late ~12 %
+    (0.020, 0.040, "DID NOT HOLD"),  # at equal integrated decay late recovers everything, early half
+    (0.005, 0.005, "DID NOT HOLD"),  # early recovers ~12 %
 ])
-def test_early_decay_verdict_both_ways(tmp_path, early_gain, early_norm, held):
+def test_early_decay_verdict_both_ways(tmp_path, early_gain, late_gain, status):
     spec = get("early-decay").spec("small")
     store = tmp_path / "e.sqlite"
-    fill_store(store, spec, *_early_world(early_gain, early_norm=early_norm))
+    fill_store(store, spec, *_early_world(early_gain, late_gain))
     verdict = early_decay.analyze(store, spec, "small")
-    assert verdict.held is held, verdict.line
-    assert verdict.numbers["recovered_early"] == pytest.approx(early_gain / 0.04, abs=0.05)
-    assert "late" in verdict.line and "final ‖w‖ early/none" in verdict.line
-    assert len(verdict.sections[0].figures) == 2
+    assert verdict.status == status, verdict.line
+    assert verdict.line.startswith(f"early-decay: {status} — full decay gains")
+    assert verdict.numbers["recovered"]["early"] == pytest.approx(early_gain / 0.04, abs=0.05)
+    assert verdict.numbers["recovered"]["late"] == pytest.approx(late_gain / 0.04, abs=0.05)
+    # every arm's integrated decay is recomputed from its config: the small spec matches them
+    efolds = verdict.numbers["integrated_decay_efolds"]
+    assert efolds["none"] == 0 and efolds["full"] == pytest.approx(3.71, abs=0.01)
+    assert efolds["early"] == pytest.approx(efolds["full"]) == pytest.approx(efolds["late"])
+    assert all(p.held for p in verdict.premises) and verdict.seeds == 5
+    assert len(verdict.sections[0].figures) == 2 and len(verdict.sections[0].table) == 4
 
 
-def test_early_decay_is_inconclusive_without_a_benefit(tmp_path):
+def test_early_decay_undecided_when_the_seeds_disagree(tmp_path):
     spec = get("early-decay").spec("small")
     store = tmp_path / "e.sqlite"
-    fill_store(store, spec, *_early_world(0.0, full_gain=0.0))
+    # early recovers exactly half (the threshold): its interval straddles it, so that part is undecided
+    fill_store(store, spec, *_early_world(0.02, 0.0, noise=0.0))
     verdict = early_decay.analyze(store, spec, "small")
-    assert verdict.held is None and verdict.line.startswith("early-decay: INCONCLUSIVE")
+    assert verdict.numbers["parts"]["early recovers most"] is None, verdict.line
+    assert verdict.numbers["parts"]["late recovers less"] is True and verdict.status == "INCONCLUSIVE"
+
+
+@pytest.mark.parametrize("case, premise", [
+    ("no benefit", "full decay's gain over no decay"),
+    ("underfit", "train accuracy (every run)"),
+    ("unmatched", "integrated decay of early and late vs full"),
+])
+def test_early_decay_premises(tmp_path, case, premise):
+    spec = get("early-decay").spec("small")
+    if case == "unmatched":  # late decay at the old design's λ: half the integrated decay of full decay
+        text = spec.text.replace('weight_decay = 0.0266\ncallbacks = ["decay_window:0.25-0.5"]',
+                                 'weight_decay = 0.0133\ncallbacks = ["decay_window:0.25-0.5"]')
+        assert text != spec.text
+        (tmp_path / "unmatched.toml").write_text(text, encoding="utf-8")
+        spec = load_spec(tmp_path / "unmatched.toml")
+    world = _early_world(0.0 if case == "no benefit" else 0.035, 0.005,
+                         full_gain=0.0 if case == "no benefit" else 0.04,
+                         train_acc=0.9 if case == "underfit" else 1.0)
+    store = tmp_path / "e.sqlite"
+    fill_store(store, spec, *world)
+    verdict = early_decay.analyze(store, spec, "small")
+    assert verdict.status == "PREMISE NOT MET", verdict.line
+    assert [p.name for p in verdict.premises if not p.held] == [next(p.name for p in verdict.premises
+                                                                     if p.name.startswith(premise))]
+    assert verdict.line.startswith("early-decay: PREMISE NOT MET — " + premise)
+
+
+def test_early_decay_integrated_decay_by_hand():
+    from decaylab.reproduce.early_decay import integrated_decay
+
+    step = {"lr": 0.3, "weight_decay": 0.1, "schedule": "step", "lr_milestones": [0.5], "lr_gamma": 0.1}
+    # 100 steps: 50 at lr 0.3 and 50 at 0.03 → (50·0.3 + 50·0.03)·0.1
+    assert integrated_decay(step, 100) == pytest.approx(1.65)
+    assert integrated_decay({**step, "callbacks": ["decay_window:0-0.5"]}, 100) == pytest.approx(1.5)
+    assert integrated_decay({**step, "callbacks": ["decay_window:0.5-1"]}, 100) == pytest.approx(0.15)
+    assert integrated_decay({**step, "decay_scale": "constant"}, 100) == pytest.approx(10.0)
+
+
+def test_early_decay_spec_claim_keys():
+    for scale in ("small", "paper"):
+        spec = get("early-decay").spec(scale)
+        assert set(early_decay.CLAIM_KEYS) <= set(spec.claim) and spec.claim["max_seeds"] >= spec_seeds(spec) >= 5
+        assert {label for label, _ in spec.configs()} == set(early_decay.LABELS.values())
 
 
 TINY_ITERATES = """

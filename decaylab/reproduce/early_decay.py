@@ -1,219 +1,323 @@
-r"""Reproduction 2, ``early-decay``: weight decay matters early, and the weight norm remembers it.
+r"""Reproduction 2, ``early-decay``: weight decay matters early in training, not late.
 
 **Claim** (Golatkar, Achille & Soatto, NeurIPS 2019; Bjorck, Weinberger & Gomes, AAAI 2021):
-applying weight decay only during the first part of training recovers most of the test-error
-benefit that decay over the whole run has over no decay, while applying it only late does not; and
-after early decay stops, the weight norm stays small (so the effective learning rate of
-scale-invariant weights stays large).
+weight decay applied only during the early part of training recovers most of the test-error benefit
+that decay throughout has over no decay, while the same decay applied later recovers much less.
 
-**Test.** The sweep (``specs/early-decay.toml``; ``early-decay-paper.toml`` for PreAct-ResNet-18
-on CIFAR-10) trains four methods labelled ``no decay``, ``early decay``, ``late decay`` and ``full
-decay`` with the same lr and λ over several seeds; early and late decay switch at several
-fractions of the run (the ``decay_window:...`` callback; older stores call the switch ``decay_switch``),
-and the verdict is read at :data:`SWITCH`.
+**Design** (``specs/early-decay.toml``; ``early-decay-paper.toml`` for PreAct-ResNet-18 on CIFAR-10).
+The run is a large-lr phase followed by a common annealing phase (the lr drops) in which *no* arm
+decays. Inside the large-lr phase four arms differ only in *when* the decay acts:
 
-**Verdict.** With test errors ``E`` averaged over seeds, the benefit of full decay is
-``B = E_none − E_full`` and early decay recovers ``R = (E_none − E_early) / B`` of it.
-INCONCLUSIVE when ``B`` is not above twice its standard error over seeds (paired by seed): there is
-no benefit to recover. Otherwise HELD when ``R ≥ 0.5`` and every seed ends early decay with a
-smaller weight norm than no decay; DID NOT HOLD otherwise. Late decay's recovered fraction and the
-weight-norm curves are reported beside it.
+==============  =============================================================
+``no decay``    λ = 0
+``full decay``  λ over the whole large-lr phase (``decay_window:0-P``)
+``early decay`` 2λ over its first half (``decay_window:0-P/2``)
+``late decay``  2λ over its second half (``decay_window:P/2-P``)
+==============  =============================================================
+
+so early and late decay have the **same integrated decay** ``Σ_t s_t·λ_t`` (e-folds; ``s_t = lr_t`` in
+torch's convention) as full decay: "late" is not built to do less. (The earlier design switched late
+decay on at the lr drop, which gave it 0.21 e-folds against early decay's 3.72.) :func:`integrated_decay`
+recomputes every run's integrated decay from its config; that they match is a premise.
+
+**Statistic** (fixed in the spec's ``[claim]`` before any verdict was read). Per seed, the gain of an
+arm over no decay is ``g_x = E_none − E_x`` (final test error; the arms are fixed, so nothing is
+selected: the lr and λ come from a validation pilot, see the spec). Recovering "most" of full decay's
+benefit means ``g_x > m·g_full`` with ``m = [claim] most`` (0.5). Two paired per-seed effects, each
+judged by its 95 % Student-t interval against 0 (:func:`~decaylab.reproduce.stats.against`):
+
+- early recovers most:  ``g_early − m·g_full`` (True when the interval lies above 0);
+- late recovers less:   ``m·g_full − g_late`` (True when the interval lies above 0).
+
+HELD when both are True; DID NOT HOLD when either is False (its interval lies wholly on the wrong side);
+otherwise undecided, and :meth:`~decaylab.reproduce.core.Reproduction.run` adds seeds up to
+``max_seeds``. The recovered fractions ``mean g_x / mean g_full`` are reported.
+
+**Premises** (PREMISE NOT MET, naming which, when one fails): full decay's mean gain over no decay is
+at least ``[claim] min_benefit`` (else there is nothing to recover); the integrated decay of early and
+late decay matches full decay's within ``[claim] decay_tolerance`` (relative); it is at least
+``[claim] min_efolds`` e-folds (decay that does nothing cannot matter early or late); every run fits its
+training set to at least ``[claim] train_acc``; and ≥ 3 seeds.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..report import figures as fig
 from ..report.build import Section
-from ..store import load_curves, load_sweep
+from ..store import load_curves
+from . import _regimes as R
+from . import stats as S
 from .core import Reproduction, Verdict, register
-from .stats import mean_std, pm, verdict_line, word
 
-__all__ = ["REPRODUCTION", "analyze", "judge", "switch_of", "SWITCH", "LABELS", "MOST"]
+__all__ = ["REPRODUCTION", "ARMS", "LABELS", "analyze", "integrated_decay", "judge", "Judgement", "CLAIM_KEYS"]
 
-SWITCH = 0.5  # the switch point (fraction of the run) the verdict is read at
-MOST = 0.5  # "most of the benefit"
-LABELS = {"none": "no decay", "early": "early decay", "late": "late decay", "full": "full decay"}
+NAME = "early-decay"
+ARMS = ("none", "full", "early", "late")
+LABELS = {"none": "no decay", "full": "full decay", "early": "early decay", "late": "late decay"}
+#: The keys the spec's ``[claim]`` table must hold (besides max_seeds and seed_step).
+CLAIM_KEYS = ("most", "min_benefit", "decay_tolerance", "min_efolds", "train_acc")
 
 
-def judge(errors: dict[str, dict[int, float]], norms: dict[str, dict[int, float]]) -> tuple[bool | None, dict]:
-    """The verdict from per-seed final test errors and weight norms of ``none``, ``early``, ``late``, ``full``.
+# ----------------------------------------------------------------------------------------------- measures
 
-    >>> e = {"none": {0: .30, 1: .31, 2: .29}, "full": {0: .25, 1: .26, 2: .25},
-    ...      "early": {0: .26, 1: .26, 2: .26}, "late": {0: .29, 1: .30, 2: .29}}
-    >>> n = {"none": {0: 40., 1: 41., 2: 39.}, "early": {0: 25., 1: 26., 2: 24.}}
-    >>> judge(e, n)[0]
+
+def integrated_decay(config: Mapping[str, Any], steps: int) -> float:
+    """``Σ_t s_t·λ_t`` over the run's ``steps``: the integrated decay in e-folds that a run's config
+    applies, with ``λ_t`` as its callbacks shape it (a decay window) and ``s_t`` its ``decay_scale``
+    (``lr``: ``lr·η_t``).
+
+    >>> round(integrated_decay({"lr": 0.5, "weight_decay": 0.1, "schedule": "constant"}, 100), 6)
+    5.0
+    >>> round(integrated_decay({"lr": 0.5, "weight_decay": 0.2, "schedule": "constant",
+    ...                         "callbacks": ["decay_window:0.5-1"]}, 100), 6)
+    5.0
+    """
+    from ..optim.rules import decay_scale
+    from ..train.callbacks import parse
+    from ..train.config import TrainConfig
+    from ..train.schedules import lr_schedule
+
+    c = TrainConfig.from_dict(dict(config))
+    schedule = lr_schedule(c, steps)
+    lam: Any = c.weight_decay
+    for text in c.callbacks:
+        lam = parse(text).weight_decay(lam, steps=steps, lr_schedule=schedule, decay_scale=c.decay_scale)
+    total = 0.0
+    for t in range(steps):
+        lam_t = lam(t) if callable(lam) else lam
+        total += float(decay_scale(c.decay_scale, c.lr * schedule(t), c.lr)) * float(lam_t)
+    return total
+
+
+# ----------------------------------------------------------------------------------------------- the verdict
+
+
+@dataclass
+class Judgement:
+    """What :func:`judge` decides from per-seed test errors; plain data for the verdict."""
+
+    held: bool | None
+    premises: list[S.Premise]
+    seeds: list[int]
+    gains: dict[str, list[float]]  # arm -> per-seed gain over no decay (fraction of examples)
+    benefit: S.Interval  # full decay's gain
+    early_part: S.Interval  # g_early − most·g_full
+    late_part: S.Interval  # most·g_full − g_late
+    parts: tuple[bool | None, bool | None]
+    recovered: dict[str, float] = field(default_factory=dict)  # arm -> mean g_x / mean g_full
+
+
+def judge(errors: Mapping[str, Mapping[int, float]], *, most: float, min_benefit: float) -> Judgement:
+    """The verdict from per-seed final test errors ``errors[arm][seed]`` of the four :data:`ARMS`.
+
+    >>> e = {"none": {0: .30, 1: .31, 2: .29}, "full": {0: .26, 1: .27, 2: .25},
+    ...      "early": {0: .265, 1: .27, 2: .255}, "late": {0: .30, 1: .30, 2: .285}}
+    >>> judge(e, most=0.5, min_benefit=0.01).held
     True
-    >>> e["early"] = {0: .30, 1: .30, 2: .29}
-    >>> judge(e, n)[0]
+    >>> e["early"], e["late"] = e["late"], e["early"]
+    >>> judge(e, most=0.5, min_benefit=0.01).held
     False
     """
-    seeds = sorted(set(errors["none"]) & set(errors["full"]) & set(errors["early"]))
-    gains = {key: [errors["none"][s] - errors[key][s] for s in seeds if s in errors[key]]
-             for key in ("full", "early", "late") if key in errors}
-    full_mean, full_std = mean_std(gains["full"])
-    sem = full_std / math.sqrt(len(seeds)) if len(seeds) > 1 else math.nan
-
-    def recovered(key: str) -> float:
-        if key not in gains or not gains[key] or full_mean == 0:
-            return math.nan
-        return mean_std(gains[key])[0] / full_mean
-
-    ratios = [norms["early"][s] / norms["none"][s] for s in seeds if s in norms["early"] and s in norms["none"]]
-    numbers = {
-        "seeds": seeds, "benefit_full": [full_mean, full_std], "benefit_sem": sem,
-        "benefit_early": list(mean_std(gains["early"])), "benefit_late": list(mean_std(gains.get("late", []))),
-        "recovered_early": recovered("early"), "recovered_late": recovered("late"),
-        "norm_ratio_early_none": list(mean_std(ratios)), "norm_ratio_per_seed": ratios,
-    }
-    if not math.isfinite(sem) or full_mean <= 2 * sem:
-        held = None
-    else:
-        held = numbers["recovered_early"] >= MOST and bool(ratios) and all(r < 1 for r in ratios)
-    return held, numbers
+    seeds = sorted(set.intersection(*(set(errors.get(a, {})) for a in ARMS)))
+    gains = {a: [errors["none"][s] - errors[a][s] for s in seeds] for a in ("full", "early", "late")}
+    benefit = S.interval(gains["full"])
+    early = S.interval(ge - most * gf for ge, gf in zip(gains["early"], gains["full"], strict=True))
+    late = S.interval(most * gf - gl for gl, gf in zip(gains["late"], gains["full"], strict=True))
+    parts = (S.against(early, 0.0), S.against(late, 0.0))
+    mean_full = benefit.mean
+    recovered = {a: (sum(g) / len(g) / mean_full if g and mean_full else math.nan) for a, g in gains.items()}
+    premises = [S.Premise.at_least(
+        "full decay's gain over no decay (test error, points)", 100 * mean_full if seeds else math.nan,
+        100 * min_benefit, "mean over seeds of E_none − E_full; below it there is no benefit to recover")]
+    if len(seeds) < S.MIN_SEEDS:
+        premises.append(S.Premise.at_least("seeds", len(seeds), S.MIN_SEEDS,
+                                           f"{len(seeds)} seeds with all four arms; a verdict needs {S.MIN_SEEDS}"))
+    held = S.combine(parts) if all(p.held for p in premises) else None
+    return Judgement(held, premises, seeds, gains, benefit, early, late, parts, recovered)
 
 
-def _method(run: Any) -> tuple[str, float | None] | None:
-    names = {v: k for k, v in LABELS.items()}
-    key = names.get(run.label)
-    if key is None:
-        return None
-    switch = switch_of(run.config) if key in ("early", "late") else None
-    return key, switch
+def _claim(spec: Any) -> dict[str, float]:
+    claim = getattr(spec, "claim", None) or {}
+    out = {}
+    for key in CLAIM_KEYS:
+        value = claim.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"the spec {spec.name!r} needs [claim] {key} = a number (see the spec's comments); "
+                             f"got {value!r}")
+        out[key] = float(value)
+    return out
 
 
-def switch_of(config: dict[str, Any]) -> float | None:
-    """Where a run's early or late decay switches, from its decay window (an older store's
-    ``decay_schedule``/``decay_switch`` fields read as the window they were)."""
-    from ..train.callbacks import DecayWindow, from_legacy, parse
-
-    for text in from_legacy(config).get("callbacks", ()):
-        callback = parse(text)
-        if isinstance(callback, DecayWindow):
-            legacy = callback.legacy()
-            return None if legacy is None else legacy["decay_switch"]
-    return None
+def _arm(run: Any) -> str | None:
+    return {v: k for k, v in LABELS.items()}.get(run.label)
 
 
 def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
-    data = load_sweep(store_path, spec.name)
-    errors: dict[tuple[str, float | None], dict[int, float]] = {}
-    norms: dict[tuple[str, float | None], dict[int, float]] = {}
-    ids: dict[tuple[str, float | None], list[int]] = {}
-    for run in data.runs:
-        method = _method(run)
-        if method is None:
-            continue
-        seed = run.config["seed"]
-        acc = run.final.get("test_acc")
-        errors.setdefault(method, {})[seed] = 1.0 - acc if acc is not None else math.inf
-        norms.setdefault(method, {})[seed] = run.final["weight_norm"]
-        ids.setdefault(method, []).append(run.id)
-    at = {"none": ("none", None), "full": ("full", None), "early": ("early", SWITCH), "late": ("late", SWITCH)}
-    missing = [LABELS[k] + (f" (switch {SWITCH})" if m[1] else "") for k, m in at.items() if m not in errors]
+    claim = _claim(spec)
+    runs = [r for r in R.finished_runs(store_path, spec.name) if _arm(r) is not None]
+    cells = R.by_cell(runs, _arm)
+    missing = [LABELS[a] for a in ARMS if len(cells.get(a, [])) == 0]
     if missing:
-        raise ValueError(f"the sweep {spec.name!r} has no finished runs of {missing}")
-    held, numbers = judge({k: errors[m] for k, m in at.items()}, {k: norms[m] for k, m in at.items()})
-    b, sem = numbers["benefit_full"], numbers["benefit_sem"]
-    ratio = numbers["norm_ratio_early_none"]
-    n = len(numbers["seeds"])
-    text = (f"test error none {_err(errors[at['none']])} / early {_err(errors[at['early']])} / late "
-            f"{_err(errors[at['late']])} / full {_err(errors[at['full']])} % ({n} seeds, switch at {SWITCH:g} of the "
-            f"run); full decay gains {pm(100 * b[0], 100 * b[1], '.1f')} points (2·s.e. {200 * sem:.1f}), early decay "
-            f"recovers {100 * numbers['recovered_early']:.0f}% of it, late {100 * numbers['recovered_late']:.0f}%; "
-            f"final ‖w‖ early/none {pm(*ratio)}")
-    line = verdict_line("early-decay", held, text)
-    numbers["errors"] = {f"{k}" + (f"@{s:g}" if s is not None else ""): [v[x] for x in sorted(v)]
-                         for (k, s), v in errors.items()}
-    numbers["weight_norms"] = {f"{k}" + (f"@{s:g}" if s is not None else ""): [v[x] for x in sorted(v)]
-                               for (k, s), v in norms.items()}
-    curves = load_curves(store_path, [i for group in ids.values() for i in group])
-    return Verdict("early-decay", held, line, numbers, _sections(errors, norms, ids, curves, numbers, held))
+        return Verdict(NAME, None, S.verdict_line(NAME, None, f"no finished runs of {', '.join(missing)}"),
+                       {"runs": len(runs)})
+    errors = {a: {r.config["seed"]: 1.0 - r.final["test_acc"] for r in cells[a]} for a in ARMS}
+    val_errors = {a: {r.config["seed"]: 1.0 - r.final.get("val_acc", math.nan) for r in cells[a]} for a in ARMS}
+    j = judge(errors, most=claim["most"], min_benefit=claim["min_benefit"])
+
+    # the integrated decay of each arm (e-folds), from the configs: the same for every seed of an arm
+    efolds = {a: integrated_decay(cells[a][0].config, _steps(cells[a][0])) for a in ARMS}
+    mismatch = max(abs(efolds[a] / efolds["full"] - 1.0) for a in ("early", "late")) if efolds["full"] > 0 \
+        else math.inf
+    min_train = min(r.final["train_acc"] for r in runs)
+    worst = min(runs, key=lambda r: r.final["train_acc"])
+    premises = [
+        j.premises[0],
+        S.Premise.at_most("integrated decay of early and late vs full (relative difference)", mismatch,
+                          claim["decay_tolerance"],
+                          "Σ_t lr_t·λ_t (e-folds) " + ", ".join(f"{a} {efolds[a]:.2f}" for a in ARMS[1:])),
+        S.Premise.at_least("integrated decay of full decay (e-folds)", efolds["full"], claim["min_efolds"],
+                           "Σ_t lr_t·λ_t over the run"),
+        S.Premise.at_least("train accuracy (every run)", min_train, claim["train_acc"],
+                           f"lowest: {worst.label}, seed {worst.config['seed']}"),
+        *j.premises[1:],
+    ]
+    held = j.held if all(p.held for p in premises) else None
+
+    n = len(j.seeds)
+    pts = 100.0
+    err_text = " / ".join(f"{a} {_pct(errors[a])}" for a in ARMS)
+    setting = (f"{n} seeds; early and late decay at {efolds['early']:.2f} / {efolds['late']:.2f} e-folds, "
+               f"full {efolds['full']:.2f}; test error")
+    if any(not p.held for p in premises):
+        line = f"{NAME}: {S.PREMISE_NOT_MET} — {S.premises_line(premises)} ({setting})"
+    else:
+        most = claim["most"]
+        line = S.verdict_line(NAME, held, (
+            f"full decay gains {_iv(j.benefit, pts)} points of test error over no decay; early decay recovers "
+            f"{100 * j.recovered['early']:.0f}% of it, late decay {100 * j.recovered['late']:.0f}% at equal "
+            f"integrated decay; g_early − {most:g}·g_full {_iv(j.early_part, pts)} ({S.word(j.parts[0])}), "
+            f"{most:g}·g_full − g_late {_iv(j.late_part, pts)} ({S.word(j.parts[1])}) [points; test error "
+            f"{err_text}] ({setting})"))
+    norms = {a: {r.config["seed"]: r.final["weight_norm"] for r in cells[a]} for a in ARMS}
+    numbers = {
+        "seeds": j.seeds, "metric": "final test error (no selection: the arms are fixed by the spec)",
+        "claim": claim, "integrated_decay_efolds": efolds,
+        "benefit_full": j.benefit.plain(), "early_part": j.early_part.plain(), "late_part": j.late_part.plain(),
+        "parts": {"early recovers most": j.parts[0], "late recovers less": j.parts[1]},
+        "recovered": {a: S.finite_or_none(v) for a, v in j.recovered.items()},
+        "gains_per_seed": j.gains,
+        "test_error": {a: [errors[a][s] for s in sorted(errors[a])] for a in ARMS},
+        "val_error": {a: [val_errors[a][s] for s in sorted(val_errors[a])] for a in ARMS},
+        "weight_norm": {a: [norms[a][s] for s in sorted(norms[a])] for a in ARMS},
+        "min_train_acc": min_train,
+    }
+    curves = load_curves(store_path, [r.id for r in runs])
+    sections = _sections(cells, errors, val_errors, norms, efolds, j, curves, claim)
+    return Verdict(NAME, held, line, numbers, sections, premises=premises, seeds=n)
 
 
-def _err(per_seed: dict[int, float]) -> str:
-    return pm(*(100 * v for v in mean_std(per_seed.values())), ".1f")
+def _steps(run: Any) -> int:
+    """The run's length in steps: recorded in its final metrics, else recomputed from its config."""
+    if run.final.get("steps"):
+        return int(run.final["steps"])
+    from ..train.config import TrainConfig
+    from ..train.loop import total_steps
+
+    return total_steps(TrainConfig.from_dict(run.config))
 
 
-def _sections(errors, norms, ids, curves, numbers, held) -> list[Section]:
-    order = sorted(errors, key=lambda m: (["none", "early", "late", "full"].index(m[0]), m[1] or 0))
+def _pct(per_seed: Mapping[int, float]) -> str:
+    return S.pm(*(100 * v for v in S.mean_std(per_seed.values())), ".1f")
+
+
+def _iv(interval: S.Interval, scale: float = 1.0) -> str:
+    return S.Interval(scale * interval.mean, scale * interval.half, interval.n, scale * interval.std).text("+.2f")
+
+
+def _sections(cells, errors, val_errors, norms, efolds, j, curves, claim) -> list[Section]:
     table = []
-    for method in order:
-        key, switch = method
-        name = LABELS[key] + (f" (switch {switch:g})" if switch is not None else "")
-        gain = [errors[("none", None)][s] - errors[method][s] for s in errors[method] if s in errors[("none", None)]]
-        table.append({"method": name, "test error (%)": _err(errors[method]),
-                      "gain over no decay (points)": pm(*(100 * v for v in mean_std(gain)), "+.1f"),
-                      "final ‖w‖": pm(*mean_std(norms[method].values()), ".1f"), "seeds": len(errors[method])})
+    for a in ARMS:
+        gain = [errors["none"][s] - errors[a][s] for s in errors[a] if s in errors["none"]]
+        val_gain = [val_errors["none"][s] - val_errors[a][s] for s in val_errors[a] if s in val_errors["none"]]
+        table.append({
+            "arm": LABELS[a], "decay window": ", ".join(cells[a][0].config.get("callbacks") or []) or "—",
+            "λ": f"{cells[a][0].config['weight_decay']:g}", "integrated decay (e-folds)": f"{efolds[a]:.2f}",
+            "test error (%)": _pct(errors[a]),
+            "gain (points, test)": S.pm(*(100 * v for v in S.mean_std(gain)), "+.2f"),
+            "gain (points, validation)": S.pm(*(100 * v for v in S.mean_std(val_gain)), "+.2f"),
+            "recovered": "—" if a == "none" else f"{100 * j.recovered[a]:.0f}%",
+            "train acc (min)": f"{min(r.final['train_acc'] for r in cells[a]):.2%}",
+            "final ‖w‖": S.pm(*S.mean_std(norms[a].values()), ".1f"), "seeds": len(errors[a]),
+        })
     prose = (
-        f"Test error at the end of training (mean ± std over seeds) and the final weight norm. The verdict reads "
-        f"early and late decay at a switch of {SWITCH:g} of the run: full decay gains "
-        f"{100 * numbers['benefit_full'][0]:.1f} points over no decay; early decay recovers "
-        f"{100 * numbers['recovered_early']:.0f}% of that (HELD needs ≥ {100 * MOST:.0f}% and a smaller final weight "
-        f"norm than no decay in every seed), late decay {100 * numbers['recovered_late']:.0f}%. Result: "
-        f"{word(held)}."
-    )
-    return [Section("Early and late weight decay", prose, figures=[
-        ("Test error against the switch point (early: decay until it; late: decay from it); horizontal lines: no "
-         "decay and full decay. Mean ± std over seeds.", _switch_figure(errors)),
-        ("Weight norm and test error against the step (mean over seeds, band ±1 std); early and late decay at a "
-         f"switch of {SWITCH:g}.", _curves_figure(ids, curves)),
-    ], table=table)]
+        "A large-lr phase, then a common annealing phase in which no arm decays. Full decay decays through the whole "
+        "large-lr phase; early and late decay use twice its λ over the first or the second half of that phase, so "
+        "all three have the same integrated decay Σ_t lr_t·λ_t (the e-folds column, recomputed from each run's "
+        f"config). Gains are per-seed differences of final test error from no decay. The verdict: early decay "
+        f"recovers more than {claim['most']:g} of full decay's gain and late decay less, each judged by the 95% "
+        "Student-t interval of the paired per-seed effect (g_early − m·g_full, m·g_full − g_late) against 0. "
+        f"Result: {S.word(j.held)}.")
+    figures = [("Gain in test error over no decay per arm: each dot a seed, the bar the mean; the dashed line is "
+                f"{claim['most']:g} of full decay's mean gain.", _gain_figure(j, claim["most"]))]
+    series = _curves(cells, curves)
+    if series:
+        figures.append(("Weight norm and test error against the step (mean over seeds, band ±1 std).",
+                        fig.curves_figure(series, [("weight_norm", "weight norm ‖w‖₂", False),
+                                                   ("test_error", "test error (%)", False)],
+                                          "No, full, early and late weight decay")))
+    return [Section("Early and late weight decay at equal integrated decay", prose, figures=figures, table=table)]
 
 
-def _switch_figure(errors):
+def _gain_figure(j: Judgement, most: float):
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(5.2, 3.4), layout="constrained")
+    figure = Figure(figsize=(5.0, 3.2), layout="constrained")
     ax = figure.subplots()
-    for k, key in enumerate(("none", "full")):
-        mean, std = mean_std(errors[(key, None)].values())
-        ax.axhline(100 * mean, color=f"C{k}", linestyle="--", label=LABELS[key])
-        if math.isfinite(std):
-            ax.axhspan(100 * (mean - std), 100 * (mean + std), color=f"C{k}", alpha=0.12)
-    for k, key in enumerate(("early", "late"), start=2):
-        switches = sorted(s for m, s in errors if m == key)
-        stats = [mean_std(errors[(key, s)].values()) for s in switches]
-        ax.errorbar(switches, [100 * m for m, _ in stats], yerr=[100 * s if math.isfinite(s) else 0 for _, s in stats],
-                    color=f"C{k}", marker="o", capsize=3, label=LABELS[key])
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("switch point (fraction of the run)")
-    ax.set_ylabel("test error (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    arms = ("full", "early", "late")
+    for k, a in enumerate(arms):
+        g = [100 * x for x in j.gains[a]]
+        if not g:
+            continue
+        ax.bar(k, sum(g) / len(g), color=f"C{k + 1}", alpha=0.5)
+        ax.plot([k] * len(g), g, "o", color=f"C{k + 1}", markersize=3)
+    if math.isfinite(j.benefit.mean):
+        ax.axhline(100 * most * j.benefit.mean, color="k", linestyle="--", linewidth=1)
+    ax.axhline(0, color="k", linewidth=0.5)
+    ax.set_xticks(range(len(arms)), [LABELS[a] for a in arms])
+    ax.set_ylabel("gain over no decay (points)")
+    ax.grid(alpha=0.3, axis="y")
     return figure
 
 
-def _curves_figure(ids, curves):
+def _curves(cells: Mapping[str, Sequence[Any]], curves: Mapping[int, Any]) -> dict[str, Any]:
     series = {}
-    for method, run_ids in ids.items():
-        key, switch = method
-        if switch not in (None, SWITCH):
-            continue
+    for a in ARMS:
         per_metric = {}
         for metric in ("weight_norm", "test_acc"):
-            runs = [curves[i].get(metric, []) for i in run_ids]
-            per_metric[metric] = fig.mean_curve([r for r in runs if r])
+            runs = [curves.get(r.id, {}).get(metric, []) for r in cells[a]]
+            runs = [c for c in runs if c]
+            if not runs:
+                return {}
+            per_metric[metric] = fig.mean_curve(runs)
         steps, mean, std, n = per_metric.pop("test_acc")
         per_metric["test_error"] = (steps, 100 * (1 - mean), 100 * std, n)
-        series[LABELS[key]] = per_metric
-    ordered = {LABELS[k]: series[LABELS[k]] for k in ("none", "early", "late", "full") if LABELS[k] in series}
-    return fig.curves_figure(ordered, [("weight_norm", "weight norm ‖w‖₂", False), ("test_error", "test error (%)",
-                                                                                   False)],
-                             "No, early, late and full weight decay")
+        series[LABELS[a]] = per_metric
+    return series
 
 
 REPRODUCTION = register(Reproduction(
-    name="early-decay",
-    title="Weight decay only early recovers most of its benefit; the weight norm stays small",
-    claim="Weight decay during only the first part of training recovers most of full-length decay's benefit "
-          "over none (late decay does not), and the weight norm stays small afterwards. Verdict: test error of "
-          "none / early / late / full and the weight-norm curves.",
+    name=NAME,
+    title="Weight decay only early recovers most of its benefit; the same decay late does not",
+    claim="Weight decay during only the early part of training recovers most of the test-error benefit that decay "
+          "throughout has over none, while the same integrated decay applied later recovers much less. Verdict: "
+          "paired per-seed gains of early and late decay at equal integrated decay, before a common annealing phase.",
     source="Golatkar, Achille & Soatto, Time Matters in Regularizing Deep Networks, NeurIPS 2019; Bjorck, "
            "Weinberger & Gomes, Understanding Decoupled and Early Weight Decay, AAAI 2021",
     analyze=analyze,
-    seeds=3,
+    seeds=5,
 ))
-
