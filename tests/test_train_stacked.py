@@ -176,3 +176,22 @@ def test_stacked_mlp_trains_in_low_precision(precision):
     for a, b in zip(separate, stacked, strict=True):
         assert torch.isfinite(torch.tensor(b.final["test_loss"]))
         assert abs(a.final["test_loss"] - b.final["test_loss"]) < 0.05 * abs(a.final["test_loss"]) + 0.05
+
+
+@pytest.mark.parametrize("model, precision", [("mlp-bn", "bf16-autocast"), ("cnn1d", "bf16"),
+                                              ("cnn1d", "bf16-autocast"), ("mlp", "bf16")])
+def test_a_diverged_model_does_not_touch_the_others_in_low_precision(model, precision):
+    """Stacked in 16-bit, a model whose loss goes to NaN (lr = 1e30) leaves its neighbour bit for bit
+    as a sane neighbour does. Found broken: mlp-bn under autocast raised a dtype error in vmap's
+    batch_norm, and cnn1d in bf16 turned the other models' gradients NaN in the batched convolution's
+    input gradient."""
+    torch.set_default_dtype(torch.float32)  # the autouse fixture restores it
+    data = tiny_data((40,))
+    base = TrainConfig(model=model, steps=8, batch_size=16, precision=precision, schedule="constant", lr=1e-3)
+    beside_sane = train_stacked([base, base.replace(lr=1e-2)], data=data)
+    beside_diverged = train_stacked([base, base.replace(lr=1e30)], data=data)
+    assert not torch.isfinite(torch.tensor(beside_diverged[1].final["train_loss"]))
+    assert beside_sane[0].final == {**beside_diverged[0].final, "wall_s": beside_sane[0].final["wall_s"]}
+    for (name, a), b in zip(beside_sane[0].model.state_dict().items(),
+                            beside_diverged[0].model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

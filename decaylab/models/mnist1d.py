@@ -88,7 +88,12 @@ class MLP(nn.Module):
         h = x.flatten(1)
         norms = self.norms if self.norms is not None else [None] * len(self.hidden)
         for layer, norm, skip in zip(self.hidden, norms, self._skip, strict=True):
-            z = layer(h) if norm is None else norm(layer(h))
+            z = layer(h)
+            if norm is not None:
+                # Under autocast the linear layer gives bf16 while BN's affine stays fp32: normalize in
+                # BN's dtype (what autocast does for batch_norm on CUDA), which vmap's batched batch_norm
+                # (stacked models) needs too.
+                z = norm(z.to(norm.weight.dtype))
             h = h + act(z) if skip else act(z)
         return self.head(h)
 
@@ -189,7 +194,20 @@ class CNN1d(nn.Module):
             raise ValueError(f"CNN1d was built for in_length={self.in_length}, got input shape {tuple(x.shape)}")
         if x.ndim == 2:
             x = x.unsqueeze(1)
-        h = F.relu(self.conv1(x))
-        h = F.relu(self.conv2(h))
-        h = F.relu(self.conv3(h))
+        h = F.relu(_conv(self.conv1, x))
+        h = F.relu(_conv(self.conv2, h))
+        h = F.relu(_conv(self.conv3, h))
         return self.linear(h.flatten(1))
+
+
+def _conv(layer: nn.Conv1d, x: Tensor) -> Tensor:
+    """``layer(x)``; 16-bit on a CPU it convolves in float32 and rounds the result back. Under vmap
+    (stacked models) a 16-bit CPU convolution's input gradient runs as one grouped convolution in
+    which a model whose weights are NaN turns the other models' gradients NaN too (torch 2.13,
+    oneDNN); in float32 the groups stay apart. bf16 kernels accumulate in float32 anyway."""
+    w, b = layer.weight, layer.bias
+    if x.device.type != "cpu" or x.dtype not in (torch.bfloat16, torch.float16):
+        return layer(x)
+    out = F.conv1d(x.float(), w.float(), None if b is None else b.float(), layer.stride, layer.padding,
+                   layer.dilation, layer.groups)
+    return out.to(x.dtype)
