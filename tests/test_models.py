@@ -36,6 +36,8 @@ K = 3
 NAMES = [
     "mlp",
     "mlp-bn",
+    "mlp-deep",
+    "mlp-deep-bn",
     "cnn1d",
     "resnet20",
     "resnet20-nobn",
@@ -48,6 +50,8 @@ NAMES = [
 PARAMETER_COUNTS = {
     "mlp": 15_210,
     "mlp-bn": 15_410,
+    "mlp-deep": 9_034,
+    "mlp-deep-bn": 9_290,
     "cnn1d": 5_210,
     "resnet20": 269_722,
     "resnet20-nobn": 268_346,
@@ -66,7 +70,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def example_input(name: str, batch: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
     """A small input for model ``name`` (images as small as the architecture allows)."""
     g = generator or torch.Generator().manual_seed(0)
-    if name in ("mlp", "mlp-bn", "cnn1d"):
+    if name in ("mlp", "mlp-bn", "mlp-deep", "mlp-deep-bn", "cnn1d"):
         return torch.randn(batch, 40, generator=g)
     if name.startswith("gpt"):
         return torch.randint(0, 256, (batch, 16), generator=g)
@@ -178,7 +182,7 @@ def test_parameter_counts_match_the_published_numbers():
 def test_batchnorm_only_where_asked(name):
     model = build(name)
     has_bn = any(isinstance(m, _BatchNorm) for m in model.modules())
-    assert has_bn == (name in ("mlp-bn", "resnet20", "preact-resnet18"))
+    assert has_bn == (name in ("mlp-bn", "mlp-deep-bn", "resnet20", "preact-resnet18"))
     if name in NO_BN:
         assert not any(isinstance(m, NORM_TYPES) for m in model.modules())
         assert not list(model.buffers())

@@ -5,6 +5,8 @@ name                       builds                                     parameters
 =========================  =========================================  ==============  ==============
 ``mlp``                    ``MLP()`` — MNIST-1D MLP                   15,210          ``(B, 40)``
 ``mlp-bn``                 ``MLP(norm="bn")`` — with BatchNorm        15,410          ``(B, 40)``
+``mlp-deep``               ``MLP(hidden=(32,) * 8)`` — deep, thin     9,034           ``(B, 40)``
+``mlp-deep-bn``            the same with BatchNorm                    9,290           ``(B, 40)``
 ``cnn1d``                  ``CNN1d()`` — MNIST-1D ConvBase            5,210           ``(B, 40)``
 ``resnet20``               ``resnet20(norm="bn")``                    269,722         ``(B, 3, H, W)``
 ``resnet20-nobn``          ``resnet20(norm="none")``                  268,346         ``(B, 3, H, W)``
@@ -17,6 +19,9 @@ name                       builds                                     parameters
 (parameters for the defaults: 10 classes, vocab 256.) Keyword arguments go to the builder
 (``num_classes=100``, ``hidden=(256,)``; for ``gpt-micro`` any :class:`GPTConfig` field). A keyword
 that the name already fixes (``norm`` for the ResNets) may not be given a different value.
+``mlp-deep`` (8 hidden layers of 32, default init) has gradients of many scales (the largest layer's
+gradient RMS ~100× the smallest at init); its BN twin does not (~3×): the small-scale stand-in for
+Zhuang et al.'s ResNets without and with BN (reproduction ``scale-free``).
 The vision and MNIST-1D models return logits; the GPT returns ``(logits, loss)``.
 
 >>> build("resnet20-nobn", num_classes=100).linear.out_features
@@ -53,6 +58,8 @@ def _gpt_micro(**kwargs: Any) -> GPT:
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
     "mlp": (MLP, {}),
     "mlp-bn": (MLP, {"norm": "bn"}),
+    "mlp-deep": (MLP, {"hidden": (32,) * 8}),
+    "mlp-deep-bn": (MLP, {"hidden": (32,) * 8, "norm": "bn"}),
     "cnn1d": (CNN1d, {}),
     "resnet20": (resnet20, {"norm": "bn"}),
     "resnet20-nobn": (resnet20, {"norm": "none"}),

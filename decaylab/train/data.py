@@ -77,7 +77,7 @@ def build_model(config: TrainConfig, data: TensorData | TextData) -> nn.Module:
     if isinstance(data, TextData):
         return build(config.model, vocab_size=data.vocab_size, block_size=config.block_size)
     shape = data.input_shape
-    if config.model in ("mlp", "mlp-bn"):
+    if config.model in ("mlp", "mlp-bn", "mlp-deep", "mlp-deep-bn"):
         return build(config.model, in_features=math.prod(shape), num_classes=data.num_classes)
     if config.model == "cnn1d":
         if len(shape) > 2 or (len(shape) == 2 and shape[0] != 1):
