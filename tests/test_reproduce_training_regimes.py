@@ -69,53 +69,7 @@ def test_decide_and_combine():
     assert S.Stat.of([1.0, float("nan")]).text() == "diverged"
 
 
-# ---------------------------------------------------------------------------------------------- overtraining
-
-
-def _overtraining_result(jac_rising=False, train_acc=1.0, best_wd=0.004):
-    acc = {0.0: 0.960, 0.001: 0.970, 0.002: 0.975, 0.004: 0.980, 0.008: 0.975, 0.016: 0.960}
-    if best_wd != 0.004:
-        acc = {wd: 0.990 if wd == best_wd else a for wd, a in acc.items()}
-
-    def result(label, c):
-        noise = 0.001 * (c.seed - 1)
-        test_acc = (0.95 if c.weight_decay == 0 else 0.955) if label == "small lr" else acc[c.weight_decay]
-        jac = 100.0 * (1 + 100 * c.weight_decay) ** (1 if jac_rising else -1) + c.seed
-        final = {"train_acc": train_acc, "test_acc": test_acc + noise, "train_loss": 0.01, "test_loss": 0.1,
-                 "weight_norm": 10.0, "jacobian_norm": jac, "ema_test_acc": test_acc + noise + 0.002}
-        return final, [{"step": 100, "test_acc": test_acc}]
-
-    return result
-
-
-def test_overtraining_held(tmp_path):
-    spec = get("overtraining").spec()
-    store = fill(tmp_path / "s.sqlite", spec, _overtraining_result())
-    v = get("overtraining").analyze(store, spec, "small")
-    assert v.held is True, v.line
-    assert v.status == "HELD" and v.line.startswith("overtraining: HELD")
-    assert v.numbers["seeds"] == 3 and v.numbers["jacobian_monotone"] == "held"
-    assert v.sections and v.sections[0].table
-
-
-@pytest.mark.parametrize("case", ["jacobian rises", "optimum at the edge"])
-def test_overtraining_not_held(tmp_path, case):
-    spec = get("overtraining").spec()
-    result = _overtraining_result(jac_rising=True) if case == "jacobian rises" else _overtraining_result(best_wd=0.016)
-    v = get("overtraining").analyze(fill(tmp_path / "s.sqlite", spec, result), spec, "small")
-    assert v.held is False, v.line
-    assert "DID NOT HOLD" in v.line
-
-
-def test_overtraining_inconclusive_without_the_premise_or_seeds(tmp_path):
-    spec = get("overtraining").spec()
-    v = get("overtraining").analyze(fill(tmp_path / "a.sqlite", spec, _overtraining_result(train_acc=0.9)),
-                                    spec, "small")
-    assert v.held is None and "premise" in v.line
-    two_seeds = [(label, c) for label, c in spec.configs() if c.seed < 2]
-    v = get("overtraining").analyze(fill(tmp_path / "b.sqlite", spec, _overtraining_result(), two_seeds),
-                                    spec, "small")
-    assert v.held is None and "at least 3" in v.line
+# overtraining: tests/test_reproduce_overtraining.py
 
 
 # ---------------------------------------------------------------------------------------------- undertraining
