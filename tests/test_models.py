@@ -45,6 +45,7 @@ NAMES = [
     "preact-resnet18-nobn",
     "vgg16",
     "gpt-micro",
+    "gpt-nano",
 ]
 # Parameter counts for the registry defaults (10 classes; GPT: vocab 256, block 128).
 PARAMETER_COUNTS = {
@@ -59,6 +60,7 @@ PARAMETER_COUNTS = {
     "preact-resnet18-nobn": 11_164_362,
     "vgg16": 14_719_818,
     "gpt-micro": 1_844_928,
+    "gpt-nano": 37_024,
 }
 NO_BN = ("resnet20-nobn", "preact-resnet18-nobn", "vgg16")
 

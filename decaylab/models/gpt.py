@@ -104,6 +104,13 @@ class GPTConfig:
         return cls(**{**dict(block_size=128, vocab_size=256, n_layer=4, n_head=4, n_embd=192), **overrides})
 
     @classmethod
+    def nano(cls, **overrides: Any) -> GPTConfig:
+        """A GPT small enough for thousands of steps on 2 CPU cores (decaylab's reproductions): 2 layers,
+        2 heads, width 32, attention written out (faster stacked under vmap on CPU); vocab 256, block 128."""
+        return cls(**{**dict(block_size=128, vocab_size=256, n_layer=2, n_head=2, n_embd=32, attention="manual"),
+                      **overrides})
+
+    @classmethod
     def gpt2_small(cls, **overrides: Any) -> GPTConfig:
         """GPT-2 small as nanoGPT trains it ("Why WD" LLM runs): 12 × 12 × 768, block 1024, vocab 50304."""
         return cls(**{**dict(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_embd=768), **overrides})

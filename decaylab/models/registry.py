@@ -14,10 +14,13 @@ name                       builds                                     parameters
 ``preact-resnet18-nobn``   ``preact_resnet18(norm="none")``           11,164,362      ``(B, 3, H, W)``
 ``vgg16``                  ``vgg16()`` — no BatchNorm                 14,719,818      ``(B, 3, 32, 32)``
 ``gpt-micro``              ``GPT(GPTConfig.micro(**kwargs))``         1,844,928       ``(B, T ≤ 128)`` ids
+``gpt-nano``               ``GPT(GPTConfig.nano(**kwargs))``          37,024          ``(B, T ≤ 128)`` ids
 =========================  =========================================  ==============  ==============
 
 (parameters for the defaults: 10 classes, vocab 256.) Keyword arguments go to the builder
-(``num_classes=100``, ``hidden=(256,)``; for ``gpt-micro`` any :class:`GPTConfig` field). A keyword
+(``num_classes=100``, ``hidden=(256,)``; for ``gpt-micro`` and ``gpt-nano`` any :class:`GPTConfig` field).
+``gpt-nano`` (2 layers, 2 heads, width 32, written-out attention) is the GPT that trains thousands of
+steps on 2 CPU cores in a minute: the reproductions ``undertraining`` and ``bf16`` use it. A keyword
 that the name already fixes (``norm`` for the ResNets) may not be given a different value.
 ``mlp-deep`` (8 hidden layers of 32, default init) has gradients of many scales (the largest layer's
 gradient RMS ~100× the smallest at init); its BN twin does not (~3×): the small-scale stand-in for
@@ -54,6 +57,13 @@ def _gpt_micro(**kwargs: Any) -> GPT:
     return GPT(GPTConfig.micro(**kwargs))
 
 
+def _gpt_nano(**kwargs: Any) -> GPT:
+    unknown = sorted(set(kwargs) - set(GPTConfig.field_names()))
+    if unknown:
+        raise ValueError(f"unknown GPTConfig fields {unknown} for 'gpt-nano'; allowed: {GPTConfig.field_names()}")
+    return GPT(GPTConfig.nano(**kwargs))
+
+
 # name -> (builder, keywords the name fixes)
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
     "mlp": (MLP, {}),
@@ -67,6 +77,7 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
     "preact-resnet18-nobn": (preact_resnet18, {"norm": "none"}),
     "vgg16": (vgg16, {"norm": "none"}),
     "gpt-micro": (_gpt_micro, {}),
+    "gpt-nano": (_gpt_nano, {}),
 }
 
 
