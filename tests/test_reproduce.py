@@ -16,7 +16,6 @@ from decaylab.reproduce import (
     Reproduction,
     Verdict,
     claims,
-    decoupling,
     describe,
     early_decay,
     get,
@@ -164,52 +163,6 @@ def _final(err: float, **extra) -> dict:
 
 def _bowl(x: float, center: float) -> float:
     return 0.02 * (x - center) ** 2
-
-
-def _decoupling_world(spec, diagonal_label: str):
-    """Test error on each method's own grid, in coordinates u (lr) and v (λ) running from −1 to 1 across
-    it: a diagonal valley along u + v = 0 for ``diagonal_label``, an axis-aligned bowl for the others."""
-    ranges: dict[str, dict[str, list[float]]] = {}
-    for label, c in spec.configs():
-        for name, value in (("lr", c.lr), ("weight_decay", c.weight_decay)):
-            ranges.setdefault(label, {}).setdefault(name, []).append(math.log10(value))
-
-    def coordinate(label, name, value):
-        lo, hi = min(ranges[label][name]), max(ranges[label][name])
-        return 2 * (math.log10(value) - lo) / (hi - lo) - 1
-
-    def final_of(label, c):
-        u, v = coordinate(label, "lr", c.lr), coordinate(label, "weight_decay", c.weight_decay)
-        noise = 0.002 * ((c.seed + round(4 * u) + round(4 * v)) % 3)
-        if label == diagonal_label:
-            err = 0.3 + 0.2 * (u + v) ** 2 + 0.01 * u ** 2
-        else:
-            err = 0.3 + 0.05 * (u ** 2 + v ** 2)
-        return _final(err + noise)
-
-    return final_of
-
-
-@pytest.mark.parametrize("diagonal, held", [("Adam+L2", True), ("AdamW (paper)", False)])
-def test_decoupling_verdict_both_ways(tmp_path, diagonal, held):
-    spec = get("decoupling").spec("small")
-    store = tmp_path / "d.sqlite"
-    fill_store(store, spec, _decoupling_world(spec, diagonal))
-    verdict = decoupling.analyze(store, spec, "small")
-    assert verdict.held is held, verdict.line
-    assert verdict.line.startswith(f"decoupling: {'HELD' if held else 'DID NOT HOLD'} — separability AdamW (paper)")
-    numbers = verdict.numbers["methods"]
-    worse, better = (decoupling.COUPLED, decoupling.DECOUPLED) if held else (decoupling.DECOUPLED, decoupling.COUPLED)
-    assert numbers[better]["separability_mean_std"][0] > numbers[worse]["separability_mean_std"][0]
-    assert numbers[diagonal]["mean_grid"]["slope"] < -0.5  # the valley's best λ falls with lr
-    assert len(numbers[worse]["separability_per_seed"]) == 3
-    assert verdict.sections and verdict.sections[0].figures and verdict.sections[0].table
-
-
-def test_decoupling_judge_is_inconclusive_when_seeds_disagree():
-    held, margin = decoupling.judge({"AdamW (paper)": [0.9, 0.3, 0.9], "Adam+L2": [0.5, 0.5, 0.5]},
-                                    {"AdamW (paper)": 0.8, "Adam+L2": 0.5})
-    assert held is None and margin["diffs"] == pytest.approx([0.4, -0.2, 0.4])
 
 
 def _early_world(early_gain: float, late_gain: float, full_gain: float = 0.04, noise: float = 0.004,
