@@ -19,9 +19,8 @@ from decaylab.reproduce import (
     describe,
     early_decay,
     get,
-    scale_free,
 )
-from decaylab.reproduce.core import SPEC_DIR, spec_path, spec_seeds
+from decaylab.reproduce.core import spec_path, spec_seeds
 from decaylab.reproduce.stats import mean_std, verdict_line
 from decaylab.sweep import load_spec, run_sweep
 from decaylab.train import RunResult, TrainConfig, train
@@ -127,18 +126,6 @@ def test_specs_load_and_have_three_seeds(name, scale):
     assert spec_seeds(spec) >= 3
     if scale == "small":  # the embedded data only
         assert {c.dataset for _, c in spec.configs()} <= {"mnist1d", "digits", "pystdlib-text"}
-
-
-@pytest.mark.parametrize("scale", ["small", "paper"])
-def test_iterate_specs_pair_every_run_with_its_unscaled_twin(scale):
-    spec = load_spec(SPEC_DIR / scale_free.ITERATE_SPECS[scale])
-    assert spec_seeds(spec) >= 3
-    runs = spec.configs()
-    assert {scale_free.loss_scale(c) for _, c in runs} == {1.0, 10.0, 100.0}
-    assert all(c.eps <= 1e-20 for _, c in runs)
-    expected = {label: scale_free.expected_scale_free(c) for label, c in runs}
-    assert expected == {"Adam": True, "AdamW": True, "ProxAdam": True, "Adam+L2": False,
-                        "AdamP (Euclidean prox)": False}
 
 
 # ------------------------------------------------------------------------------------- stores for the verdicts
@@ -260,65 +247,6 @@ def test_early_decay_spec_claim_keys():
         spec = get("early-decay").spec(scale)
         assert set(early_decay.CLAIM_KEYS) <= set(spec.claim) and spec.claim["max_seeds"] >= spec_seeds(spec) >= 5
         assert {label for label, _ in spec.configs()} == set(early_decay.LABELS.values())
-
-
-TINY_ITERATES = """
-name = "tiny-iterates"
-[base]
-dataset = "mnist1d"
-model = "mlp"
-eps = 1e-30
-lr = 0.01
-steps = 20
-batch_size = 64
-[grid]
-loss_scale = [1.0, 10.0]
-seed = [0, 1, 2]
-[[methods]]
-label = "AdamW"
-decay = "decoupled"
-weight_decay = 0.3
-[[methods]]
-label = "Adam+L2"
-decay = "l2"
-weight_decay = 5e-4
-"""
-
-
-def _scale_free_world(no_bn_gain: float, bn_gain: float):
-    def final_of(label, c):
-        bn = "(BN)" in label
-        gain = (bn_gain if bn else no_bn_gain) if label.startswith("AdamW") else 0.0
-        x = math.log10(c.lr)
-        err = 0.3 + _bowl(x, -1.7) + 0.01 * (c.weight_decay > 0) - gain * (c.weight_decay > 0)
-        return _final(err + 0.003 * (c.seed % 3 - 1) * (1 + c.lr))
-
-    return final_of
-
-
-@pytest.mark.parametrize("no_bn_gain, bn_gain, held", [(0.04, 0.0, True), (0.0, 0.0, False), (0.04, 0.04, False)])
-def test_scale_free_verdict_both_ways(tmp_path, monkeypatch, no_bn_gain, bn_gain, held):
-    spec = get("scale-free").spec("small")
-    store = tmp_path / "s.sqlite"
-    fill_store(store, spec, _scale_free_world(no_bn_gain, bn_gain))
-    iterates = tmp_path / "tiny.toml"
-    iterates.write_text(TINY_ITERATES)
-    monkeypatch.setitem(scale_free.ITERATE_SPECS, "small", iterates)  # an absolute path replaces SPEC_DIR's
-    verdict = scale_free.analyze(store, spec, "small")
-    assert verdict.numbers["iterates"]["held"] is True  # real training: AdamW unchanged, Adam+L2 moved
-    assert verdict.numbers["batchnorm"]["held"] is held
-    assert verdict.held is held, verdict.line
-    assert "iterates held" in verdict.line and "BatchNorm" in verdict.line
-    assert len(verdict.sections) == 2 and all(s.figures and s.table for s in verdict.sections)
-
-
-def test_scale_free_judges():
-    runs = {("AdamW", 10.0, 0): {"early": 2e-3, "final": 0.1, "scale_free": True},
-            ("Adam+L2", 10.0, 0): {"early": 0.3, "final": 0.5, "scale_free": False}}
-    assert scale_free.judge_iterates(runs)[0] is None  # between the thresholds
-    held, numbers = scale_free.judge_batchnorm([0.03, 0.02, 0.04], [0.03, 0.02, 0.04])
-    assert held is False and numbers["beats_without_bn"] and not numbers["tie_with_bn"]
-    assert scale_free.has_batchnorm("mlp-bn") and not scale_free.has_batchnorm("mlp")
 
 
 # ------------------------------------------------------------------------------------- loss_scale
