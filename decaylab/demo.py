@@ -10,14 +10,14 @@ import time
 from pathlib import Path
 
 
-def run(store: str | Path = "runs/demo.sqlite", out: str | Path | None = None, stack: int = 24,
+def run(store: str | Path = "runs/demo.sqlite", out: str | Path | None = None, stack: int = 48,
         progress: bool = True, processes: int | None = None) -> dict:
     """Run (or finish) the demo sweep, build its report and print the table; returns the report's summary.
 
     ``processes`` (default: one per core, up to 4) worker processes train the groups side by side, each
     with one torch thread. The store's folder and the report's are checked before anything trains
     (``ValueError`` naming ``--store`` or ``--out``): a report that cannot be written is found out
-    now, not after the 360 runs.
+    now, not after the runs.
     """
     from .reproduce import get
     from .sweep import default_processes
@@ -34,9 +34,12 @@ def run(store: str | Path = "runs/demo.sqlite", out: str | Path | None = None, s
     print()
     selects = verdict.summary["metric"].replace("_", " ").replace("val ", "validation ")  # an older store: test
     print(f"Each method's best cell has the lowest {selects} (mean over seeds); the table shows its test accuracy.")
-    print(f"separability = |G| / |rows(G) × cols(G)| with G the cells within 1 point of the best {selects}:")
-    print("  1.0 = the good region is a rectangle (lr and λ tune separately); ~1/n = a diagonal band.")
-    print("diagonal slope = d log λ* / d log lr of the best λ per lr: 0 axis-aligned, −1 lr·λ constant.")
+    print()
+    print("How the best λ moves with the learning rate (the statistic of `decaylab reproduce decoupling`):")
+    print(verdict.numbers["slope_table"])
+    print("λ* = each seed's validation-loss minimum over λ, refined by a parabola in log λ, in every lr row where λ")
+    print("matters; slope = least-squares d log λ* / d log lr per seed, mean ± 95% t-interval over the seeds.")
+    print("  0 = the best λ does not move with lr (tune lr and λ one at a time); −1 = lr·λ is what matters.")
     print(f"report: {verdict.report}")
     print(f"wall time: {time.perf_counter() - start:.1f} s")
     return verdict.summary

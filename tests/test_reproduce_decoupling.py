@@ -1,4 +1,4 @@
-"""decaylab reproduce decoupling: the slope statistic, the verdict both ways, each premise, the spec."""
+"""decaylab reproduce decoupling: the slope statistic, the verdict both ways, each premise, the spec, the demo."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 
 from decaylab.reproduce import decoupling as D
-from decaylab.reproduce import get
+from decaylab.reproduce import demo, get
 from decaylab.reproduce.core import spec_seeds
 from decaylab.sweep import run_sweep
 from decaylab.train import RunResult
@@ -146,3 +146,34 @@ def test_analyze_on_a_store(tmp_path, l2, paper, status):
     assert methods[D.TORCH]["derived_from"] == D.DECOUPLED  # AdamW (torch): the same runs, λ/lr
     assert methods[D.TORCH]["slope"]["mean"] == pytest.approx(methods[D.DECOUPLED]["slope"]["mean"] - 1)
     assert verdict.sections and verdict.sections[0].table and verdict.sections[0].figures
+
+
+# ------------------------------------------------------------------------------------------- the demo
+
+
+def test_the_demo_spec_has_a_scale_invariant_model_and_three_seeds():
+    spec = demo.REPRODUCTION.spec()
+    assert {c.model for _, c in spec.configs()} == {"mlp-bn"} and spec_seeds(spec) >= 3
+    assert spec.methods == ["Adam+L2", "AdamW (torch)", "AdamW (paper)", "ProxAdam", "AdamP (Euclidean prox)"]
+
+
+def test_the_demo_reports_the_slope_of_every_method(tmp_path):
+    spec = demo.REPRODUCTION.spec()
+
+    def final_of(label, c):
+        if c.decay in ("l2", "prox_euclid"):  # through Adam's denominator: a diagonal
+            loss = val_loss("diagonal", c.lr, c.weight_decay, c.seed, 1e-3)
+        else:  # decoupled: the best decay per step η_t·λ_paper = (lr_t/lr)·λ_torch·lr does not move with lr
+            loss = val_loss("flat", c.lr, c.weight_decay * (c.lr if c.decay_scale == "lr" else 1.0), c.seed, 0.02)
+        return {"val_loss": loss, "test_acc": 1 - loss / 4, "train_acc": 1.0, "val_acc": 0.7, "test_loss": loss,
+                "train_loss": 0.01, "weight_norm": 10.0}
+
+    fill_store(tmp_path / "demo.sqlite", spec, final_of)
+    verdict = demo.analyze(tmp_path / "demo.sqlite", spec, "small")
+    assert verdict.status == "REPORTED" and not verdict.claim and verdict.seeds == 3
+    slopes = {label: m["slope"]["mean"] for label, m in verdict.numbers["methods"].items()}
+    assert list(slopes) == spec.methods
+    assert slopes["Adam+L2"] == pytest.approx(-1.3, abs=0.1) and slopes["AdamP (Euclidean prox)"] < -1
+    assert abs(slopes["AdamW (paper)"]) < 0.1 and slopes["AdamW (torch)"] == pytest.approx(-1, abs=0.1)
+    assert "slope of log λ* vs log lr" in verdict.numbers["slope_table"] and "AdamW (paper)" in verdict.line
+    assert verdict.sections and verdict.sections[0].figures

@@ -89,18 +89,19 @@ def test_demo_spec():
     assert "demo" in available_specs()
     spec = load_spec(find_spec("demo"), config_class=config_class())
     runs = spec.configs()
-    assert len(runs) == 360 and spec.name == "demo"
+    assert len(runs) == 480 and spec.name == "demo"
     assert spec.methods == ["Adam+L2", "AdamW (torch)", "AdamW (paper)", "ProxAdam", "AdamP (Euclidean prox)"]
     by_label = {}
     for label, c in runs:
         by_label.setdefault(label, []).append(c)
-    assert all(len(v) == 72 for v in by_label.values())
+    assert [len(v) for v in by_label.values()] == [105, 90, 90, 90, 105]  # 5 lr × (7 or 6) λ × 3 seeds
     assert {c.decay for c in by_label["AdamP (Euclidean prox)"]} == {"prox_euclid"}
     assert {c.decay_scale for c in by_label["AdamW (paper)"]} == {"schedule"}
     assert {c.decay for c in by_label["Adam+L2"]} == {"l2"}
     assert {c.dataset for _, c in runs} == {"mnist1d"} and {c.schedule for _, c in runs} == {"cosine"}
     assert len({c.stack_key() for _, c in runs}) == 5  # one stack group per method
-    assert sorted({c.weight_decay for c in by_label["AdamW (torch)"]}) == log_grid(1e-3, 10, 6)
+    assert sorted({c.weight_decay for c in by_label["AdamW (torch)"]}) == log_grid(3.16228e-2, 10, 6)
+    assert {c.model for _, c in runs} == {"mlp-bn"}
 
 
 def test_find_spec_errors(tmp_path):

@@ -394,13 +394,14 @@ def optimum_figure(methods: Mapping[str, MethodSlopes]) -> Any:
 
 
 def slope_summary(methods: Mapping[str, MethodSlopes]) -> str:
-    """A plain-text table: per method, the rows used and the slope per seed with its mean ± 95% t-interval."""
-    lines = [f"{'method':<24} {'rows where λ matters (lr)':<34} {'slope of log λ* vs log lr':<30} per seed"]
-    for label, m in methods.items():
-        rows = ", ".join(f"{lr:g}" for lr in m.rows) or "none"
-        lines.append(f"{label:<24} {rows:<34} {m.slope().text('+.2f').split(' (')[0]:<30} "
-                     + ", ".join(f"{s:+.2f}" for s in m.slopes))
-    return "\n".join(lines)
+    """A plain-text table: per method, the rows used and the slope of log λ* against log lr per seed, with
+    its mean ± 95% t-interval over the seeds."""
+    head = ("method", "rows where λ matters (lr)", "slope of log λ* vs log lr (mean ± 95% t)", "per seed")
+    rows = [(label, ", ".join(f"{lr:g}" for lr in m.rows) or "none", m.slope().text("+.2f").split(" (")[0],
+             ", ".join(f"{x:+.2f}" for x in m.slopes)) for label, m in methods.items()]
+    widths = [max(len(r[k]) for r in [head, *rows]) for k in range(3)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
+                     for r in [head, *rows])
 
 
 REPRODUCTION = register(Reproduction(
