@@ -20,6 +20,7 @@ def run(store: str | Path = "runs/demo.sqlite", out: str | Path | None = None, s
     now, not after the runs.
     """
     from .reproduce import get
+    from .reproduce.demo import table_text
     from .sweep import default_processes
 
     start = time.perf_counter()
@@ -30,16 +31,15 @@ def run(store: str | Path = "runs/demo.sqlite", out: str | Path | None = None, s
           f"{processes} process{'es' if processes > 1 else ''}")
     verdict = entry.run(store=store, out=out, stack=stack, progress=progress, processes=processes)
     print()
-    print(verdict.table_text)
+    print(table_text(verdict.summary, verdict.numbers))
     print()
     selects = verdict.summary["metric"].replace("_", " ").replace("val ", "validation ")  # an older store: test
-    print(f"Each method's best cell has the lowest {selects} (mean over seeds); the table shows its test accuracy.")
-    print()
-    print("How the best λ moves with the learning rate (the statistic of `decaylab reproduce decoupling`):")
-    print(verdict.numbers["slope_table"])
-    print("λ* = each seed's validation-loss minimum over λ, refined by a parabola in log λ, in every lr row where λ")
-    print("matters; slope = least-squares d log λ* / d log lr per seed, mean ± 95% t-interval over the seeds.")
-    print("  0 = the best λ does not move with lr (tune lr and λ one at a time); −1 = lr·λ is what matters.")
+    print(f"best: the cell with the lowest {selects} (mean over seeds); its test accuracy, mean ± std over seeds.")
+    print("slope: how each learning rate's best λ moves with lr. In every lr row where λ matters, each seed's λ* is")
+    print("its validation-loss minimum over λ (refined by a parabola in log λ); the slope is the least-squares")
+    print("d log λ*/d log lr per seed, mean ± 95% t-interval over the seeds. 0: the best λ does not move with lr")
+    print("(tune lr and λ one at a time: the AdamW paper's claim, `decaylab reproduce decoupling`); −1: lr·λ fixed.")
+    print("Each λ is in its method's own convention (AdamW (torch) λ = AdamW (paper) λ / lr: one slope lower).")
     print(f"report: {verdict.report}")
     print(f"wall time: {time.perf_counter() - start:.1f} s")
     return verdict.summary

@@ -62,6 +62,37 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     return Verdict(NAME, None, line, numbers, sections, claim=False, seeds=seeds)
 
 
+def table_text(summary: dict[str, Any], numbers: dict[str, Any]) -> str:
+    """What ``decaylab demo`` prints: per method, the test accuracy of the cell validation selected (the
+    report's ``summary``), its lr and λ, and the slope of log λ* against log lr (``numbers`` of the verdict).
+
+    >>> print(table_text({"methods": {"AdamW": {"method": "AdamW", "best_test_acc": 0.7, "best_test_acc_std": 0.01,
+    ...                                          "best_lr": 0.04, "best_weight_decay": 0.3}}},
+    ...                  {"methods": {"AdamW": {"slope": {"mean": -0.8, "half_width": 0.4}, "slope_per_seed":
+    ...                                         [-0.8, -0.9, -0.7], "rows_used": [0.01, 0.02]}}}))
+    method  best test acc (%)  best lr  best λ  slope of log λ* vs log lr  per seed             rows (lr)
+    AdamW   70.0 ± 1.0         0.04     0.3     -0.80 ± 0.40               -0.80, -0.90, -0.70  0.01, 0.02
+    """
+    head = ("method", "best test acc (%)", "best lr", "best λ", "slope of log λ* vs log lr", "per seed", "rows (lr)")
+    rows = [head]
+    for label, row in summary["methods"].items():
+        m = numbers["methods"].get(row.get("method", label), {})
+        slope = m.get("slope") or {}
+        mean, half = slope.get("mean"), slope.get("half_width")
+        acc, std = row.get("best_test_acc"), row.get("best_test_acc_std")
+        rows.append((
+            row.get("method", label),
+            "–" if acc is None else f"{100 * acc:.1f}" + ("" if std is None else f" ± {100 * std:.1f}"),
+            "–" if row.get("best_lr") is None else f"{row['best_lr']:.3g}",
+            "–" if row.get("best_weight_decay") is None else f"{row['best_weight_decay']:.3g}",
+            "–" if mean is None else f"{mean:+.2f}" + ("" if half is None else f" ± {half:.2f}"),
+            ", ".join("–" if x is None else f"{x:+.2f}" for x in m.get("slope_per_seed", [])),
+            ", ".join(f"{lr:g}" for lr in m.get("rows_used", [])) or "none",
+        ))
+    widths = [max(len(r[k]) for r in rows) for k in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
 def pm_of(m: D.MethodSlopes) -> str:
     """``"-1.40 ± 0.30"``: the mean slope and its 95% t half width (the mean alone with one seed)."""
     return m.slope().text("+.2f").split(" (")[0].replace(" ± ∞", "")
