@@ -373,10 +373,15 @@ def _sections(j: Judgement, table: list[dict[str, Any]], claim: Mapping[str, Any
 def optimum_figure(methods: Mapping[str, MethodSlopes]) -> Any:
     """λ* against lr, one panel per method: each seed's interpolated optimum and their geometric mean."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
-    figure = Figure(figsize=(3.8 * len(methods), 3.3), layout="constrained")
-    axes = figure.subplots(1, len(methods), squeeze=False)[0]
-    for k, (ax, (label, m)) in enumerate(zip(axes, methods.items(), strict=True)):
+    cols = min(3, len(methods))
+    rows = -(-len(methods) // cols)
+    figure = Figure(figsize=(3.8 * cols, 3.3 * rows), layout="constrained")
+    axes = list(figure.subplots(rows, cols, squeeze=False).flat)
+    for ax in axes[len(methods):]:
+        ax.set_visible(False)
+    for k, (ax, (label, m)) in enumerate(zip(axes, methods.items(), strict=False)):
         for lr in m.rows:
             ys = [x for x in m.optima[lr] if x is not None]
             ax.scatter([lr] * len(ys), ys, s=12, color=f"C{k}", alpha=0.6)
@@ -384,6 +389,7 @@ def optimum_figure(methods: Mapping[str, MethodSlopes]) -> Any:
         ax.plot(xs, [m.geomean_optimum(lr) for lr in xs], color=f"C{k}")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(m.lams[0], m.lams[-1])
         ax.set_xlabel("learning rate")
         ax.set_ylabel("λ* (its own convention)")
