@@ -1,37 +1,18 @@
-"""Reproductions 4-6 (overtraining, undertraining, bf16): specs, verdict logic both ways on stores of
-made-up runs, the two-stage effective-lr control, and the engine fields they added, through the
-real training loop (the lr_factors and jacobian callbacks, optimizer="torch-adamw")."""
+"""Reproductions 4-6 (overtraining, undertraining, bf16): their specs load, and the engine fields they
+added, through the real training loop (the lr_factors and jacobian callbacks, optimizer="torch-adamw").
+The verdict logic of each is tested in its own file (tests/test_reproduce_NAME.py)."""
 from __future__ import annotations
-
-import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-import decaylab.sweep
 from decaylab.diagnostics import jacobian_norm
 from decaylab.reproduce import get
 from decaylab.reproduce import stats as S
-from decaylab.reproduce.undertraining import control_label, spec_with_control
-from decaylab.sweep import Store
 from decaylab.train import TrainConfig, train, train_stacked
 from decaylab.train.schedules import LRSchedule
 
 NAMES = ("overtraining", "undertraining", "bf16")
-
-
-def fill(path, spec, result, configs=None):
-    """Register ``spec``'s runs (or ``configs``) in a store and finish each with ``result(label, config)``
-    = (final, curves)."""
-    store = Store(path)
-    store.register(spec.name, spec.text, configs if configs is not None else spec.configs())
-    while runs := store.claim(spec.name, 64, group=lambda run: 0):
-        for run in runs:
-            final, curves = result(run["label"], TrainConfig.from_dict(run["config"]))
-            store.finish(run["id"], final, curves)
-    store.close()
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- specs
@@ -72,142 +53,8 @@ def test_decide_and_combine():
 # overtraining: tests/test_reproduce_overtraining.py
 
 
-# ---------------------------------------------------------------------------------------------- undertraining
-
-
-def _lm_result(end_with_decay=2.60, control_end=2.65):
-    def result(label, c):
-        decayed = c.weight_decay > 0
-        control = label != "AdamW"
-        mid = 3.0 + (0.2 if decayed else 0.0)
-        end = end_with_decay if decayed else (control_end if control else 2.80)
-        norm = 1.0 if decayed else 2.0
-        noise = 0.002 * c.seed
-        curves = []
-        for step in range(c.eval_every, c.steps + 1, c.eval_every):
-            frac = step / c.steps
-            val = (mid + (end - mid) * (2 * frac - 1) if frac >= 0.5 else mid + (1 - 2 * frac)) + noise
-            curves.append({"step": step, "val_loss": val, "train_loss": val - 0.05, "weight_norm": norm,
-                           "effective_lr": 1e-3 / norm, "lr": 1e-3})
-        last = curves[-1]
-        return {"train_loss": last["train_loss"], "val_loss": last["val_loss"], "test_loss": last["val_loss"],
-                "weight_norm": norm}, curves
-
-    return result
-
-
-def test_undertraining_control_factors_are_the_norm_ratio(tmp_path):
-    spec = get("undertraining").spec()
-    store = fill(tmp_path / "s.sqlite", spec, _lm_result())
-    full = spec_with_control(store, spec)
-    controls = [c for label, c in full.configs() if label == control_label(10.0)]
-    assert len(controls) == 3 and {c.weight_decay for c in controls} == {0.0}
-    # ‖w(λ=0)‖ / ‖w(λ=10)‖ = 2 at every evaluation, 1 at step 0
-    assert controls[0].callbacks == ("lr_factors:" + ",".join(["1"] + ["2"] * (120 // 15)),)
-    assert "[[methods]]" in full.text and spec.text.strip() in full.text
-    assert len(full) == len(spec) + 3
-
-
-def test_undertraining_control_needs_the_finished_runs(tmp_path):
-    spec = get("undertraining").spec()
-    some = [(label, c) for label, c in spec.configs() if c.weight_decay == 0]
-    with pytest.raises(ValueError, match="finished"):
-        spec_with_control(fill(tmp_path / "s.sqlite", spec, _lm_result(), some), spec)
-
-
-@pytest.mark.parametrize("end_with_decay, control_end, held", [(2.60, 2.65, True), (2.90, 2.80, False),
-                                                               (2.60, 2.78, False)])
-def test_undertraining_verdict(tmp_path, end_with_decay, control_end, held):
-    spec = get("undertraining").spec()
-    result = _lm_result(end_with_decay, control_end)
-    store = fill(tmp_path / "s.sqlite", spec, result)
-    full = spec_with_control(store, spec)
-    fill(store, full, result)  # the control runs: the others are already done
-    v = get("undertraining").analyze(store, full, "small")
-    assert v.held is held, v.line
-    assert "step 60 and 120" in v.line and "3 seeds" in v.line
-    assert v.numbers["parts"]["mid higher λ=10"] == "held"
-
-
-def test_undertraining_runs_both_stages(tmp_path, monkeypatch):
-    """The two-stage run trains the spec, adds the control, trains only the control, and judges."""
-    real = decaylab.sweep.run_sweep
-    calls = []
-    fake_result = _lm_result()
-
-    def fake_train(config, **_):
-        final, curves = fake_result("control" if config.callbacks else "AdamW", config)
-        return SimpleNamespace(config=config, final=final, curves=curves)
-
-    def run_sweep(spec, store, **kwargs):
-        summary = real(spec, store, stack=1, progress=False, train_fn=fake_train)
-        calls.append((kwargs["stack"], summary.trained))
-        return summary
-
-    monkeypatch.setattr(decaylab.sweep, "run_sweep", run_sweep)
-    v = get("undertraining").run(store=tmp_path / "s.sqlite", report=False, progress=False)
-    assert calls == [(1, 9), (1, 3)]
-    assert v.held is True, v.line
-    sweeps = Store(tmp_path / "s.sqlite").sweeps()
-    assert "lr_factors" in sweeps[0]["spec"]
-    assert get("undertraining").spec().name == "reproduce-undertraining"  # back to the checked-in spec
-
-
-# ---------------------------------------------------------------------------------------------- bf16
-
-
-def _bf16_result(kahan_off=0.001, spike=True, torch_rounds=True):
-    def result(label, c):
-        decayed = c.weight_decay > 0
-        curves = []
-        for step in range(c.eval_every, 4 * c.eval_every + 1, c.eval_every):
-            frac = step / (4 * c.eval_every)
-            norm = 10.0 * (1 - 0.5 * frac) if decayed else 10.0
-            if decayed and label == "bf16 torch AdamW" and torch_rounds:
-                norm = 10.0  # the decay rounded away
-            if decayed and label == "bf16 decaylab AdamW":
-                norm *= 1 + kahan_off
-            loss = 2.0 - frac + 0.001 * c.seed
-            if spike and label == "bf16 autocast" and not decayed and frac == 0.75:
-                loss += 3.0
-            curves.append({"step": step, "weight_norm": norm, "train_loss": loss})
-        last = curves[-1]
-        return {"train_loss": last["train_loss"], "test_loss": 1.2, "weight_norm": last["weight_norm"]}, curves
-
-    return result
-
-
-def test_bf16_held(tmp_path):
-    spec = get("bf16").spec()
-    v = get("bf16").analyze(fill(tmp_path / "s.sqlite", spec, _bf16_result()), spec, "small")
-    assert v.held is True, v.line
-    assert v.numbers["torch_final_norm_ratio"]["mean"] == pytest.approx(2.0)
-    assert v.numbers["decay_effect_norm_ratio"]["bf16 torch AdamW"]["mean"] == pytest.approx(1.0)
-    assert v.numbers["decay_effect_norm_ratio"]["fp32"]["mean"] == pytest.approx(0.5)
-    assert v.numbers["kahan_max_trajectory_deviation"] == pytest.approx(0.001)
-    assert v.numbers["unstable_runs"]["bf16 autocast λ=0"] == 3
-
-
-CASES = {"compensated update drifts": (_bf16_result(kahan_off=0.05), "rounding"),
-         "torch keeps the decay": (_bf16_result(torch_rounds=False), "rounding"),
-         "no divergence": (_bf16_result(spike=False), "stability")}
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_bf16_not_held(tmp_path, case):
-    spec = get("bf16").spec()
-    result, part = CASES[case]
-    v = get("bf16").analyze(fill(tmp_path / "s.sqlite", spec, result), spec, "small")
-    assert v.held is False, v.line
-    assert v.numbers[part] == "did not hold"
-
-
-def test_unstable():
-    from decaylab.reproduce.bf16 import unstable
-
-    assert not unstable([(1, 2.0), (2, 1.5), (3, 1.6)], 1.6)
-    assert unstable([(1, 2.0), (2, 1.0), (3, 1.6)], 1.6)
-    assert unstable([(1, 2.0)], math.nan)
+# undertraining and bf16: their verdict logic is tested in tests/test_reproduce_undertraining.py and
+# tests/test_reproduce_bf16.py.
 
 
 # ---------------------------------------------------------------------------------------------- engine fields

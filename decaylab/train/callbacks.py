@@ -4,18 +4,21 @@ A reproduction that needs a knob (a weight-decay window, a loss scale, a probe, 
 curve) names a callback in its spec; it does not add a field to :class:`~decaylab.train.TrainConfig`.
 A callback is written ``name`` or ``name:ARGS`` and resolved from :data:`CALLBACKS`:
 
-==================================  ============================================================================
-``ema:BETA``                        an EMA of the weights, ``w̄ ← β·w̄ + (1−β)·w`` each step; final metrics
-                                    ``ema_*`` of the average (BatchNorm statistics recomputed), its norm
-``jacobian:N``                      final metric ``jacobian_norm``: mean ‖∂logits/∂w‖_F over the first N test
-                                    inputs ("Why WD", vision)
-``loss_scale:C``                    the training loss is multiplied by C (scale-freeness); evaluation is not
-``lr_factors:F0,F1,...``            ``η_t`` times the piecewise-linear curve through the F at evenly spaced
-                                    fractions of the run (an lr given as a table, e.g. measured from another run)
-``decay_window:A-B[,C-D...]``       λ acts only in the ``[A, B)``, ``[C, D)``, … fractions of the run (early
-                                    decay is ``0-0.5``, late ``0.5-1``); ``,matched`` scales λ so that the
-                                    integrated decay ``Σ_t s_t·λ_t`` equals that of λ over the whole run
-==================================  ============================================================================
+========================================  ============================================================================
+``ema:BETA``                              an EMA of the weights, ``w̄ ← β·w̄ + (1−β)·w`` each step; final metrics
+                                          ``ema_*`` of the average (BatchNorm statistics recomputed), its norm
+``jacobian:N``                            final metric ``jacobian_norm``: mean ‖∂logits/∂w‖_F over the first N test
+                                          inputs ("Why WD", vision)
+``loss_scale:C``                          the training loss is multiplied by C (scale-freeness); evaluation is not
+``lr_factors:F0,F1,...``                  ``η_t`` times the piecewise-linear curve through the F at evenly spaced
+                                          fractions of the run (an lr given as a table, e.g. measured from another run)
+``decay_window:A-B[,C-D...]``             λ acts only in the ``[A, B)``, ``[C, D)``, … fractions of the run (early
+                                          decay is ``0-0.5``, late ``0.5-1``); ``,matched`` scales λ so that the
+                                          integrated decay ``Σ_t s_t·λ_t`` equals that of λ over the whole run
+``optimizer_state:DTYPE[,stochastic]``    the optimizer's running averages stored in ``bf16``/``fp16``/``fp32``
+                                          (decaylab's ``state_dtype``; ``,stochastic``: stochastic rounding of bf16
+                                          state, ``state_rounding``), e.g. to measure the drift bf16 state causes
+========================================  ============================================================================
 
 The loop calls every callback at fixed points, top to bottom: :meth:`Callback.lr_factor` (each step's lr),
 :meth:`Callback.weight_decay` (the decayed group's λ, once), :meth:`Callback.loss_scale`,
@@ -47,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 __all__ = ["CALLBACKS", "Callback", "DecayWindow", "EMA", "Jacobian", "LRFactors", "LossScale", "LEGACY_FIELDS",
+           "OptimizerState",
            "canonical", "from_legacy", "legacy_fields", "parse", "register"]
 
 CALLBACKS: dict[str, type[Callback]] = {}
@@ -266,6 +270,45 @@ class LRFactors(Callback):
         from .schedules import piecewise_linear
 
         return piecewise_linear(self.factors, t, steps)
+
+
+@register
+@dataclass(frozen=True)
+class OptimizerState(Callback):
+    dtype: str
+    rounding: str = "nearest"
+    name: ClassVar[str] = "optimizer_state"
+    usage: ClassVar[str] = "optimizer_state:DTYPE[,stochastic]"
+    help: ClassVar[str] = ("the optimizer's running averages stored in DTYPE (bf16, fp16 or fp32; decaylab's "
+                           "state_dtype), bf16 optionally with stochastic rounding (state_rounding)")
+    DTYPES: ClassVar[tuple[str, ...]] = ("bf16", "fp16", "fp32")
+
+    @classmethod
+    def parse(cls, args: str) -> OptimizerState:
+        parts = args.split(",") if args else []
+        if not parts or parts[0] not in cls.DTYPES or len(parts) > 2 or parts[1:] not in ([], ["stochastic"]):
+            raise ValueError(f"callbacks: {cls.usage}: DTYPE one of {', '.join(cls.DTYPES)}, then optionally "
+                             f"',stochastic'; got {args!r}")
+        if parts[1:] and parts[0] != "bf16":
+            raise ValueError(f"callbacks: {cls.usage}: stochastic rounding is for bf16 state; got {args!r}")
+        return cls(parts[0], "stochastic" if parts[1:] else "nearest")
+
+    @property
+    def args(self) -> str:
+        return self.dtype + (",stochastic" if self.rounding == "stochastic" else "")
+
+    def check(self, config: Any) -> None:
+        if config.optimizer == "torch-adamw":
+            raise ValueError(f"callbacks: {self} needs decaylab's optimizer (optimizer='torch-adamw' keeps its "
+                             "state in the parameters' dtype)")
+
+    def start(self, run: Any) -> None:
+        import torch
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.dtype]
+        for group in run.optimizer.param_groups:
+            group["state_dtype"] = dtype
+            group["state_rounding"] = self.rounding
 
 
 @register
