@@ -7,9 +7,9 @@ decay does not act against over-fitting); what decay changes is the effective le
 
 **Setup.** A small GPT (``gpt-nano``: LayerNorm, 2 layers) trains for thousands of steps on the
 byte-level stdlib corpus in *under one pass* (the windows drawn sum to less than the training split),
-AdamW (β = (0.9, 0.95), clip 1.0) with warmup and cosine to 0.1·lr, at λ with ``lr·λ·T`` ∈ {0, 1, 3}
-(the paper's λ = 0.1 at lr 6e-4 over 50k steps has ``lr·λ·T`` = 3), beside a constant-lr λ = 0 run
-that measures the regime.
+AdamW (β = (0.9, 0.95), clip 1.0) with warmup and cosine to 0.1·lr, at λ = 0 and at λ with
+``lr·λ·T`` = 3 (the paper's λ = 0.1 at lr 6e-4 over 50k steps), beside a constant-lr λ = 0 run that
+measures the regime.
 
 **Statistic** (fixed in the spec's ``[claim]`` before running). Per seed (the same initial weights,
 data order and evaluation windows in every arm), at the judged λ (``[claim] judged_lr_lambda_T``):
@@ -23,8 +23,8 @@ data order and evaluation windows in every arm), at the judged λ (``[claim] jud
 ``[claim] mid_threshold`` / ``end_threshold``, against it when wholly below; ``narrowing`` counts for it
 when its interval lies wholly below ``[claim] gap_threshold``, against when wholly above
 (:func:`~decaylab.reproduce.stats.against`). HELD when all three count for it, DID NOT HOLD when any
-counts against; undecided, seeds are added up to ``max_seeds``. The other λ (``lr·λ·T`` = 1) is
-reported beside it (the dose), not judged.
+counts against; undecided, seeds are added up to ``max_seeds``. Any other λ > 0 of the grid (the
+paper scale's λ = 0.3) is reported beside it, not judged.
 
 **Premises** (PREMISE NOT MET, with which): the constant-lr λ = 0 run has *plateaued* before mid-run —
 its validation loss falls over the second half by at most ``[claim] plateau_ratio`` of what it fell
