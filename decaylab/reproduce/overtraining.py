@@ -139,7 +139,7 @@ def judge(test_err: Mapping[tuple[str, float, int], float], val_err: Mapping[tup
     parts[f"below large lr, λ={top[1]:g} (the top of the grid)"] = (iv, min_gain, S.against(iv, min_gain))
     rho = [spearman(lams[LARGE], [jacobian.get((lam, s), math.nan) for lam in lams[LARGE]]) for s in seeds]
     iv = S.interval(-r for r in rho)
-    parts["‖J‖_F falls with λ (−ρ)"] = (iv, jacobian_rho, S.against(iv, jacobian_rho))
+    parts["‖J‖_F falls with λ: −ρ ="] = (iv, jacobian_rho, S.against(iv, jacobian_rho))
     met = all(p.held for p in premises)
     held = S.combine(w for _, _, w in parts.values()) if met else None
     return Judgement(held, premises, lam_large, lam_small, parts, rho, seeds)
@@ -183,8 +183,8 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     if not all(p.held for p in j.premises):
         line = f"{NAME}: {S.PREMISE_NOT_MET} — {S.premises_line(j.premises)} ({setting})"
     else:
-        parts = "; ".join(f"{name} by {_points(iv) if 'λ' in name and 'ρ' not in name else iv.text('+.2f')} "
-                          f"({S.word(w)})" for name, (iv, _, w) in j.parts.items())
+        parts = "; ".join((f"{name} by {_points(iv)}" if "ρ" not in name else f"{name} {iv.text('+.2f')}")
+                          + f" ({S.word(w)})" for name, (iv, _, w) in j.parts.items())
         line = S.verdict_line(NAME, j.held, (
             f"test error large lr + λ*={j.lam_large:g} {_pct(err[(LARGE, j.lam_large)])}, small lr λ=0 "
             f"{_pct(err[(SMALL, 0.0)])}, small lr λ={j.lam_small:g} {_pct(err[(SMALL, j.lam_small)])}, large lr "
