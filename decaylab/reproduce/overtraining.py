@@ -36,7 +36,9 @@ need not fit), ``λ*_large`` lies inside the λ grid, and ≥ 3 seeds.
 
 Reported, not judged: the train loss at the lr drop and at the end of every cell (the paper's
 loss-stabilization signature: with decay the train loss stays high during the large-lr phase and
-drops across the lr drop), the weight norm, and each cell's ``‖J‖_F``.
+drops across the lr drop), the weight norm, each cell's ``‖J‖_F``, and the weight EMA (β = 0.999)
+read *at* the lr drop (the ``EMA`` runs: the large-lr phase alone) beside the final test error after
+the drop: does averaging the large-lr iterates give what the drop gives?
 """
 from __future__ import annotations
 
@@ -51,10 +53,11 @@ from . import _regimes as R
 from . import stats as S
 from .core import Reproduction, Verdict, register
 
-__all__ = ["REPRODUCTION", "analyze", "judge", "spearman", "Judgement", "CLAIM_KEYS", "SMALL", "LARGE"]
+__all__ = ["REPRODUCTION", "analyze", "judge", "spearman", "Judgement", "CLAIM_KEYS", "SMALL", "LARGE", "EMA"]
 
 NAME = "overtraining"
 SMALL, LARGE = "small lr", "large lr"
+EMA = "large lr, EMA at the drop"  # the large-lr phase alone, with a weight EMA read at its end (reported)
 #: The keys the spec's ``[claim]`` table must hold (besides max_seeds and seed_step).
 CLAIM_KEYS = ("min_gain", "jacobian_rho", "train_acc")
 
@@ -208,8 +211,10 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
             "selected": "λ*" if (label == LARGE and lam == j.lam_large) or (label == SMALL and lam == j.lam_small)
             else "",
         })
+    ema_rows, ema_numbers = _ema(store_path, spec.name, test_err)
+    table.extend(ema_rows)
     numbers = {
-        "selection": "validation", "seeds": n, "claim": claim, "lr": lrs,
+        "selection": "validation", "seeds": n, "claim": claim, "lr": lrs, "ema_at_the_drop": ema_numbers,
         "lambda_star_large": j.lam_large, "lambda_star_small": j.lam_small,
         "parts": {name: {"interval": iv.plain(), "threshold": thr, "result": S.word(w)}
                   for name, (iv, thr, w) in j.parts.items()},
@@ -231,6 +236,27 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
                         figures=[("Test error (both lrs) and ‖J‖_F (large lr) against λ, mean ± std over seeds",
                                   _figure(cells, lams, jac))])]
     return Verdict(NAME, j.held, line, numbers, sections, premises=j.premises, seeds=n)
+
+
+def _ema(store_path: str | Path, sweep: str, test_err: Mapping[tuple[str, float, int], float]
+         ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The weight EMA read at the lr drop (the ``EMA`` runs: the large-lr phase alone): per λ, the test error
+    of the EMA and of the iterate at the drop, beside the final test error of the full large-lr run, and the
+    paired per-seed difference EMA at the drop − final (reported, not judged)."""
+    runs = [r for r in R.finished_runs(store_path, sweep) if r.label == EMA and "ema_test_acc" in r.final]
+    rows, numbers = [], {}
+    for lam, group in sorted(R.by_cell(runs, lambda r: float(r.config["weight_decay"])).items()):
+        ema = {int(r.config["seed"]): 1.0 - r.final["ema_test_acc"] for r in group}
+        at_drop = S.Stat.of(1.0 - r.final["test_acc"] for r in group)
+        diff = S.interval(ema[s] - test_err[(LARGE, lam, s)] for s in ema if (LARGE, lam, s) in test_err)
+        numbers[f"λ={lam:g}"] = {"ema_test_error": S.Stat.of(ema.values()).plain(), "iterate_test_error":
+                                 at_drop.plain(), "ema_minus_final": diff.plain()}
+        rows.append({"cell": f"{EMA}, λ={lam:g}", "η·λ": "", "train acc (min)": "",
+                     "validation error": _pct(S.Stat.of(1.0 - r.final.get("ema_val_acc", math.nan) for r in group)),
+                     "test error": f"EMA {_pct(S.Stat.of(ema.values()))}; iterate {_pct(at_drop)}; EMA − final "
+                                   f"{_points(diff)}",
+                     "‖J‖_F": "", "train loss at the drop → end": "", "‖w‖": "", "selected": ""})
+    return rows, numbers
 
 
 def _pct(s: S.Stat) -> str:
