@@ -16,6 +16,7 @@ from decaylab.schedules import (
     SCHEDULE_CLASSES,
     ConstantDecay,
     CosineDecay,
+    DecayWindows,
     EarlyDecay,
     FollowSchedule,
     LateDecay,
@@ -283,6 +284,7 @@ ALL_SCHEDULES = [
     ConstantDecay(0.1),
     EarlyDecay(0.1, until=5),
     LateDecay(0.1, after=5),
+    DecayWindows(0.1, ((0, 3), (6, 9)), factor=2.0),
     FollowSchedule(0.2, CosineDecay(1.0, total_steps=8)),
     FollowSchedule(0.2, math.sqrt),
     CosineDecay(0.1, total_steps=8, final=0.01),
@@ -338,6 +340,10 @@ def test_repr_names_fields() -> None:
 # --- validation ---------------------------------------------------------------------------------
 
 BAD_INPUTS = [
+    (DecayWindows, (-0.1, ((0, 2),)), {}, "weight_decay must be a finite number >= 0, got -0.1"),
+    (DecayWindows, (0.1, ((3, 2),)), {}, r"start <= end, got \(3, 2\)"),
+    (DecayWindows, (0.1, ((0, 2, 4),)), {}, "windows must hold"),
+    (DecayWindows, (0.1, ((0, 2.5),)), {}, "window end must be a non-negative int, got 2.5"),
     (ConstantDecay, (-0.1,), {}, "weight_decay must be a finite number >= 0, got -0.1"),
     (ConstantDecay, (float("inf"),), {}, "weight_decay"),
     (ConstantDecay, ("0.1",), {}, "weight_decay"),

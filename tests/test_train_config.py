@@ -113,7 +113,7 @@ def test_stack_key_ignores_only_lr_weight_decay_seed():
 
 BAD = [
     ("dataset", "", "dataset must be a non-empty name"),
-    ("model", "resnet21", "model must be one of 'mlp', 'mlp-bn', 'cnn1d'"),
+    ("model", "resnet21", r"model must be one of 'mlp', 'mlp-bn', .*'resnet20'.*\(did you mean 'resnet20'\?\)"),
     ("optimizer", "adamw", "optimizer must be one of " + ", ".join(map(repr, OPTIMIZERS)) + "; got 'adamw'"),
     ("decay", "weird", "decay must be one of 'l2', 'decoupled'"),
     ("decay_scale", "paper", "decay_scale must be one of 'lr', 'schedule', 'corrected', 'constant'"),

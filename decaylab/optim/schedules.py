@@ -46,6 +46,7 @@ __all__ = [
     "SCHEDULE_CLASSES",
     "ConstantDecay",
     "CosineDecay",
+    "DecayWindows",
     "EarlyDecay",
     "FollowSchedule",
     "LateDecay",
@@ -489,10 +490,47 @@ class WarmRestartDecay:
         return weight_decay
 
 
+@dataclass(frozen=True)
+class DecayWindows:
+    """Weight decay in windows: ``λ_t = λ·factor`` while ``t`` lies in one of the ``[start, end)`` step
+    ranges of ``windows``, else ``0`` — early decay (``((0, T₀),)``), late decay, several windows, or
+    windows whose ``factor`` gives them the integrated decay of a whole run (Golatkar et al. 2019;
+    the ``decay_window:...`` callback of :mod:`decaylab.train.callbacks` builds it). ``weight_decay``
+    is a number or a ``(K,)`` tensor, one λ per stacked model.
+
+    >>> [DecayWindows(0.1, ((0, 2),))(t) for t in range(4)]
+    [0.1, 0.1, 0.0, 0.0]
+    >>> [DecayWindows(0.1, ((1, 2), (3, 4)), factor=2.0)(t) for t in range(4)]
+    [0.0, 0.2, 0.0, 0.2]
+    """
+
+    weight_decay: object
+    windows: tuple[tuple[int, int], ...]
+    factor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.weight_decay, torch.Tensor):
+            _set(self, "weight_decay", _check_real("weight_decay", self.weight_decay))
+        windows = tuple(tuple(w) for w in self.windows)
+        for w in windows:
+            if len(w) != 2:
+                raise ValueError(f"windows must hold (start, end) step pairs, got {w!r}")
+            start, end = (_check_int("window start", w[0], 0), _check_int("window end", w[1], 0))
+            if end < start:
+                raise ValueError(f"a window must have start <= end, got ({start}, {end})")
+        _set(self, "windows", windows)
+        _set(self, "factor", _check_real("factor", self.factor))
+
+    def __call__(self, step: int) -> object:
+        on = any(start <= step < end for start, end in self.windows)
+        return self.weight_decay * (self.factor if on else 0.0)
+
+
 SCHEDULE_CLASSES: tuple[type, ...] = (
     ConstantDecay,
     EarlyDecay,
     LateDecay,
+    DecayWindows,
     FollowSchedule,
     CosineDecay,
     WarmRestartDecay,

@@ -22,15 +22,13 @@ through ``f_i`` at step ``i·(T−1)/(n−1)`` (:func:`piecewise_linear`): a lea
 as a table, e.g. one measured from another run (the ``lr_factors:...`` callback; ``decaylab reproduce
 undertraining`` gives a λ = 0 run the effective learning rate of a decayed one this way).
 
-A weight-decay window (:class:`DecayWindows`, made by the ``decay_window:...`` callback of
-:mod:`decaylab.train.callbacks`) says *when* λ acts: in any union of ``[start, end)`` step ranges
-(early decay, Golatkar et al. 2019: ``[0, round(0.5·T))``; late decay the rest), times a factor that
-may match the integrated decay of the whole run. ``λ`` may be a ``(K,)`` tensor, one per stacked model,
-like the schedules of :mod:`decaylab.optim.schedules` that it builds on: the optimizer still scales it
-by ``s_t`` (``decay_scale``). Both classes are frozen dataclasses registered as plain data
-(:func:`decaylab.optim.schedules.plain_data`), so checkpoints hold them as numbers
-(``torch.load(weights_only=True)``); :class:`DecaySchedule` is kept so that checkpoints written with
-it still load.
+A weight-decay window (:class:`decaylab.schedules.DecayWindows`, made by the ``decay_window:...``
+callback of :mod:`decaylab.train.callbacks`; importable from here too) says *when* λ acts: in any
+union of ``[start, end)`` step ranges (early decay, Golatkar et al. 2019: ``[0, round(0.5·T))``; late
+decay the rest), times a factor that may match the integrated decay of the whole run; ``λ`` may be a
+``(K,)`` tensor, one per stacked model, and the optimizer still scales it by ``s_t`` (``decay_scale``).
+:class:`DecaySchedule`, registered as plain data (:func:`decaylab.optim.schedules.plain_data`) like
+every schedule, is kept so that checkpoints written with it still load.
 
 >>> s = LRSchedule("cosine", total_steps=4, warmup_steps=2)
 >>> [round(s(t), 4) for t in range(4)]
@@ -48,7 +46,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from decaylab.optim.schedules import plain_data, warm_restart_multiplier
+from decaylab.optim.schedules import DecayWindows, plain_data, warm_restart_multiplier
 
 from .config import TrainConfig
 
@@ -121,21 +119,6 @@ def piecewise_linear(values: tuple[float, ...], t: int, total_steps: int) -> flo
     x = min(max(t, 0), total_steps - 1) * (n - 1) / max(1, total_steps - 1)
     i = min(int(x), n - 2)
     return values[i] + (x - i) * (values[i + 1] - values[i])
-
-
-@plain_data
-@dataclass(frozen=True)
-class DecayWindows:
-    """``λ_t = weight_decay·factor`` while ``t`` is in one of the ``[start, end)`` step ranges of
-    ``windows``, else 0. ``weight_decay`` is a number or a ``(K,)`` tensor (one per stacked model)."""
-
-    weight_decay: Any
-    windows: tuple[tuple[int, int], ...]
-    factor: float = 1.0
-
-    def __call__(self, t: int) -> Any:
-        on = any(start <= t < end for start, end in self.windows)
-        return self.weight_decay * (self.factor if on else 0.0)
 
 
 @plain_data
