@@ -498,3 +498,22 @@ def test_mlp_stacked_forward_under_bf16_autocast():
     for n in params:
         assert out["stacked"][1][n].dtype == torch.float32
         assert_close(out["stacked"][1][n], out["vmap"][1][n], **bf16, msg=n)
+
+
+def test_every_model_says_what_it_reads_and_gets_its_sizes_from_the_data():
+    from decaylab.models import INPUTS, data_sizes, takes
+
+    for name in available():
+        assert takes(name) in INPUTS
+        sizes = data_sizes(name, input_shape=(1, 40), num_classes=7, vocab_size=256, block_size=16)
+        if takes(name) != "image":  # the image models need (3, H, W) inputs to run
+            model = build(name, **sizes)
+            x = torch.randint(0, 256, (2, 16)) if takes(name) == "tokens" else torch.randn(2, 1, 40)
+            out = model(x)
+            logits = out[0] if isinstance(out, tuple) else out
+            assert logits.shape[-1] == (256 if takes(name) == "tokens" else 7), name
+    with pytest.raises(ValueError, match=r"model 'cnn1d' takes a 1-d signal of shape \(L,\) or \(1, L\); "
+                                         r"dataset 'pics' has \(3, 8, 8\)"):
+        data_sizes("cnn1d", input_shape=(3, 8, 8), num_classes=10, dataset="pics")
+    with pytest.raises(ValueError, match="unknown model name 'mlp2'"):
+        takes("mlp2")

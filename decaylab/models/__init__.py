@@ -12,11 +12,14 @@ works under ``vmap`` (BatchNorm in train mode: yes, with stacked buffers; SDPA: 
 
 from decaylab.models.gpt import GPT, GPTConfig
 from decaylab.models.mnist1d import MLP, CNN1d
-from decaylab.models.registry import available, build, num_parameters
+from decaylab.models.registry import INPUTS, available, build, data_sizes, num_parameters, takes
 from decaylab.models.resnet import PreActResNet, ResNet, preact_resnet18, resnet20
 from decaylab.models.vgg import VGG, vgg16
 
 __all__ = [
+    "INPUTS",
+    "data_sizes",
+    "takes",
     "CNN1d",
     "GPT",
     "GPTConfig",

@@ -37,7 +37,9 @@ ValueError: 'resnet20-nobn' fixes norm='none'; for norm='bn' build 'resnet20'
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -47,7 +49,7 @@ from decaylab.models.mnist1d import MLP, CNN1d
 from decaylab.models.resnet import preact_resnet18, resnet20
 from decaylab.models.vgg import vgg16
 
-__all__ = ["available", "build", "num_parameters"]
+__all__ = ["INPUTS", "available", "build", "data_sizes", "num_parameters", "takes"]
 
 
 def _gpt_micro(**kwargs: Any) -> GPT:
@@ -64,20 +66,34 @@ def _gpt_nano(**kwargs: Any) -> GPT:
     return GPT(GPTConfig.nano(**kwargs))
 
 
-# name -> (builder, keywords the name fixes)
-_REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
-    "mlp": (MLP, {}),
-    "mlp-bn": (MLP, {"norm": "bn"}),
-    "mlp-deep": (MLP, {"hidden": (32,) * 8}),
-    "mlp-deep-bn": (MLP, {"hidden": (32,) * 8, "norm": "bn"}),
-    "cnn1d": (CNN1d, {}),
-    "resnet20": (resnet20, {"norm": "bn"}),
-    "resnet20-nobn": (resnet20, {"norm": "none"}),
-    "preact-resnet18": (preact_resnet18, {"norm": "bn"}),
-    "preact-resnet18-nobn": (preact_resnet18, {"norm": "none"}),
-    "vgg16": (vgg16, {"norm": "none"}),
-    "gpt-micro": (_gpt_micro, {}),
-    "gpt-nano": (_gpt_nano, {}),
+@dataclass(frozen=True)
+class _Entry:
+    builder: Callable[..., nn.Module]
+    fixed: dict[str, Any]  # keywords the name fixes
+    takes: str  # what it reads: a key of INPUTS
+
+
+INPUTS: dict[str, str] = {
+    "features": "a flat vector per example (any input shape, flattened): in_features, num_classes",
+    "signal": "a 1-d signal of shape (L,) or (1, L): in_length, num_classes",
+    "image": "images (B, 3, H, W): num_classes",
+    "tokens": "token ids (B, T ≤ block_size): vocab_size, block_size (a language model)",
+}
+"""What a model reads, and the sizes :func:`data_sizes` gives its builder for it."""
+
+_REGISTRY: dict[str, _Entry] = {
+    "mlp": _Entry(MLP, {}, "features"),
+    "mlp-bn": _Entry(MLP, {"norm": "bn"}, "features"),
+    "mlp-deep": _Entry(MLP, {"hidden": (32,) * 8}, "features"),
+    "mlp-deep-bn": _Entry(MLP, {"hidden": (32,) * 8, "norm": "bn"}, "features"),
+    "cnn1d": _Entry(CNN1d, {}, "signal"),
+    "resnet20": _Entry(resnet20, {"norm": "bn"}, "image"),
+    "resnet20-nobn": _Entry(resnet20, {"norm": "none"}, "image"),
+    "preact-resnet18": _Entry(preact_resnet18, {"norm": "bn"}, "image"),
+    "preact-resnet18-nobn": _Entry(preact_resnet18, {"norm": "none"}, "image"),
+    "vgg16": _Entry(vgg16, {"norm": "none"}, "image"),
+    "gpt-micro": _Entry(_gpt_micro, {}, "tokens"),
+    "gpt-nano": _Entry(_gpt_nano, {}, "tokens"),
 }
 
 
@@ -94,15 +110,53 @@ def build(name: str, **kwargs: Any) -> nn.Module:
             keyword contradicts what the name fixes.
         TypeError: a keyword the builder does not take.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model name {name!r}; available: {available()}")
-    builder, fixed = _REGISTRY[name]
+    entry = _entry(name)
+    builder, fixed = entry.builder, entry.fixed
     for key, value in fixed.items():
         if key in kwargs and kwargs[key] != value:
-            other = [n for n, (b, f) in _REGISTRY.items() if b is builder and f.get(key) == kwargs[key]]
+            other = [n for n, e in _REGISTRY.items() if e.builder is builder and e.fixed.get(key) == kwargs[key]]
             hint = f"; for {key}={kwargs[key]!r} build {other[0]!r}" if other else ""
             raise ValueError(f"{name!r} fixes {key}={value!r}{hint}")
     return builder(**{**kwargs, **fixed})
+
+
+def _entry(name: str) -> _Entry:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model name {name!r}; available: {available()}")
+    return _REGISTRY[name]
+
+
+def takes(name: str) -> str:
+    """What model ``name`` reads, a key of :data:`INPUTS` (``"tokens"``: a language model).
+
+    >>> takes("cnn1d"), takes("gpt-nano")
+    ('signal', 'tokens')
+    """
+    return _entry(name).takes
+
+
+def data_sizes(name: str, *, input_shape: tuple[int, ...] = (), num_classes: int | None = None,
+               vocab_size: int | None = None, block_size: int | None = None, dataset: str = "the data") -> dict[str, Any]:
+    """The keywords :func:`build` needs for model ``name`` on data of these sizes (``input_shape`` of
+    one example, the number of classes; a vocabulary and context length for a language model).
+    ``ValueError`` names the model, the dataset and what it reads when the shape does not fit.
+
+    >>> data_sizes("mlp", input_shape=(1, 40), num_classes=10)
+    {'in_features': 40, 'num_classes': 10}
+    >>> data_sizes("cnn1d", input_shape=(40,), num_classes=10)
+    {'in_length': 40, 'num_classes': 10}
+    """
+    kind = takes(name)
+    if kind == "tokens":
+        return {"vocab_size": vocab_size, "block_size": block_size}
+    if kind == "features":
+        return {"in_features": math.prod(input_shape), "num_classes": num_classes}
+    if kind == "signal":
+        shape = tuple(input_shape)
+        if not shape or len(shape) > 2 or (len(shape) == 2 and shape[0] != 1):
+            raise ValueError(f"model {name!r} takes {INPUTS[kind].split(':')[0]}; dataset {dataset!r} has {shape}")
+        return {"in_length": shape[-1], "num_classes": num_classes}
+    return {"num_classes": num_classes}
 
 
 def num_parameters(model: nn.Module, trainable_only: bool = False) -> int:

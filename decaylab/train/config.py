@@ -315,7 +315,9 @@ class TrainConfig:
 
     @property
     def is_language_model(self) -> bool:
-        return self.model.startswith("gpt")
+        from decaylab.models import takes  # the registry says what each model reads
+
+        return takes(self.model) == "tokens"
 
     @property
     def parsed_callbacks(self) -> list[Any]:

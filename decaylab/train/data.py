@@ -10,7 +10,6 @@ each step draws ``batch_size`` windows per model with :meth:`decaylab.data.TextD
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ from torch import Tensor, nn
 
 from decaylab import data as datasets
 from decaylab.data import TensorData, TextData
-from decaylab.models import build
+from decaylab.models import build, data_sizes
 
 from .config import TrainConfig
 
@@ -75,17 +74,10 @@ def build_model(config: TrainConfig, data: TensorData | TextData) -> nn.Module:
     features or length, classes, vocabulary). Uses torch's global RNG: seed it first."""
     check_fits(config, data)
     if isinstance(data, TextData):
-        return build(config.model, vocab_size=data.vocab_size, block_size=config.block_size)
-    shape = data.input_shape
-    if config.model in ("mlp", "mlp-bn", "mlp-deep", "mlp-deep-bn"):
-        return build(config.model, in_features=math.prod(shape), num_classes=data.num_classes)
-    if config.model == "cnn1d":
-        if len(shape) > 2 or (len(shape) == 2 and shape[0] != 1):
-            raise ValueError(
-                f"model 'cnn1d' takes 1-d signals of shape (L,) or (1, L); dataset {data.name!r} has {shape}"
-            )
-        return build("cnn1d", in_length=shape[-1], num_classes=data.num_classes)
-    return build(config.model, num_classes=data.num_classes)
+        sizes = data_sizes(config.model, vocab_size=data.vocab_size, block_size=config.block_size)
+    else:
+        sizes = data_sizes(config.model, input_shape=data.input_shape, num_classes=data.num_classes, dataset=data.name)
+    return build(config.model, **sizes)
 
 
 def steps_per_epoch(config: TrainConfig, data: TensorData | TextData) -> int:
