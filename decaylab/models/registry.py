@@ -136,7 +136,8 @@ def takes(name: str) -> str:
 
 
 def data_sizes(name: str, *, input_shape: tuple[int, ...] = (), num_classes: int | None = None,
-               vocab_size: int | None = None, block_size: int | None = None, dataset: str = "the data") -> dict[str, Any]:
+               vocab_size: int | None = None, block_size: int | None = None,
+               dataset: str = "the data") -> dict[str, Any]:
     """The keywords :func:`build` needs for model ``name`` on data of these sizes (``input_shape`` of
     one example, the number of classes; a vocabulary and context length for a language model).
     ``ValueError`` names the model, the dataset and what it reads when the shape does not fit.
