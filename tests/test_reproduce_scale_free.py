@@ -181,7 +181,8 @@ def test_analyze_both_ways_and_a_premise(tmp_path, tiny_iterates, no_bn_gain, bn
     assert verdict.status == status, verdict.line
     assert verdict.line.startswith(f"scale-free: {status}")
     if status == "PREMISE NOT MET":
-        assert "decay matters without BN" in verdict.line
+        assert "decay matters without BN" in verdict.line and "judged where its premises held: iterates held" in \
+            verdict.line and "AdamW − Adam+L2" not in verdict.line  # the BN half is not judged
     else:
         assert "bitwise identical" in verdict.line and f"inside ±{100 * SPEC.claim['tie']:g}" in verdict.line
     names = [p.name for p in verdict.premises]
@@ -197,7 +198,7 @@ def test_an_optimum_on_the_lr_edge_is_a_premise_not_met(tmp_path, tiny_iterates)
 
     def final_of(label, c):  # the largest lr is best everywhere
         out = base(label, c)
-        bump = 0.2 if c.lr == max(x.lr for _, x in SPEC.configs()) else 0.0
+        bump = 0.2 if c.lr == max(x.lr for lab, x in SPEC.configs() if lab == label) else 0.0
         return {**out, "val_acc": out["val_acc"] + bump, "test_acc": out["test_acc"] + bump}
 
     _fill(store, SPEC, final_of)
@@ -211,3 +212,21 @@ def test_select_cell_uses_validation_not_test():
     assert SF.select_cell(cells) == (0.1, 1.0)
     cells[(0.1, 1.0)][1]["val_acc"] = math.nan  # a diverged seed makes the cell worst
     assert SF.select_cell(cells) == (0.1, 0.0)
+
+
+def test_runs_of_an_older_spec_text_in_the_store_are_ignored(tmp_path, tiny_iterates):
+    text = (SF.SPEC_DIR / "scale-free.toml").read_text()
+    wider = load_spec(text.replace("lr = [1e-2, 3e-2, 1e-1, 3e-1]", "lr = [1e-2, 3e-2, 1e-1, 3e-1, 1.0]"))
+    assert len(wider.configs()) > len(SPEC.configs())
+    base = _world(0.03, 0.0)
+
+    def final_of(label, c):  # lr 1.0 (not in SPEC) would be selected, on the grid's edge, if it were read
+        if c.lr == 1.0:
+            return {"val_acc": 0.99, "test_acc": 0.99, "train_acc": 1.0, "test_loss": 0.1, "val_loss": 0.1,
+                    "train_loss": 0.1}
+        return base(label, c)
+
+    store = tmp_path / "s.sqlite"
+    _fill(store, wider, final_of)
+    verdict = SF.analyze(store, SPEC, "small")
+    assert verdict.status == "HELD", verdict.line
