@@ -14,8 +14,12 @@ rewrites the block of ``README.md`` between :data:`BEGIN` and :data:`END` with :
 ...           "premises": [{"name": "p", "value": 1.0, "threshold": 0.5, "held": True, "relation": "≥"}],
 ...           "seeds": 5, "looks": [{"seeds": 3, "status": "INCONCLUSIVE"}, {"seeds": 5, "status": "HELD"}],
 ...           "wall_s": 12.0, "cores": 2, "finished": "2026-12-03T12:00:00+00:00"}
->>> print(render([record]).splitlines()[4])
-| `x` | **HELD** | 1.0 vs 0.5 | 1/1 met | 5 (3 → 5) | 12 s |
+>>> for line in render([record]).splitlines()[4:]:
+...     print(line)
+| `x` | **HELD** | 1/1 met | 5 (3 → 5) | 12 s |
+<BLANKLINE>
+- `x` **HELD** — 1.0 vs 0.5
+  Premises: p 1 ≥ 0.5 (met).
 """
 from __future__ import annotations
 
@@ -93,9 +97,9 @@ def _value(v: Any) -> str:
 
 
 def render(records: Sequence[dict[str, Any]]) -> str:
-    """The block the README holds: a summary line, one table row per reproduction (status, effect
-    against its threshold, premises, seeds with the looks that led there, wall time) and each
-    reproduction's premises with their measured values."""
+    """The block the README holds: a summary line, a table with one row per reproduction (status,
+    premises, seeds with the looks that led there, wall time), then one paragraph per reproduction
+    with its effect against its threshold and each premise with its measured value."""
     total = sum(float(r["wall_s"]) for r in records)
     cores = sorted({r.get("cores") for r in records if r.get("cores")})
     days = sorted({str(r.get("finished", ""))[:10] for r in records if r.get("finished")})
@@ -104,19 +108,19 @@ def render(records: Sequence[dict[str, Any]]) -> str:
     on = f" on {'/'.join(map(str, cores))} CPU cores" if cores else ""
     lines = [f"Scale {', '.join(scales)}{on}{when}: {len(records)} reproductions in {total:.0f} s of wall time.",
              "",
-             "| reproduction | status | effect against its threshold | premises | seeds | wall |",
-             "|---|---|---|---|---|---|"]
+             "| reproduction | status | premises | seeds | wall |",
+             "|---|---|---|---|---|"]
     for r in records:
-        effect = _effect(r).replace("|", "\\|")
-        lines.append(f"| `{r['name']}` | **{r['status']}** | {effect} | {_premises(r)} | {_seeds(r)} | "
-                     f"{float(r['wall_s']):.0f} s |")
+        wall = f"{float(r['wall_s']):.0f} s"
+        lines.append(f"| `{r['name']}` | **{r['status']}** | {_premises(r)} | {_seeds(r)} | {wall} |")
     lines.append("")
     for r in records:
-        if not r["premises"]:
-            continue
-        parts = [f"{p['name']} {_value(p['value'])} {p.get('relation') or 'vs'} {_value(p['threshold'])} "
-                 f"({'met' if p['held'] else 'NOT MET'})" for p in r["premises"]]
-        lines.append(f"- `{r['name']}` premises: " + "; ".join(parts) + ".")
+        text = f"- `{r['name']}` **{r['status']}** — {_effect(r)}"
+        if r["premises"]:
+            parts = [f"{p['name']} {_value(p['value'])} {p.get('relation') or 'vs'} {_value(p['threshold'])} "
+                     f"({'met' if p['held'] else 'NOT MET'})" for p in r["premises"]]
+            text += "\n  Premises: " + "; ".join(parts) + "."
+        lines.append(text)
     return "\n".join(lines).rstrip() + "\n"
 
 
