@@ -75,7 +75,7 @@ def _tiny(tmp_path: Path, claim: str = "") -> Path:
     return spec_file
 
 
-def test_seeds_are_added_until_the_verdict_is_decided(tmp_path):
+def test_seeds_are_added_until_the_verdict_is_decided(tmp_path, capsys):
     looks = []
 
     def analyze(store, spec, scale):
@@ -98,6 +98,7 @@ def test_seeds_are_added_until_the_verdict_is_decided(tmp_path):
     assert record["premises"] == [{"name": "p", "value": 1.0, "threshold": 0.5, "held": True, "relation": "≥",
                                    "detail": ""}]
     assert "Seeds were added until the verdict was decided" in verdict.report.read_text()
+    assert "different spec text" not in capsys.readouterr().err  # its own added seeds are no news
 
     looks.clear()  # a second call reads the 7 seeds the store has: decided at once, nothing trains
     again = repro.run(store=tmp_path / "t.sqlite", out=tmp_path / "out", progress=False, processes=1)

@@ -193,7 +193,8 @@ class Reproduction:
         looks: list[dict[str, Any]] = []
         while True:  # seeds are added in steps fixed in advance until the verdict is decided (or max_seeds)
             run_sweep(spec, store, stack=stack or self.stack or DEFAULT_STACK, progress=progress,
-                      processes=processes, retry_failed=retry_failed)
+                      processes=processes, retry_failed=retry_failed,
+                      note_spec_change=not looks)  # seeds it adds itself are no news
             verdict = self.analyze(store, spec, scale, **extra)
             verdict.seeds = verdict.seeds or _finished_seeds(store, spec.name)
             looks.append({"seeds": verdict.seeds, "status": verdict.status})

@@ -155,6 +155,7 @@ def run_sweep(
     max_deaths: int = MAX_DEATHS,
     write_retry_s: float = WRITE_RETRY_S,
     executor: Executor | None = None,
+    note_spec_change: bool = True,
 ) -> SweepSummary:
     """Train every run of ``spec`` not yet done in ``store``; returns a :class:`SweepSummary`.
 
@@ -171,7 +172,8 @@ def run_sweep(
     ``max_runs``). ``allow_spec_change``: accept a spec that relabels runs the store holds under this
     sweep's name (:meth:`Store.register`). ``max_deaths``: a run whose process died this many times is
     marked failed. ``write_retry_s``: how long a trained result is kept in memory while the store cannot
-    take it (a full disk).
+    take it (a full disk). ``note_spec_change=False``: no note that the store holds this sweep from
+    another spec text (for a caller that extends its own spec, e.g. a reproduction adding seeds).
 
     Raises:
         ValueError: a bad argument (named, with what is allowed), a run that cannot train here (its
@@ -204,7 +206,7 @@ def run_sweep(
         store = Store(store)
     started = time.time()
     try:
-        configs, stack_keys = _register(spec, store, retry_failed, allow_spec_change, max_deaths)
+        configs, stack_keys = _register(spec, store, retry_failed, allow_spec_change, max_deaths, note_spec_change)
         executor.start(stack, train_fn, train_stacked_fn)
         try:
             counts = _drive(spec, store, executor, configs, stack_keys, stack=stack, limit=limit, progress=progress,
@@ -339,7 +341,7 @@ def _trainers(stack: int, train_fn: Callable[..., Any] | None,
 
 
 def _register(spec: Spec, store: Store, retry_failed: bool, allow_spec_change: bool = False,
-              max_deaths: int = MAX_DEATHS) -> tuple[dict[str, tuple[str, Any]], dict[str, Any]]:
+              max_deaths: int = MAX_DEATHS, note: bool = True) -> tuple[dict[str, tuple[str, Any]], dict[str, Any]]:
     """Record ``spec``'s runs in ``store`` (pending), requeue runs of dead processes and, with
     ``retry_failed``, failed runs; returns ``key -> (label, config)`` and ``key -> stack key``.
     A spec that relabels stored runs raises :class:`~decaylab.store.SpecConflictError`
@@ -351,7 +353,7 @@ def _register(spec: Spec, store: Store, retry_failed: bool, allow_spec_change: b
     per_model = getattr(type(first), "per_model_fields", None)  # the config class's own list (TrainConfig's)
     added = store.register(spec.name, spec.text, spec.configs(), allow_spec_change=allow_spec_change,
                            per_model=per_model() if per_model else None)
-    if versions and all(v["spec"] != spec.text for v in versions):
+    if note and versions and all(v["spec"] != spec.text for v in versions):
         others = sum(1 for key in store.statuses(spec.name) if key not in configs)
         print(f"note: sweep {spec.name!r} is in {store.path} from a different spec text; the store keeps its "
               f"runs ({others} of them not in this spec) and every spec text it was run with (this one is version "
