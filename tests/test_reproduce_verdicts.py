@@ -181,3 +181,21 @@ def test_table_errors_name_the_problem(tmp_path, capsys):
     assert "has no verdict block" in capsys.readouterr().err and readme.read_text() == "no block here\n"
     assert main(["reproduce", "--update", str(readme)]) == 2
     assert "--copy-to and --update go with --table" in capsys.readouterr().err
+
+
+def test_the_readme_table_is_generated_from_the_kept_verdicts():
+    """The README's verdicts are what `decaylab reproduce --table` renders from docs/verdicts (the
+    verdict.json files of the last `decaylab reproduce all`): nobody typed them. Every claim has its
+    record, selected on validation."""
+    from decaylab.reproduce import claims
+
+    kept = ROOT / "docs" / "verdicts"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert verdicts.BEGIN in readme and verdicts.END in readme
+    block = readme.split(verdicts.BEGIN, 1)[1].split(verdicts.END, 1)[0].lstrip("\n")
+    records = verdicts.read([kept])
+    assert block == verdicts.render(records)
+    assert {r["name"] for r in records} == set(claims())
+    for r in records:
+        assert r["selection"] == "validation" and r["status"] in stats.STATUSES
+        assert r["seeds"] == r["looks"][-1]["seeds"] and r["status"] == r["looks"][-1]["status"]
