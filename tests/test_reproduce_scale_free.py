@@ -9,7 +9,7 @@ import pytest
 
 from decaylab.reproduce import get
 from decaylab.reproduce import scale_free as SF
-from decaylab.reproduce.core import SPEC_DIR, spec_seeds
+from decaylab.reproduce.core import SPEC_DIR, claim_numbers, spec_seeds
 from decaylab.sweep import load_spec, run_sweep
 from decaylab.train import RunResult
 
@@ -31,7 +31,7 @@ def test_specs_load_with_their_claim_keys(scale):
     claim = spec.claim
     assert set(SF.CLAIM_KEYS) <= set(claim) and claim["max_seeds"] >= spec_seeds(spec)
     assert all(claim[k] > 0 for k in SF.CLAIM_KEYS)
-    assert SF._claim(spec, SF.CLAIM_KEYS)  # the analysis accepts it
+    assert claim_numbers(spec, SF.CLAIM_KEYS, positive=True)  # the analysis accepts it
     configs = [c for _, c in spec.configs()]
     assert {SF.has_batchnorm(model) for model in {c.model for c in configs}} == {False, True}
     assert {c.decay for c in configs} == {"l2", "decoupled"}

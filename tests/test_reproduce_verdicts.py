@@ -199,3 +199,15 @@ def test_the_readme_table_is_generated_from_the_kept_verdicts():
     for r in records:
         assert r["selection"] == "validation" and r["status"] in stats.STATUSES
         assert r["seeds"] == r["looks"][-1]["seeds"] and r["status"] == r["looks"][-1]["status"]
+
+
+def test_claim_numbers_name_every_bad_key():
+    from decaylab.reproduce.core import claim_numbers
+
+    spec = load_spec('name = "t"\n[claim]\na = 0.5\nb = "x"\nc = -1\nd = true\n[base]\nlr = 0.1\n')
+    assert claim_numbers(spec, ("a", "c")) == {"a": 0.5, "c": -1.0}
+    with pytest.raises(ValueError, match=r"the spec 't' needs \[claim\] b, d, e = numbers .*got \{'b': 'x', 'd': True, "
+                                         r"'e': None\}"):
+        claim_numbers(spec, ("a", "b", "d", "e"))
+    with pytest.raises(ValueError, match=r"needs \[claim\] c = numbers > 0"):
+        claim_numbers(spec, ("a", "c"), positive=True)

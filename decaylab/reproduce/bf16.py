@@ -39,7 +39,7 @@ from typing import Any
 from ..report.build import Section
 from . import _regimes as R
 from . import stats as S
-from .core import Reproduction, Verdict, register
+from .core import Reproduction, Verdict, claim_numbers, register
 
 __all__ = ["BF16", "Stability", "analyze", "diverged", "judge_stability"]
 
@@ -113,16 +113,8 @@ def judge_stability(div: Mapping[tuple[str, float, float, int], bool], wd: float
     return Stability(S.combine(parts.values()), premises, effects, parts, counts, lowest, len(seeds))
 
 
-def _claim(spec: Any) -> dict[str, float]:
-    claim = getattr(spec, "claim", None) or {}
-    missing = [k for k in CLAIM_KEYS if isinstance(claim.get(k), bool) or not isinstance(claim.get(k), int | float)]
-    if missing:
-        raise ValueError(f"the spec {spec.name!r} needs numbers for [claim] {', '.join(missing)}")
-    return {k: float(claim[k]) for k in CLAIM_KEYS}
-
-
 def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
-    claim = _claim(spec)
+    claim = claim_numbers(spec, CLAIM_KEYS)
     tolerance = claim["track_tolerance"]
     runs = R.finished_runs(store_path, spec.name)
     cells = R.by_cell(runs, lambda r: (r.label, r.config["weight_decay"]))

@@ -38,6 +38,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import math
 import os
 import pkgutil
 import sys
@@ -52,7 +53,7 @@ from ..report.build import Section
 from . import stats
 
 __all__ = ["SCALES", "Verdict", "Reproduction", "REGISTRY", "register", "get", "describe", "discover", "spec_path",
-           "spec_seeds", "claims"]
+           "claim_numbers", "spec_seeds", "claims"]
 
 SCALES = ("small", "paper")
 SPEC_DIR = Path(__file__).resolve().parent / "specs"
@@ -315,6 +316,21 @@ def describe(names: Sequence[str] | None = None) -> str:
         lines.append(f"    source: {r.source}")
         lines.append(f"    scales: {', '.join(r.specs)}")
     return "\n".join(lines)
+
+
+def claim_numbers(spec: Any, keys: Sequence[str], *, positive: bool = False) -> dict[str, float]:
+    """The numbers ``keys`` of ``spec``'s ``[claim]`` table (the thresholds a reproduction fixed in
+    advance), as floats. ``ValueError`` names the spec and every key that is missing or not a number
+    (or not > 0 with ``positive``), with what it holds."""
+    claim = getattr(spec, "claim", None) or {}
+    bad = {k: claim.get(k) for k in keys
+           if isinstance(claim.get(k), bool) or not isinstance(claim.get(k), int | float)
+           or not math.isfinite(claim[k]) or (positive and not claim[k] > 0)}
+    if bad:
+        what = "numbers > 0" if positive else "numbers"
+        raise ValueError(f"the spec {spec.name!r} needs [claim] {', '.join(bad)} = {what} (see the spec's "
+                         f"comments); got {bad!r}")
+    return {k: float(claim[k]) for k in keys}
 
 
 def spec_seeds(spec: Any) -> int:

@@ -45,7 +45,7 @@ from typing import Any
 from ..report.build import Section
 from . import _regimes as R
 from . import stats as S
-from .core import Reproduction, Verdict, register
+from .core import Reproduction, Verdict, claim_numbers, register
 
 __all__ = ["REPRODUCTION", "analyze", "judge", "method_slopes", "integrated_decay", "MethodSlopes", "Judgement",
            "COUPLED", "DECOUPLED", "TORCH", "CLAIM_KEYS", "MIN_ROWS", "MAX_EFOLDS_OFF"]
@@ -265,15 +265,6 @@ def integrated_decay(config: Mapping[str, Any]) -> float:
 # ----------------------------------------------------------------------------------------------- the verdict
 
 
-def _claim(spec: Any) -> dict[str, Any]:
-    claim = dict(getattr(spec, "claim", None) or {})
-    bad = [k for k in CLAIM_KEYS if isinstance(claim.get(k), bool) or not isinstance(claim.get(k), int | float)]
-    if bad:
-        raise ValueError(f"the spec {spec.name!r} needs [claim] {', '.join(bad)} = numbers (see "
-                         f"decaylab/reproduce/specs/decoupling.toml); got {({k: claim.get(k) for k in bad})!r}")
-    return claim
-
-
 def read(store_path: str | Path, spec: Any) -> tuple[dict[str, dict[Cell, float]], dict[str, dict[Cell, float]],
                                                     dict[str, dict[Cell, Any]]]:
     """``(val_loss, train_acc, run)`` per method label and ``(lr, λ, seed)`` cell, the spec's methods in order."""
@@ -292,7 +283,7 @@ def read(store_path: str | Path, spec: Any) -> tuple[dict[str, dict[Cell, float]
 
 
 def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
-    claim = _claim(spec)
+    claim = claim_numbers(spec, CLAIM_KEYS)
     losses, accs, by = read(store_path, spec)
     if COUPLED not in losses or DECOUPLED not in losses:
         return Verdict(NAME, None, f"{NAME}: INCONCLUSIVE — the store has no finished runs of {COUPLED!r} and "

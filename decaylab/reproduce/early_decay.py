@@ -52,7 +52,7 @@ from ..report.build import Section
 from ..store import load_curves
 from . import _regimes as R
 from . import stats as S
-from .core import Reproduction, Verdict, register
+from .core import Reproduction, Verdict, claim_numbers, register
 
 __all__ = ["REPRODUCTION", "ARMS", "LABELS", "analyze", "integrated_decay", "judge", "Judgement", "CLAIM_KEYS"]
 
@@ -141,24 +141,12 @@ def judge(errors: Mapping[str, Mapping[int, float]], *, most: float, min_benefit
     return Judgement(held, premises, seeds, gains, benefit, early, late, parts, recovered)
 
 
-def _claim(spec: Any) -> dict[str, float]:
-    claim = getattr(spec, "claim", None) or {}
-    out = {}
-    for key in CLAIM_KEYS:
-        value = claim.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"the spec {spec.name!r} needs [claim] {key} = a number (see the spec's comments); "
-                             f"got {value!r}")
-        out[key] = float(value)
-    return out
-
-
 def _arm(run: Any) -> str | None:
     return {v: k for k, v in LABELS.items()}.get(run.label)
 
 
 def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
-    claim = _claim(spec)
+    claim = claim_numbers(spec, CLAIM_KEYS)
     runs = [r for r in R.finished_runs(store_path, spec.name) if _arm(r) is not None]
     cells = R.by_cell(runs, _arm)
     missing = [LABELS[a] for a in ARMS if len(cells.get(a, [])) == 0]

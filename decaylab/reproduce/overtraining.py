@@ -51,7 +51,7 @@ from typing import Any
 from ..report.build import Section
 from . import _regimes as R
 from . import stats as S
-from .core import Reproduction, Verdict, register
+from .core import Reproduction, Verdict, claim_numbers, register
 
 __all__ = ["REPRODUCTION", "analyze", "judge", "spearman", "Judgement", "CLAIM_KEYS", "SMALL", "LARGE", "EMA"]
 
@@ -151,20 +151,8 @@ def judge(test_err: Mapping[tuple[str, float, int], float], val_err: Mapping[tup
 # ----------------------------------------------------------------------------------------------- the verdict
 
 
-def _claim(spec: Any) -> dict[str, float]:
-    claim = getattr(spec, "claim", None) or {}
-    out = {}
-    for key in CLAIM_KEYS:
-        value = claim.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"the spec {spec.name!r} needs [claim] {key} = a number (see the spec's comments); "
-                             f"got {value!r}")
-        out[key] = float(value)
-    return out
-
-
 def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
-    claim = _claim(spec)
+    claim = claim_numbers(spec, CLAIM_KEYS)
     runs = [r for r in R.finished_runs(store_path, spec.name) if r.label in (SMALL, LARGE)]
     key = {r.id: (r.label, float(r.config["weight_decay"]), int(r.config["seed"])) for r in runs}
     test_err = {key[r.id]: 1.0 - r.final["test_acc"] for r in runs}

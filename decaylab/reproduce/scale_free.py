@@ -59,7 +59,7 @@ import numpy as np
 from ..report.build import Section
 from . import _regimes as R
 from . import stats as S
-from .core import SPEC_DIR, Reproduction, Verdict, register
+from .core import SPEC_DIR, Reproduction, Verdict, claim_numbers, register
 
 __all__ = ["REPRODUCTION", "analyze", "iterate_differences", "judge_iterates", "judge_batchnorm", "has_batchnorm",
            "expected_scale_free", "gradient_spread", "select_cell", "loss_scale", "ITERATE_SPECS", "ULP_HALF"]
@@ -106,17 +106,6 @@ def has_batchnorm(model: str) -> bool:
     from ..models import build
 
     return any(isinstance(m, _BatchNorm) for m in build(model).modules())
-
-
-def _claim(spec: Any, keys: Sequence[str]) -> dict[str, float]:
-    claim = getattr(spec, "claim", None) or {}
-    out = {}
-    for key in keys:
-        value = claim.get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ValueError(f"the spec {spec.name!r} needs [claim] {key} = a number > 0; got {value!r}")
-        out[key] = float(value)
-    return out
 
 
 # ---------------------------------------------------------------------------------------- claim 1
@@ -368,7 +357,7 @@ def _arm(runs: Sequence[Any]) -> dict[str, Any]:
 def analyze(store_path: str | Path, spec: Any, scale: str, *, progress: bool = False) -> Verdict:
     from ..sweep import load_spec
 
-    claim = _claim(spec, CLAIM_KEYS)
+    claim = claim_numbers(spec, CLAIM_KEYS, positive=True)
     from ..train import TrainConfig
 
     wanted = {(label, config.key()) for label, config in spec.configs()}  # a store may hold an older spec's runs too
@@ -400,7 +389,7 @@ def analyze(store_path: str | Path, spec: Any, scale: str, *, progress: bool = F
 
     # claim 1: the iterate spec, trained here
     iterate_spec = load_spec(SPEC_DIR / ITERATE_SPECS[scale])
-    changed = _claim(iterate_spec, ("changed",))["changed"]
+    changed = claim_numbers(iterate_spec, ("changed",), positive=True)["changed"]
     iterates = iterate_differences(iterate_spec, progress=progress)
     held_it, it_numbers = judge_iterates(iterates["runs"], changed=changed)
 

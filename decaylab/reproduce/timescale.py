@@ -37,7 +37,7 @@ from typing import Any
 from ..report.build import Section
 from . import _regimes as R
 from . import stats as S
-from .core import Reproduction, Verdict, register
+from .core import Reproduction, Verdict, claim_numbers, register
 from .stats import row_optimum
 
 __all__ = ["REPRODUCTION", "analyze", "judge", "row_optimum", "slopes"]
@@ -164,7 +164,7 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
         return Verdict(NAME, None, f"{NAME}: INCONCLUSIVE — no finished run of the spec", {"runs": 0})
     batch = runs[0].config["batch_size"]
     epochs = runs[0].config["epochs"]
-    threshold = _threshold(spec)
+    threshold = claim_numbers(spec, ("threshold",))["threshold"]
     try:
         j = judge(losses, threshold=threshold)
     except ValueError as error:
@@ -224,14 +224,6 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
                         figures=[("λ* (geometric mean over seeds) against N, one line per lr; dashed: constant "
                                   "τ_epoch through the smallest N", _figure(table, sizes, lrs, batch))])]
     return Verdict(NAME, j.held, line, numbers, sections, premises=j.premises, seeds=len(seeds))
-
-
-def _threshold(spec: Any) -> float:
-    value = (getattr(spec, "claim", None) or {}).get("threshold")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"the spec {spec.name!r} needs [claim] threshold = a number (the slope that separates "
-                         f"constant τ_epoch, −1, from a constant λ, 0); got {value!r}")
-    return float(value)
 
 
 def _figure(table: list[dict[str, Any]], sizes: list[int], lrs: list[float], batch: int) -> Any:

@@ -48,7 +48,7 @@ from typing import Any
 from ..report.build import Section
 from . import _regimes as R
 from . import stats as S
-from .core import Reproduction, Verdict, register
+from .core import Reproduction, Verdict, claim_numbers, register
 
 __all__ = ["UNDERTRAINING", "Judgement", "analyze", "judge", "plateau_ratio"]
 
@@ -120,14 +120,6 @@ def _below(effect: S.Interval, threshold: float) -> bool | None:
     return S.against(flipped, -threshold)
 
 
-def _claim(spec: Any) -> dict[str, float]:
-    claim = getattr(spec, "claim", None) or {}
-    missing = [k for k in CLAIM_KEYS if isinstance(claim.get(k), bool) or not isinstance(claim.get(k), int | float)]
-    if missing:
-        raise ValueError(f"the spec {spec.name!r} needs numbers for [claim] {', '.join(missing)}")
-    return {k: float(claim[k]) for k in CLAIM_KEYS}
-
-
 def _integrated(config: Mapping[str, Any], wd: float) -> float:
     """``Σ_t lr_t·λ`` over the run: the e-folds of decay (torch convention, decay_scale "lr")."""
     from decaylab.train import TrainConfig
@@ -139,7 +131,7 @@ def _integrated(config: Mapping[str, Any], wd: float) -> float:
 
 
 def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
-    claim = _claim(spec)
+    claim = claim_numbers(spec, CLAIM_KEYS)
     runs = R.finished_runs(store_path, spec.name)
     cells = R.by_cell(runs, lambda r: (r.label, r.config["weight_decay"]))
     wds = sorted(wd for label, wd in cells if label == METHOD)
