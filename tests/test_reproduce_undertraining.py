@@ -111,5 +111,5 @@ def test_spec_has_its_claim_and_arms(scale):
     assert doses[0] == 0 and spec.claim["judged_lr_lambda_T"] in doses
     assert all(c.schedule == "constant" and c.weight_decay == 0 for label, c in spec.configs() if label == U.CONSTANT)
     if scale == "small":
-        assert doses == [0, 3] and cosine[0].model == "gpt-nano"
+        assert doses == [0, 1, 3] and cosine[0].model == "gpt-nano"
         assert cosine[0].steps >= 2000
