@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import math
 import types
-from pathlib import Path
 
 import pytest
 import torch
+from _stores import fill_store
 
 from decaylab.cli import main
 from decaylab.reproduce import (
@@ -22,8 +22,8 @@ from decaylab.reproduce import (
 )
 from decaylab.reproduce.core import spec_path, spec_seeds
 from decaylab.reproduce.stats import mean_std, verdict_line
-from decaylab.sweep import load_spec, run_sweep
-from decaylab.train import RunResult, TrainConfig, train
+from decaylab.sweep import load_spec
+from decaylab.train import TrainConfig, train
 
 MINE = ("decoupling", "early-decay", "scale-free")
 
@@ -129,18 +129,6 @@ def test_specs_load_and_have_three_seeds(name, scale):
 
 
 # ------------------------------------------------------------------------------------- stores for the verdicts
-
-
-def fill_store(path: Path, spec, final_of, curves_of=None) -> None:
-    """Run the real sweep runner over ``spec`` with a trainer that makes up each run's results."""
-
-    def fake_stacked(configs, **_):
-        return [RunResult(c, final_of(label_of[c.key()], c), curves_of(label_of[c.key()], c) if curves_of else [])
-                for c in configs]
-
-    label_of = {c.key(): label for label, c in spec.configs()}
-    summary = run_sweep(spec, path, stack=64, train_stacked_fn=fake_stacked, progress=False)
-    assert summary.failed == 0 and summary.remaining == 0
 
 
 def _final(err: float, **extra) -> dict:

@@ -8,25 +8,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _stores import fill_store
 
 from decaylab.reproduce import bf16 as B
 from decaylab.reproduce import get
-from decaylab.sweep import Store
 from decaylab.train import TrainConfig, train, train_stacked
 from decaylab.train.callbacks import parse
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
-
-
-def fill(path, spec, result):
-    store = Store(path)
-    store.register(spec.name, spec.text, spec.configs())
-    while runs := store.claim(spec.name, 128, group=lambda run: 0):
-        for run in runs:
-            final, curves = result(run["label"], TrainConfig.from_dict(run["config"]))
-            store.finish(run["id"], final, curves)
-    store.close()
-    return path
 
 
 def _result(kahan_off=0.001, torch_rounds=True, edges=None):
@@ -61,7 +50,7 @@ def _result(kahan_off=0.001, torch_rounds=True, edges=None):
 
 def _verdict(tmp_path, **kwargs):
     spec = get("bf16").spec()
-    return get("bf16").analyze(fill(tmp_path / "s.sqlite", spec, _result(**kwargs)), spec, "small")
+    return get("bf16").analyze(fill_store(tmp_path / "s.sqlite", spec, _result(**kwargs)), spec, "small")
 
 
 def test_held(tmp_path):

@@ -4,12 +4,11 @@ from __future__ import annotations
 import math
 
 import pytest
+from _stores import fill_store
 
 from decaylab.reproduce import decoupling as D
 from decaylab.reproduce import demo, get
 from decaylab.reproduce.core import spec_seeds
-from decaylab.sweep import run_sweep
-from decaylab.train import RunResult
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,16 +114,6 @@ def test_the_spec_loads_with_its_claim():
     assert {c.model for _, c in spec.configs()} == {"mlp-bn"}
     paper = get("decoupling").spec("paper")
     assert set(D.CLAIM_KEYS) <= set(paper.claim) and spec_seeds(paper) >= 3
-
-
-def fill_store(path, spec, final_of) -> None:
-    label_of = {c.key(): label for label, c in spec.configs()}
-
-    def fake_stacked(configs, **_):
-        return [RunResult(c, final_of(label_of[c.key()], c), []) for c in configs]
-
-    summary = run_sweep(spec, path, stack=64, train_stacked_fn=fake_stacked, progress=False)
-    assert summary.failed == 0 and summary.remaining == 0
 
 
 @pytest.mark.parametrize("l2, paper, status", [("diagonal", "flat", "HELD"), ("flat", "diagonal", "DID NOT HOLD")])

@@ -4,29 +4,16 @@ from __future__ import annotations
 import doctest
 
 import pytest
+from _stores import fill_store
 
 from decaylab.reproduce import get
 from decaylab.reproduce import overtraining as O
 from decaylab.reproduce.core import spec_seeds
-from decaylab.sweep import Store
-from decaylab.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 LARGE_ERR = {0.0: 0.30, 0.0005: 0.27, 0.001: 0.25, 0.002: 0.24, 0.004: 0.26, 0.01: 0.38}
 SMALL_ERR = {0.0: 0.34, 0.0005: 0.33, 0.001: 0.32, 0.002: 0.32, 0.004: 0.33, 0.01: 0.40}
-
-
-def fill(path, spec, result):
-    """Register ``spec``'s runs in a store and finish each with ``result(label, config)`` = (final, curves)."""
-    store = Store(path)
-    store.register(spec.name, spec.text, spec.configs())
-    while runs := store.claim(spec.name, 64, group=lambda run: 0):
-        for run in runs:
-            final, curves = result(run["label"], TrainConfig.from_dict(run["config"]))
-            store.finish(run["id"], final, curves)
-    store.close()
-    return path
 
 
 def world(*, small=None, large=None, val_best=None, jac_rising=False, train_acc=1.0, fit_up_to=0.002, noise=0.01,
@@ -58,7 +45,7 @@ def world(*, small=None, large=None, val_best=None, jac_rising=False, train_acc=
 
 def _verdict(tmp_path, store="s.sqlite", **kw):
     spec = get("overtraining").spec()
-    return O.analyze(fill(tmp_path / store, spec, world(**kw)), spec, "small")
+    return O.analyze(fill_store(tmp_path / store, spec, world(**kw)), spec, "small")
 
 
 def test_doctests():

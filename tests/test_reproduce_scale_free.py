@@ -6,12 +6,12 @@ import doctest
 import math
 
 import pytest
+from _stores import fill_store
 
 from decaylab.reproduce import get
 from decaylab.reproduce import scale_free as SF
 from decaylab.reproduce.core import SPEC_DIR, claim_numbers, spec_seeds
-from decaylab.sweep import load_spec, run_sweep
-from decaylab.train import RunResult
+from decaylab.sweep import load_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,15 +104,6 @@ def test_judge_batchnorm_both_ways_and_undecided():
     assert held is None and numbers["tie_with_bn"] is None
 
 
-def _fill(path, spec, final_of):
-    def fake_stacked(configs, **_):
-        return [RunResult(c, final_of(label_of[c.key()], c), []) for c in configs]
-
-    label_of = {c.key(): label for label, c in spec.configs()}
-    summary = run_sweep(spec, path, stack=64, train_stacked_fn=fake_stacked, progress=False)
-    assert summary.failed == 0 and summary.remaining == 0
-
-
 def _world(no_bn_gain: float, bn_gain: float, decay_helps: float = 0.03):
     """Accuracy over each arm's grid: a bowl in log lr around the middle lr, decay helping by
     ``decay_helps`` at the middle λ; AdamW gains ``no_bn_gain`` / ``bn_gain`` over Adam+L2."""
@@ -175,7 +166,7 @@ def tiny_iterates(tmp_path, monkeypatch):
 ])
 def test_analyze_both_ways_and_a_premise(tmp_path, tiny_iterates, no_bn_gain, bn_gain, decay_helps, status):
     store = tmp_path / "s.sqlite"
-    _fill(store, SPEC, _world(no_bn_gain, bn_gain, decay_helps))
+    fill_store(store, SPEC, _world(no_bn_gain, bn_gain, decay_helps))
     verdict = SF.analyze(store, SPEC, "small")
     assert verdict.numbers["iterates"]["held"] is True  # real training: AdamW bitwise unchanged, Adam+L2 moved
     assert verdict.status == status, verdict.line
@@ -201,7 +192,7 @@ def test_an_optimum_on_the_lr_edge_is_a_premise_not_met(tmp_path, tiny_iterates)
         bump = 0.2 if c.lr == max(x.lr for lab, x in SPEC.configs() if lab == label) else 0.0
         return {**out, "val_acc": out["val_acc"] + bump, "test_acc": out["test_acc"] + bump}
 
-    _fill(store, SPEC, final_of)
+    fill_store(store, SPEC, final_of)
     verdict = SF.analyze(store, SPEC, "small")
     assert verdict.status == "PREMISE NOT MET" and "selected cells on a grid edge 4" in verdict.line
 
@@ -227,6 +218,6 @@ def test_runs_of_an_older_spec_text_in_the_store_are_ignored(tmp_path, tiny_iter
         return base(label, c)
 
     store = tmp_path / "s.sqlite"
-    _fill(store, wider, final_of)
+    fill_store(store, wider, final_of)
     verdict = SF.analyze(store, SPEC, "small")
     assert verdict.status == "HELD", verdict.line

@@ -2,24 +2,12 @@
 from __future__ import annotations
 
 import pytest
+from _stores import fill_store
 
 from decaylab.reproduce import get
 from decaylab.reproduce import undertraining as U
-from decaylab.sweep import Store
-from decaylab.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
-
-
-def fill(path, spec, result):
-    store = Store(path)
-    store.register(spec.name, spec.text, spec.configs())
-    while runs := store.claim(spec.name, 64, group=lambda run: 0):
-        for run in runs:
-            final, curves = result(run["label"], TrainConfig.from_dict(run["config"]))
-            store.finish(run["id"], final, curves)
-    store.close()
-    return path
 
 
 def _result(mid_shift=0.05, end_shift=-0.05, narrowing=0.0, const_tail=0.02):
@@ -54,7 +42,7 @@ def _result(mid_shift=0.05, end_shift=-0.05, narrowing=0.0, const_tail=0.02):
 
 def _verdict(tmp_path, **kwargs):
     spec = get("undertraining").spec()
-    return get("undertraining").analyze(fill(tmp_path / "s.sqlite", spec, _result(**kwargs)), spec, "small")
+    return get("undertraining").analyze(fill_store(tmp_path / "s.sqlite", spec, _result(**kwargs)), spec, "small")
 
 
 def test_held(tmp_path):
