@@ -48,6 +48,8 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 MODES = ("kahan", "stochastic", "exact", "none")
 STATE_DTYPES = (None, torch.float32, torch.float64, torch.bfloat16, torch.float16)
 STATE_ROUNDINGS = ("nearest", "stochastic")
+STATE_DTYPE_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+"""Short names of the state dtypes, as a config or a callback writes them (``optimizer_state:bf16``)."""
 
 
 class PrecisionOverflowWarning(UserWarning):

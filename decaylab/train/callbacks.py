@@ -281,13 +281,14 @@ class OptimizerState(Callback):
     usage: ClassVar[str] = "optimizer_state:DTYPE[,stochastic]"
     help: ClassVar[str] = ("the optimizer's running averages stored in DTYPE (bf16, fp16 or fp32; decaylab's "
                            "state_dtype), bf16 optionally with stochastic rounding (state_rounding)")
-    DTYPES: ClassVar[tuple[str, ...]] = ("bf16", "fp16", "fp32")
 
     @classmethod
     def parse(cls, args: str) -> OptimizerState:
+        from decaylab.optim.precision import STATE_DTYPE_NAMES
+
         parts = args.split(",") if args else []
-        if not parts or parts[0] not in cls.DTYPES or len(parts) > 2 or parts[1:] not in ([], ["stochastic"]):
-            raise ValueError(f"callbacks: {cls.usage}: DTYPE one of {', '.join(cls.DTYPES)}, then optionally "
+        if not parts or parts[0] not in STATE_DTYPE_NAMES or len(parts) > 2 or parts[1:] not in ([], ["stochastic"]):
+            raise ValueError(f"callbacks: {cls.usage}: DTYPE one of {', '.join(STATE_DTYPE_NAMES)}, then optionally "
                              f"',stochastic'; got {args!r}")
         if parts[1:] and parts[0] != "bf16":
             raise ValueError(f"callbacks: {cls.usage}: stochastic rounding is for bf16 state; got {args!r}")
@@ -303,11 +304,10 @@ class OptimizerState(Callback):
                              "state in the parameters' dtype)")
 
     def start(self, run: Any) -> None:
-        import torch
+        from decaylab.optim.precision import STATE_DTYPE_NAMES
 
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.dtype]
         for group in run.optimizer.param_groups:
-            group["state_dtype"] = dtype
+            group["state_dtype"] = STATE_DTYPE_NAMES[self.dtype]
             group["state_rounding"] = self.rounding
 
 
