@@ -184,6 +184,21 @@ def test_early_decay_verdict_both_ways(tmp_path, early_gain, late_gain, status):
     assert len(verdict.sections[0].figures) == 2 and len(verdict.sections[0].table) == 4
 
 
+def test_early_decay_a_diverged_run_fails_the_train_accuracy_premise(tmp_path):
+    """The store writes a diverged run's metrics as null: it fits nothing (accuracy 0), which the
+    premise names, instead of a crash."""
+    spec = get("early-decay").spec("small")
+    final_of, curves_of = _early_world(0.035, 0.005)
+
+    def diverging(label, c):
+        final = final_of(label, c)
+        return dict.fromkeys(final, float("nan")) if label == "late decay" and c.seed == 1 else final
+
+    fill_store(tmp_path / "e.sqlite", spec, diverging, curves_of)
+    verdict = early_decay.analyze(tmp_path / "e.sqlite", spec, "small")
+    assert verdict.status == "PREMISE NOT MET" and "train accuracy (every run)" in verdict.line, verdict.line
+
+
 def test_early_decay_undecided_when_the_seeds_disagree(tmp_path):
     spec = get("early-decay").spec("small")
     store = tmp_path / "e.sqlite"

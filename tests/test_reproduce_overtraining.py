@@ -104,3 +104,21 @@ def test_selection_keeps_to_the_regime(tmp_path):
     assert v.numbers["lambda_star_large"] == 0.002 and v.status == "HELD", v.line
     v = _verdict(tmp_path, "t.sqlite", val_best=0.004, fit_up_to=0.004)
     assert v.numbers["lambda_star_large"] == 0.004
+
+
+def test_a_diverged_run_is_a_verdict_not_a_crash(tmp_path):
+    """The store writes a diverged run's metrics as null: the analysis reads it as classifying nothing
+    (accuracy 0, never selected) and says which premise that breaks."""
+    good = world()
+
+    def result(label, c):
+        final, curves = good(label, c)
+        if label == O.LARGE and c.weight_decay == 0.004 and c.seed == 0:  # a cell no comparison uses
+            final = dict.fromkeys(final, float("nan"))
+        return final, curves
+
+    spec = get("overtraining").spec()
+    v = O.analyze(fill_store(tmp_path / "d.sqlite", spec, result), spec, "small")
+    assert v.numbers["lambda_star_large"] == 0.002  # validation did not select the diverged cell
+    assert v.status == "HELD", v.line
+    assert v.numbers["parts"]["‖J‖_F falls with λ: −ρ ="]["interval"]["n"] == 4  # its ‖J‖ is unknown

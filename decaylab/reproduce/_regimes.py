@@ -27,6 +27,22 @@ def by_cell(runs: Sequence[Run], key: Callable[[Run], Any]) -> dict[Any, list[Ru
     return {k: sorted(v, key=lambda r: r.config.get("seed", 0)) for k, v in cells.items()}
 
 
+def value(run: Run, key: str) -> float:
+    """``run.final[key]`` as a float; NaN when the run lacks it or diverged (the store writes a diverged
+    run's metrics as null)."""
+    v = run.final.get(key)
+    return math.nan if v is None else float(v)
+
+
+def accuracy(run: Run, key: str) -> float:
+    """An accuracy of ``run.final`` (``test_acc``, ``val_acc``, ...): 0 for a run that diverged (it
+    classifies nothing: its error is 1, the worst, so selection never picks it), NaN when it lacks it."""
+    if key not in run.final:
+        return math.nan
+    v = run.final[key]
+    return 0.0 if v is None or not math.isfinite(float(v)) else float(v)
+
+
 def curves_of(store_path: str | Path, runs: Sequence[Run]) -> dict[int, dict[str, list[tuple[int, float]]]]:
     return load_curves(store_path, [r.id for r in runs])
 

@@ -153,16 +153,16 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     if missing:
         return Verdict(NAME, None, S.verdict_line(NAME, None, f"no finished runs of {', '.join(missing)}"),
                        {"runs": len(runs)})
-    errors = {a: {r.config["seed"]: 1.0 - r.final["test_acc"] for r in cells[a]} for a in ARMS}
-    val_errors = {a: {r.config["seed"]: 1.0 - r.final.get("val_acc", math.nan) for r in cells[a]} for a in ARMS}
+    errors = {a: {r.config["seed"]: 1.0 - R.accuracy(r, "test_acc") for r in cells[a]} for a in ARMS}
+    val_errors = {a: {r.config["seed"]: 1.0 - R.accuracy(r, "val_acc") for r in cells[a]} for a in ARMS}
     j = judge(errors, most=claim["most"], min_benefit=claim["min_benefit"])
 
     # the integrated decay of each arm (e-folds), from the configs: the same for every seed of an arm
     efolds = {a: integrated_decay(cells[a][0].config, _steps(cells[a][0])) for a in ARMS}
     mismatch = max(abs(efolds[a] / efolds["full"] - 1.0) for a in ("early", "late")) if efolds["full"] > 0 \
         else math.inf
-    min_train = min(r.final["train_acc"] for r in runs)
-    worst = min(runs, key=lambda r: r.final["train_acc"])
+    min_train = min(R.accuracy(r, "train_acc") for r in runs)
+    worst = min(runs, key=lambda r: R.accuracy(r, "train_acc"))
     premises = [
         j.premises[0],
         S.Premise.at_most("integrated decay of early and late vs full (relative difference)", mismatch,
@@ -191,7 +191,7 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
             f"integrated decay; g_early − {most:g}·g_full {_iv(j.early_part, pts)} ({S.word(j.parts[0])}), "
             f"{most:g}·g_full − g_late {_iv(j.late_part, pts)} ({S.word(j.parts[1])}) [points; test error "
             f"{err_text}] ({setting})"))
-    norms = {a: {r.config["seed"]: r.final["weight_norm"] for r in cells[a]} for a in ARMS}
+    norms = {a: {r.config["seed"]: R.value(r, "weight_norm") for r in cells[a]} for a in ARMS}
     numbers = {
         "seeds": j.seeds, "metric": "final test error (no selection: the arms are fixed by the spec)",
         "claim": claim, "integrated_decay_efolds": efolds,
@@ -239,7 +239,7 @@ def _sections(cells, errors, val_errors, norms, efolds, j, curves, claim) -> lis
             "gain (points, test)": S.pm(*(100 * v for v in S.mean_std(gain)), "+.2f"),
             "gain (points, validation)": S.pm(*(100 * v for v in S.mean_std(val_gain)), "+.2f"),
             "recovered": "—" if a == "none" else f"{100 * j.recovered[a]:.0f}%",
-            "train acc (min)": f"{min(r.final['train_acc'] for r in cells[a]):.2%}",
+            "train acc (min)": f"{min(R.accuracy(r, 'train_acc') for r in cells[a]):.2%}",
             "final ‖w‖": S.pm(*S.mean_std(norms[a].values()), ".1f"), "seeds": len(errors[a]),
         })
     prose = (

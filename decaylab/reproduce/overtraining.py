@@ -155,10 +155,10 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     claim = claim_numbers(spec, CLAIM_KEYS)
     runs = [r for r in R.finished_runs(store_path, spec.name) if r.label in (SMALL, LARGE)]
     key = {r.id: (r.label, float(r.config["weight_decay"]), int(r.config["seed"])) for r in runs}
-    test_err = {key[r.id]: 1.0 - r.final["test_acc"] for r in runs}
-    val_err = {key[r.id]: 1.0 - r.final.get("val_acc", math.nan) for r in runs}
-    train_acc = {key[r.id]: r.final["train_acc"] for r in runs}
-    jacobian = {key[r.id][1:]: r.final.get("jacobian_norm", math.nan) for r in runs if r.label == LARGE}
+    test_err = {key[r.id]: 1.0 - R.accuracy(r, "test_acc") for r in runs}
+    val_err = {key[r.id]: 1.0 - R.accuracy(r, "val_acc") for r in runs}
+    train_acc = {key[r.id]: R.accuracy(r, "train_acc") for r in runs}
+    jacobian = {key[r.id][1:]: R.value(r, "jacobian_norm") for r in runs if r.label == LARGE}
     try:
         j = judge(test_err, val_err, jacobian, train_acc, min_gain=claim["min_gain"],
                   jacobian_rho=claim["jacobian_rho"], min_train_acc=claim["train_acc"])
@@ -170,7 +170,7 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     n = len(j.seeds)
     setting = (f"{n} seeds; lr {lrs[SMALL]:g} / {lrs[LARGE]:g}; λ selected on validation: λ*_large "
                f"{j.lam_large:g} (η·λ {lrs[LARGE] * j.lam_large:.1e}), λ*_small {j.lam_small:g}")
-    err = {c: S.Stat.of(1.0 - r.final["test_acc"] for r in v) for c, v in cells.items()}
+    err = {c: S.Stat.of(1.0 - R.accuracy(r, "test_acc") for r in v) for c, v in cells.items()}
     if not all(p.held for p in j.premises):
         line = f"{NAME}: {S.PREMISE_NOT_MET} — {S.premises_line(j.premises)} ({setting})"
     else:
@@ -185,17 +185,17 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     curves = R.curves_of(store_path, runs)
     table = []
     for (label, lam), group in sorted(cells.items()):
-        drop = [R.at_step(curves.get(r.id, {}).get("train_loss", []), int(r.final.get("steps", 0)) // 2)
-                for r in group]
+        drop = [R.at_step(curves.get(r.id, {}).get("train_loss", []),
+                          int(r.final.get("steps") or r.config.get("steps") or 0) // 2) for r in group]
         table.append({
             "cell": f"{label}, λ={lam:g}", "η·λ": f"{lrs[label] * lam:.1e}",
-            "train acc (min)": f"{min(r.final['train_acc'] for r in group):.2%}",
-            "validation error": _pct(S.Stat.of(1.0 - r.final.get("val_acc", math.nan) for r in group)),
+            "train acc (min)": f"{min(R.accuracy(r, 'train_acc') for r in group):.2%}",
+            "validation error": _pct(S.Stat.of(1.0 - R.accuracy(r, "val_acc") for r in group)),
             "test error": _pct(err[(label, lam)]),
-            "‖J‖_F": S.Stat.of(r.final.get("jacobian_norm", math.nan) for r in group).text(".1f"),
+            "‖J‖_F": S.Stat.of(R.value(r, "jacobian_norm") for r in group).text(".1f"),
             "train loss at the drop → end": f"{S.mean_std(drop)[0]:.3f} → "
-                                            f"{S.mean_std(r.final['train_loss'] for r in group)[0]:.3f}",
-            "‖w‖": S.Stat.of(r.final["weight_norm"] for r in group).text(".1f"),
+                                            f"{S.mean_std(R.value(r, 'train_loss') for r in group)[0]:.3f}",
+            "‖w‖": S.Stat.of(R.value(r, "weight_norm") for r in group).text(".1f"),
             "selected": "λ*" if (label == LARGE and lam == j.lam_large) or (label == SMALL and lam == j.lam_small)
             else "",
         })
@@ -211,7 +211,7 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
         "cells": table,
     }
     lams = sorted(lam for label, lam in cells if label == LARGE)
-    jac = [S.Stat.of(r.final.get("jacobian_norm", math.nan) for r in cells[(LARGE, lam)]) for lam in lams]
+    jac = [S.Stat.of(R.value(r, "jacobian_norm") for r in cells[(LARGE, lam)]) for lam in lams]
     prose = (
         "Plain SGD (momentum 0), a constant lr for half the run then one drop; every cell over the same seeds "
         "(mean ± sample std). Validation selects λ*_large and λ*_small; the verdict judges paired per-seed "
@@ -234,13 +234,13 @@ def _ema(store_path: str | Path, sweep: str, test_err: Mapping[tuple[str, float,
     runs = [r for r in R.finished_runs(store_path, sweep) if r.label == EMA and "ema_test_acc" in r.final]
     rows, numbers = [], {}
     for lam, group in sorted(R.by_cell(runs, lambda r: float(r.config["weight_decay"])).items()):
-        ema = {int(r.config["seed"]): 1.0 - r.final["ema_test_acc"] for r in group}
-        at_drop = S.Stat.of(1.0 - r.final["test_acc"] for r in group)
+        ema = {int(r.config["seed"]): 1.0 - R.accuracy(r, "ema_test_acc") for r in group}
+        at_drop = S.Stat.of(1.0 - R.accuracy(r, "test_acc") for r in group)
         diff = S.interval(ema[s] - test_err[(LARGE, lam, s)] for s in ema if (LARGE, lam, s) in test_err)
         numbers[f"λ={lam:g}"] = {"ema_test_error": S.Stat.of(ema.values()).plain(), "iterate_test_error":
                                  at_drop.plain(), "ema_minus_final": diff.plain()}
         rows.append({"cell": f"{EMA}, λ={lam:g}", "η·λ": "", "train acc (min)": "",
-                     "validation error": _pct(S.Stat.of(1.0 - r.final.get("ema_val_acc", math.nan) for r in group)),
+                     "validation error": _pct(S.Stat.of(1.0 - R.accuracy(r, "ema_val_acc") for r in group)),
                      "test error": f"EMA {_pct(S.Stat.of(ema.values()))}; iterate {_pct(at_drop)}; EMA − final "
                                    f"{_points(diff)}",
                      "‖J‖_F": "", "train loss at the drop → end": "", "‖w‖": "", "selected": ""})
@@ -262,7 +262,7 @@ def _figure(cells, lams, jac):
     ax_err, ax_jac = fig.subplots(1, 2)
     for k, label in enumerate((SMALL, LARGE)):
         xs = sorted(lam for lb, lam in cells if lb == label)
-        stats = [S.Stat.of(1.0 - r.final["test_acc"] for r in cells[(label, lam)]) for lam in xs]
+        stats = [S.Stat.of(1.0 - R.accuracy(r, "test_acc") for r in cells[(label, lam)]) for lam in xs]
         ax_err.errorbar(range(len(xs)), [100 * s.mean for s in stats], yerr=[100 * s.std for s in stats],
                         marker="o", capsize=3, color=f"C{k}", label=label)
     ax_err.set_xticks(range(len(lams)), [f"{lam:g}" for lam in lams])
