@@ -319,6 +319,9 @@ def test_stats_doctests():
 
     from decaylab.reproduce import stats
 
-    result = doctest.testmod(stats)
-    assert result.attempted > 0 and result.failed == 0
+    from decaylab.reproduce import _regimes
+
+    for module in (stats, _regimes):  # _regimes: the integrated decay of a run's config, by hand
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
     assert stats.STATUSES == ("HELD", "DID NOT HOLD", "INCONCLUSIVE", "PREMISE NOT MET", "REPORTED")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,40 @@ def accuracy(run: Run, key: str) -> float:
         return math.nan
     v = run.final[key]
     return 0.0 if v is None or not math.isfinite(float(v)) else float(v)
+
+
+def integrated_decay(config: Mapping[str, Any], steps: int | None = None) -> float:
+    """``Σ_t s_t·λ_t`` over the run's ``steps`` (default: the config's own length): the integrated decay in
+    e-folds (decay alone leaves ``≈ exp(−Σ)`` of the weights) that a run's config applies, with ``λ_t``
+    as its callbacks shape it (a decay window) and ``s_t`` its ``decay_scale`` (``lr``: ``lr·η_t``;
+    ``schedule``: ``η_t``).
+
+    >>> round(integrated_decay({"lr": 0.5, "weight_decay": 0.1, "schedule": "constant"}, 100), 6)
+    5.0
+    >>> round(integrated_decay({"lr": 0.5, "weight_decay": 0.2, "schedule": "constant",
+    ...                         "callbacks": ["decay_window:0.5-1"]}, 100), 6)
+    5.0
+    >>> round(integrated_decay({"lr": 0.5, "weight_decay": 0.1, "schedule": "constant", "decay_scale": "lr",
+    ...                         "dataset": "mnist1d", "epochs": 1, "batch_size": 100}), 6)   # 40 steps
+    2.0
+    """
+    from ..optim.rules import decay_scale
+    from ..train.callbacks import parse
+    from ..train.config import TrainConfig
+    from ..train.loop import total_steps
+    from ..train.schedules import lr_schedule
+
+    c = TrainConfig.from_dict(dict(config))
+    steps = total_steps(c) if steps is None else steps
+    schedule = lr_schedule(c, steps)
+    lam: Any = c.weight_decay
+    for text in c.callbacks:
+        lam = parse(text).weight_decay(lam, steps=steps, lr_schedule=schedule, decay_scale=c.decay_scale)
+    total = 0.0
+    for t in range(steps):
+        lam_t = lam(t) if callable(lam) else lam
+        total += float(decay_scale(c.decay_scale, c.lr * schedule(t), c.lr)) * float(lam_t)
+    return total
 
 
 def curves_of(store_path: str | Path, runs: Sequence[Run]) -> dict[int, dict[str, list[tuple[int, float]]]]:

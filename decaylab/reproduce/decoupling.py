@@ -45,6 +45,7 @@ from typing import Any
 from ..report.build import Section
 from . import _regimes as R
 from . import stats as S
+from ._regimes import integrated_decay
 from .core import Reproduction, Verdict, claim_numbers, register
 
 __all__ = ["REPRODUCTION", "analyze", "judge", "method_slopes", "integrated_decay", "MethodSlopes", "Judgement",
@@ -243,25 +244,6 @@ def judge(losses: Mapping[str, Mapping[Cell, float]], train_acc: Mapping[str, Ma
 # ----------------------------------------------------------------------------------------------- measures
 
 
-def integrated_decay(config: Mapping[str, Any]) -> float:
-    """``Σ_t s_t·λ`` over the run (e-folds: decay alone leaves ``≈ exp(−Σ)`` of the weights), with
-    ``s_t`` the config's ``decay_scale`` (``schedule``: ``lr_t/lr``; ``lr``: ``lr_t``).
-
-    >>> round(integrated_decay({"lr": 0.5, "weight_decay": 0.1, "schedule": "constant", "decay_scale": "lr",
-    ...                         "dataset": "mnist1d", "epochs": 1, "batch_size": 100}), 6)   # 40 steps
-    2.0
-    """
-    from ..optim.rules import decay_scale
-    from ..train.config import TrainConfig
-    from ..train.loop import total_steps
-    from ..train.schedules import lr_schedule
-
-    c = TrainConfig.from_dict(dict(config))
-    steps = total_steps(c)
-    schedule = lr_schedule(c, steps)
-    return math.fsum(float(decay_scale(c.decay_scale, c.lr * schedule(t), c.lr)) for t in range(steps)) * c.weight_decay
-
-
 # ----------------------------------------------------------------------------------------------- the verdict
 
 
@@ -288,8 +270,8 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     if COUPLED not in losses or DECOUPLED not in losses:
         return Verdict(NAME, None, f"{NAME}: INCONCLUSIVE — the store has no finished runs of {COUPLED!r} and "
                                    f"{DECOUPLED!r}", {"runs": sum(map(len, losses.values()))})
-    efolds = {(lr, lam): integrated_decay(run.config) for (lr, lam, s), run in by[DECOUPLED].items() if s == min(
-        k[2] for k in by[DECOUPLED])}
+    first = min(s for _, _, s in by[DECOUPLED])  # the decay a config applies is the same for every seed
+    efolds = {(lr, lam): integrated_decay(run.config) for (lr, lam, s), run in by[DECOUPLED].items() if s == first}
     try:
         j = judge(losses, accs, efolds, claim)
     except ValueError as error:

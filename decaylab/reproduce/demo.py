@@ -12,7 +12,7 @@ it states no claim, so its status is ``REPORTED``.
 What it reports (:mod:`decaylab.demo` prints it): the report's table (per method, the test accuracy
 of the cell validation selected), and the statistic of the ``decoupling`` reproduction for every
 method (:func:`decaylab.reproduce.decoupling.method_slopes`): in each learning rate's row where λ
-matters (its best λ beats the smallest by ≥ :data:`MIN_GAIN` in seed-mean validation loss), each
+matters (its best λ beats the smallest by ≥ :func:`min_gain` in seed-mean validation loss), each
 seed's ``λ*`` (the validation-loss minimum refined by a parabola in ``log λ``), and each seed's slope
 of ``log λ*`` against ``log lr`` — 0 when the best λ does not move with lr (tune them one at a time),
 −1 when ``lr·λ`` is what matters — with its mean and 95% t-interval over the seeds.
@@ -26,18 +26,22 @@ from ..report.build import Section
 from ..sweep.spec import SPECS_DIR
 from . import decoupling as D
 from . import stats as S
-from .core import Reproduction, Verdict, register
+from .core import Reproduction, Verdict, claim_numbers, register
 
 NAME = "demo"
-#: A row (learning rate) counts when its best λ beats the grid's smallest λ by this much seed-mean
-#: validation loss (nats): the value of the decoupling reproduction's [claim] min_gain.
-MIN_GAIN = 0.05
+
+
+def min_gain() -> float:
+    """A row (learning rate) counts when its best λ beats the grid's smallest λ by this much seed-mean
+    validation loss (nats): the decoupling reproduction's ``[claim] min_gain``, read from its spec."""
+    return claim_numbers(D.REPRODUCTION.spec("small"), ("min_gain",))["min_gain"]
 
 
 def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     """The demo states no claim: its verdict says what ran and each method's slope of log λ* against log lr."""
     losses, _, _ = D.read(store_path, spec)
-    methods = {label: D.method_slopes(label, grid, min_gain=MIN_GAIN) for label, grid in losses.items()}
+    gain = min_gain()
+    methods = {label: D.method_slopes(label, grid, min_gain=gain) for label, grid in losses.items()}
     seeds = max((len(m.seeds) for m in methods.values()), default=0)
     runs = sum(len(grid) for grid in losses.values())
     slopes = "; ".join(f"{label} {pm_of(m)}" for label, m in methods.items())
@@ -45,11 +49,11 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
             f"(mean ± 95% t-interval over seeds; 0 axis-aligned, −1 a fixed lr·λ): {slopes}")
     table = D.slope_summary(methods)
     numbers = {"runs": runs, "seeds": seeds, "methods": {label: m.plain() for label, m in methods.items()},
-               "slope_table": table, "min_gain": MIN_GAIN}
+               "slope_table": table, "min_gain": gain}
     sections = [Section(
         "The best λ of each learning rate", (
             "For each method, the learning rates where λ matters (the best λ beats the smallest by ≥ "
-            f"{MIN_GAIN:g} in seed-mean validation loss); in each, every seed's λ* is the validation-loss minimum "
+            f"{gain:g} in seed-mean validation loss); in each, every seed's λ* is the validation-loss minimum "
             "over the λ grid refined by a parabola in log λ, and every seed's slope is the least-squares slope of "
             "log λ* against log lr: 0 when the best λ does not depend on lr, −1 when lr·λ is what matters. "
             "`decaylab reproduce decoupling` judges the AdamW paper's claim with this statistic."),

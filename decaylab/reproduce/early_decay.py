@@ -52,6 +52,7 @@ from ..report.build import Section
 from ..store import load_curves
 from . import _regimes as R
 from . import stats as S
+from ._regimes import integrated_decay
 from .core import Reproduction, Verdict, claim_numbers, register
 
 __all__ = ["REPRODUCTION", "ARMS", "LABELS", "analyze", "integrated_decay", "judge", "Judgement", "CLAIM_KEYS"]
@@ -64,34 +65,6 @@ CLAIM_KEYS = ("most", "min_benefit", "decay_tolerance", "min_efolds", "train_acc
 
 
 # ----------------------------------------------------------------------------------------------- measures
-
-
-def integrated_decay(config: Mapping[str, Any], steps: int) -> float:
-    """``Σ_t s_t·λ_t`` over the run's ``steps``: the integrated decay in e-folds that a run's config
-    applies, with ``λ_t`` as its callbacks shape it (a decay window) and ``s_t`` its ``decay_scale``
-    (``lr``: ``lr·η_t``).
-
-    >>> round(integrated_decay({"lr": 0.5, "weight_decay": 0.1, "schedule": "constant"}, 100), 6)
-    5.0
-    >>> round(integrated_decay({"lr": 0.5, "weight_decay": 0.2, "schedule": "constant",
-    ...                         "callbacks": ["decay_window:0.5-1"]}, 100), 6)
-    5.0
-    """
-    from ..optim.rules import decay_scale
-    from ..train.callbacks import parse
-    from ..train.config import TrainConfig
-    from ..train.schedules import lr_schedule
-
-    c = TrainConfig.from_dict(dict(config))
-    schedule = lr_schedule(c, steps)
-    lam: Any = c.weight_decay
-    for text in c.callbacks:
-        lam = parse(text).weight_decay(lam, steps=steps, lr_schedule=schedule, decay_scale=c.decay_scale)
-    total = 0.0
-    for t in range(steps):
-        lam_t = lam(t) if callable(lam) else lam
-        total += float(decay_scale(c.decay_scale, c.lr * schedule(t), c.lr)) * float(lam_t)
-    return total
 
 
 # ----------------------------------------------------------------------------------------------- the verdict

@@ -120,16 +120,6 @@ def _below(effect: S.Interval, threshold: float) -> bool | None:
     return S.against(flipped, -threshold)
 
 
-def _integrated(config: Mapping[str, Any], wd: float) -> float:
-    """``Σ_t lr_t·λ`` over the run: the e-folds of decay (torch convention, decay_scale "lr")."""
-    from decaylab.train import TrainConfig
-    from decaylab.train.schedules import lr_schedule
-
-    c = TrainConfig.from_dict(dict(config))
-    schedule = lr_schedule(c, int(c.steps))
-    return sum(c.lr * schedule(t) * wd for t in range(int(c.steps)))
-
-
 def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     claim = claim_numbers(spec, CLAIM_KEYS)
     runs = R.finished_runs(store_path, spec.name)
@@ -138,7 +128,7 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
     if not runs or 0.0 not in wds or (CONSTANT, 0.0) not in cells or len(wds) < 2:
         return Verdict(NAME, None, S.verdict_line(NAME, None, "the spec needs AdamW at λ = 0 and λ > 0 and the "
                                                               "constant-lr λ = 0 run, finished"), {"runs": len(runs)})
-    config = runs[0].config
+    config = cells[(METHOD, 0.0)][0].config  # a cosine run (the constant-lr probe has another schedule)
     steps, lr = int(config["steps"]), float(config["lr"])
     doses = {wd: wd * lr * steps for wd in wds}
     judged = min(wds, key=lambda wd: abs(doses[wd] - claim["judged_lr_lambda_T"]))
@@ -176,7 +166,7 @@ def analyze(store_path: str | Path, spec: Any, scale: str) -> Verdict:
 
     data = load(config["dataset"])
     passes = steps * config["batch_size"] * config["block_size"] / len(data.split("train"))
-    efolds = {wd: _integrated(config, wd) for wd in wds}
+    efolds = {wd: R.integrated_decay({**config, "weight_decay": wd}) for wd in wds}
     j = judge(numbers_for(judged), claim, passes=passes, efolds=efolds[judged])
     others = {wd: judge(numbers_for(wd), claim, passes=passes, efolds=efolds[wd])
               for wd in wds if wd not in (0.0, judged)}
