@@ -317,9 +317,7 @@ def test_mean_std():
 def test_stats_doctests():
     import doctest
 
-    from decaylab.reproduce import stats
-
-    from decaylab.reproduce import _regimes
+    from decaylab.reproduce import _regimes, stats
 
     for module in (stats, _regimes):  # _regimes: the integrated decay of a run's config, by hand
         result = doctest.testmod(module)
