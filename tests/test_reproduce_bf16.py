@@ -4,7 +4,6 @@ model from its neighbours."""
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -133,8 +132,7 @@ def test_optimizer_state_callback_stores_the_averages_in_bf16():
     from decaylab.optim import AdamW
 
     p = torch.nn.Parameter(torch.randn(4, 4).to(torch.bfloat16))
-    opt = AdamW([p], lr=1e-3, weight_decay=0.1)
-    parse("optimizer_state:bf16,stochastic").start(SimpleNamespace(optimizer=opt))
+    opt = AdamW([p], lr=1e-3, weight_decay=0.1, **parse("optimizer_state:bf16,stochastic").optimizer_options())
     p.grad = torch.randn(4, 4).to(torch.bfloat16)
     opt.step()
     assert opt.state[p]["exp_avg"].dtype == torch.bfloat16 and opt.param_groups[0]["state_rounding"] == "stochastic"

@@ -115,6 +115,10 @@ class Callback:
     def loss_scale(self) -> float:
         return 1.0
 
+    def optimizer_options(self) -> dict[str, Any]:
+        """Keyword arguments for the optimizer's constructor (checked there like any other)."""
+        return {}
+
     def start(self, run: Any) -> None:
         """After the model and optimizer are built (``run``: the loop's :class:`~decaylab.train.loop.RunState`)."""
 
@@ -303,12 +307,10 @@ class OptimizerState(Callback):
             raise ValueError(f"callbacks: {self} needs decaylab's optimizer (optimizer='torch-adamw' keeps its "
                              "state in the parameters' dtype)")
 
-    def start(self, run: Any) -> None:
+    def optimizer_options(self) -> dict[str, Any]:
         from decaylab.optim.precision import STATE_DTYPE_NAMES
 
-        for group in run.optimizer.param_groups:
-            group["state_dtype"] = STATE_DTYPE_NAMES[self.dtype]
-            group["state_rounding"] = self.rounding
+        return {"state_dtype": STATE_DTYPE_NAMES[self.dtype], "state_rounding": self.rounding}
 
 
 @register

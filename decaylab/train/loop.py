@@ -385,6 +385,8 @@ def _optimizer(engine, configs, steps, device, backend, stacked, schedule, callb
         optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
         return optimizer, [config.lr for _ in optimizer.param_groups]
     common = dict(lr=lr, weight_decay=0.0, decay=config.decay, decay_scale=config.decay_scale, backend=backend)
+    for callback in callbacks:  # e.g. optimizer_state:bf16 — the constructor checks them like its own arguments
+        common.update(callback.optimizer_options())
     cls = OPTIMIZERS[config.optimizer]
     # the direction's own hyperparameters (Adam's betas and eps, SGD's momentum, …): the config fields its
     # constructor takes by name, where the types agree (Adafactor's eps is a pair, the config's a number)
