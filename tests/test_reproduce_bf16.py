@@ -58,6 +58,7 @@ def test_held(tmp_path):
     n = v.numbers
     assert n["decay_effect_norm_ratio"][B.TORCH]["mean"] == pytest.approx(1.0)
     assert n["decay_effect_norm_ratio"][B.FP32]["mean"] == pytest.approx(0.5)
+    assert n["torch_lost_decay_paired"]["mean"] == pytest.approx(0.5) and n["torch_lost_decay_paired"]["n"] == 3
     assert n["kahan_max_trajectory_deviation"] == pytest.approx(0.001)
     # the optimizer-state drift, reported: max_t |‖w‖/fp32's − 1|
     assert n["state_max_norm_drift"][f"{B.STATE} λ=1"]["mean"] == pytest.approx(0.02)
