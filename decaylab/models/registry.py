@@ -52,18 +52,15 @@ from decaylab.models.vgg import vgg16
 __all__ = ["INPUTS", "available", "build", "data_sizes", "num_parameters", "takes"]
 
 
-def _gpt_micro(**kwargs: Any) -> GPT:
-    unknown = sorted(set(kwargs) - set(GPTConfig.field_names()))
-    if unknown:
-        raise ValueError(f"unknown GPTConfig fields {unknown} for 'gpt-micro'; allowed: {GPTConfig.field_names()}")
-    return GPT(GPTConfig.micro(**kwargs))
+def _gpt(name: str, preset: Callable[..., GPTConfig]) -> Callable[..., GPT]:
+    """The builder of a GPT preset (``GPTConfig.micro``, ``GPTConfig.nano``): any GPTConfig field by keyword."""
+    def build_gpt(**kwargs: Any) -> GPT:
+        unknown = sorted(set(kwargs) - set(GPTConfig.field_names()))
+        if unknown:
+            raise ValueError(f"unknown GPTConfig fields {unknown} for {name!r}; allowed: {GPTConfig.field_names()}")
+        return GPT(preset(**kwargs))
 
-
-def _gpt_nano(**kwargs: Any) -> GPT:
-    unknown = sorted(set(kwargs) - set(GPTConfig.field_names()))
-    if unknown:
-        raise ValueError(f"unknown GPTConfig fields {unknown} for 'gpt-nano'; allowed: {GPTConfig.field_names()}")
-    return GPT(GPTConfig.nano(**kwargs))
+    return build_gpt
 
 
 @dataclass(frozen=True)
@@ -92,8 +89,8 @@ _REGISTRY: dict[str, _Entry] = {
     "preact-resnet18": _Entry(preact_resnet18, {"norm": "bn"}, "image"),
     "preact-resnet18-nobn": _Entry(preact_resnet18, {"norm": "none"}, "image"),
     "vgg16": _Entry(vgg16, {"norm": "none"}, "image"),
-    "gpt-micro": _Entry(_gpt_micro, {}, "tokens"),
-    "gpt-nano": _Entry(_gpt_nano, {}, "tokens"),
+    "gpt-micro": _Entry(_gpt("gpt-micro", GPTConfig.micro), {}, "tokens"),
+    "gpt-nano": _Entry(_gpt("gpt-nano", GPTConfig.nano), {}, "tokens"),
 }
 
 

@@ -65,10 +65,10 @@ class Verdict:
 
     ``held`` is True (the claim held here), False (it did not) or None (inconclusive: the margin is
     inside the seeds' spread). ``line`` is what a person reads first, e.g.
-    ``"decoupling: HELD — separability AdamW 0.83 ± 0.10 vs Adam+L2 0.31 ± 0.05 (3 seeds)"``.
+    ``"decoupling: HELD — |slope| … = +1.27 ± 0.37 (95% t-interval, 3 seeds) against 0.5"``.
     ``numbers`` are the values behind it (plain JSON data); ``sections`` go into the report.
     ``premises``: the measured conditions of the regime the claim needs (:class:`~.stats.Premise`);
-    one not met (or ``premise_not_met``) makes the status ``PREMISE NOT MET``: the claim was not
+    one not met makes the status ``PREMISE NOT MET``: the claim was not
     judged. ``seeds``: how many seeds per cell the verdict read; ``selection``: the split that chose
     the cells (``"validation"``). ``claim``: False for an entry that states no claim (its status is
     ``REPORTED``). :meth:`Reproduction.run` fills in ``wall_s``, ``report`` (the HTML file), ``looks``
@@ -83,7 +83,6 @@ class Verdict:
     sections: list[Section] = field(default_factory=list)
     wall_s: float = 0.0
     report: Path | None = None
-    premise_not_met: bool = False
     claim: bool = True
     table_text: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
@@ -100,7 +99,7 @@ class Verdict:
     def status(self) -> str:
         if not self.claim:
             return stats.REPORTED
-        if self.premise_not_met or self.premises_failed:
+        if self.premises_failed:
             return stats.PREMISE_NOT_MET
         return stats.status(self.held)
 
