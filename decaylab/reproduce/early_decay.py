@@ -197,7 +197,7 @@ def _pct(per_seed: Mapping[int, float]) -> str:
 
 
 def _iv(interval: S.Interval, scale: float = 1.0) -> str:
-    return S.Interval(scale * interval.mean, scale * interval.half, interval.n, scale * interval.std).text("+.2f")
+    return interval.scaled(scale).text("+.2f")
 
 
 def _sections(cells, errors, val_errors, norms, efolds, j, curves, claim) -> list[Section]:

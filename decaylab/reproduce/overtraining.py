@@ -252,7 +252,7 @@ def _pct(s: S.Stat) -> str:
 
 
 def _points(iv: S.Interval) -> str:
-    return S.Interval(100 * iv.mean, 100 * iv.half, iv.n, 100 * iv.std).text("+.2f").replace(" (", " points (", 1)
+    return iv.scaled(100).text("+.2f").replace(" (", " points (", 1)
 
 
 def _figure(cells, lams, jac):

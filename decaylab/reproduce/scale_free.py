@@ -452,7 +452,7 @@ def analyze(store_path: str | Path, spec: Any, scale: str, *, progress: bool = F
 
 def _points(effect: S.Interval) -> str:
     """An interval of accuracy differences in points: ``+1.20 ± 0.40 (95% t-interval, 5 seeds)``."""
-    return S.Interval(100 * effect.mean, 100 * effect.half, effect.n, 100 * effect.std).text("+.2f")
+    return effect.scaled(100).text("+.2f")
 
 
 # ---------------------------------------------------------------------------------------- report

@@ -190,6 +190,10 @@ class Interval:
     def high(self) -> float:
         return self.mean + self.half
 
+    def scaled(self, k: float) -> Interval:
+        """The same interval in other units (``k = 100``: fractions as points)."""
+        return Interval(k * self.mean, k * self.half, self.n, k * self.std)
+
     def text(self, spec: str = "+.2f") -> str:
         """``"+0.70 ± 0.25 (95% t-interval, 3 seeds)"``."""
         if not math.isfinite(self.mean):
